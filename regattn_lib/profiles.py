@@ -1,0 +1,171 @@
+"""Run profiles: every parameter a notebook needs, as data.
+
+``smoke``: tiny, offline, CPU, what CI runs. ``demo``: offline, meaningful numbers on the
+synthetic cluttered benchmark with a real pretrained backbone (EfficientNet-Lite0).
+``paper``: the authors' setting: Caffe ResNet-101, Oxford5k/Paris6k (+ revisited, + distractors),
+1024 px, L = 5, whitening on SfM-120k at 800 px and L = 3, the released attention weights,
+on a GPU machine with internet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Attention training knobs (defaults: the authors' recipe, spec section 2)."""
+
+    source: str = "official"  # "official" (released weights) | "train" (train here)
+    train_set: str = "imagenet"  # ImageFolder root under <data>/train/, or "imagenet"
+    iterations: int = 999_999
+    fc_iterations: int = 0  # route (a): train an fc first (needed without a backbone fc)
+    batch_size: int = 4
+    accumulation: int = 4
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-5
+    resize_min: int = 850
+    resize_max: int = 859
+    crop: int = 800
+    val_size: int = 800
+    val_images: int = 10_000
+    val_every: int = 1_600
+    feature_cache_views: int = 0  # >0: cached backbone features (a CPU-friendly deviation)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Everything that differs between smoke, demo and paper runs."""
+
+    name: str
+    backbone: str
+    datasets: tuple[str, ...]  # test sets of the ablation / SOTA tables (classic protocol)
+    revisited: tuple[str, ...]  # sets evaluated with Easy/Medium/Hard
+    synthetic: str | None = None  # synthetic preset to generate (offline profiles)
+    image_size: int = 1024
+    levels: int = 5
+    whitening_set: str = "sfm120k"
+    whitening_image_size: int = 800
+    whitening_levels: int = 3
+    whitening_dims: int | None = None  # None keeps all C dimensions (authors)
+    whitening_max_images: int | None = None
+    distractors: str | None = "revisitop1m"  # stands in for Flickr100k, said in the tables
+    n_distractors: int | None = 100_000
+    scale_levels: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7)
+    rpn: str = "coco"  # "coco" (torchvision Faster R-CNN weights) | "random" (code path only)
+    rpn_proposals: int = 100
+    qe_k: int = 5
+    batch_size: int = 16
+    download: bool = True
+    needs_gpu: bool = True
+    train: TrainSettings = field(default_factory=TrainSettings)
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def with_overrides(self, **kw: Any) -> Profile:
+        return replace(self, **kw)
+
+
+SMOKE = Profile(
+    name="smoke",
+    backbone="efficientnet-lite0",
+    datasets=("synthetic-smoke",),
+    revisited=("synthetic-smoke",),
+    synthetic="smoke",
+    image_size=256,
+    levels=3,
+    whitening_set="synthetic-smoke-whiten",
+    whitening_image_size=256,
+    whitening_levels=3,
+    whitening_dims=256,
+    distractors=None,
+    n_distractors=None,
+    scale_levels=(1, 2, 3, 4, 5, 6),
+    rpn="random",
+    rpn_proposals=20,
+    batch_size=8,
+    download=False,
+    needs_gpu=False,
+    train=TrainSettings(
+        source="train",
+        train_set="synthetic-smoke-cls",
+        iterations=40,
+        fc_iterations=40,
+        batch_size=4,
+        accumulation=1,
+        lr=1e-2,
+        resize_min=200,
+        resize_max=208,
+        crop=192,
+        val_size=192,
+        val_images=100,
+        val_every=20,
+        feature_cache_views=1,
+    ),  # fmt: skip
+    notes=("synthetic smoke data: numbers only prove the code path",),
+)
+
+DEMO = replace(
+    SMOKE,
+    name="demo",
+    datasets=("synthetic-demo",),
+    revisited=("synthetic-demo",),
+    synthetic="demo",
+    image_size=512,
+    levels=5,
+    whitening_set="synthetic-demo-whiten",
+    whitening_image_size=512,
+    whitening_dims=None,
+    scale_levels=(1, 2, 3, 4, 5, 6, 7),
+    rpn_proposals=50,
+    batch_size=16,
+    train=TrainSettings(
+        source="train",
+        train_set="synthetic-demo-cls",
+        iterations=1500,
+        fc_iterations=1500,
+        batch_size=16,
+        accumulation=1,
+        lr=1e-2,
+        resize_min=384,
+        resize_max=400,
+        crop=384,
+        val_size=384,
+        val_images=1000,
+        val_every=250,
+        feature_cache_views=2,
+    ),  # fmt: skip
+    notes=("synthetic cluttered benchmark and EfficientNet-Lite0 (offline), not the paper's data",),
+)
+
+PAPER = Profile(
+    name="paper",
+    backbone="caffe-resnet101",
+    datasets=("oxford5k", "paris6k"),
+    revisited=("roxford5k", "rparis6k"),
+    notes=(
+        "whitening learned on SfM-120k (cirtorch) instead of the Landmarks set (URL lists decayed)",
+        "105k/106k use the first 100k revisitop1m images in place of Flickr100k",
+    ),
+)
+
+PROFILES: dict[str, Profile] = {p.name: p for p in (SMOKE, DEMO, PAPER)}
+
+
+def get_profile(name: str | Profile, **overrides: Any) -> Profile:
+    """A profile by name, with optional field overrides (from a notebook's parameters cell)."""
+    if isinstance(name, Profile):
+        profile = name
+    else:
+        try:
+            profile = PROFILES[name]
+        except KeyError:
+            raise ValueError(
+                f"unknown profile {name!r}; choose one of {sorted(PROFILES)}"
+            ) from None
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    return replace(profile, **overrides) if overrides else profile

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Create or update .venv with the project and its notebook/dev extras. Idempotent: a stamp
+# holding the hash of pyproject.toml skips the install when nothing changed.
+# torch is installed first with an exact pin so that pip takes the local/CPU-capable wheel
+# instead of resolving a newer multi-GB build; override with REGATTN_TORCH_SPEC.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+TORCH_SPEC=${REGATTN_TORCH_SPEC:-"torch==2.14.1 torchvision==0.29.1"}
+if [ ! -x .venv/bin/python ]; then
+  echo "[setup] creating .venv with $($PY --version)"
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.regattn-stamp
+want=$(cat pyproject.toml scripts/setup_env.sh | sha256sum | cut -c1-16)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+echo "[setup] installing torch ($TORCH_SPEC) and the project into .venv"
+.venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING' || true
+if ! .venv/bin/python -c "import torch, torchvision" 2>/dev/null; then
+  # shellcheck disable=SC2086
+  .venv/bin/python -m pip install -q $TORCH_SPEC 2>&1 | grep -v '^WARNING' || true
+fi
+.venv/bin/python -m pip install -q -e ".[notebooks,dev]" 2>&1 | grep -v '^WARNING' || true
+.venv/bin/python -c "import regattn_lib, torch, papermill, efficientnet_lite_pytorch" \
+  || { echo "[setup] the environment is incomplete: see the pip output above" >&2; exit 1; }
+echo "$want" > "$stamp"
+.venv/bin/python -m ipykernel install --sys-prefix --name python3 >/dev/null 2>&1 || true
+echo "[setup] ready: $(.venv/bin/python -c 'import torch; print("torch", torch.__version__)')"
