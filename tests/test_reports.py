@@ -1,0 +1,30 @@
+import math
+
+import pandas as pd
+
+from regattn_lib.reports import PAPER_ABLATION, PAPER_SOTA, side_by_side, write_table
+
+
+def test_side_by_side_paper_ours_diff():
+    ours = pd.DataFrame(
+        {"method": ["R-MAC + PCA", "+ context awareness", "MAC"], "oxford5k": [71.1, 75.0, 50.0]}
+    )
+    t = side_by_side(ours, PAPER_ABLATION, ["oxford5k"])
+    assert list(t.columns) == ["method", "oxford5k paper", "oxford5k ours", "oxford5k diff"]
+    assert t["oxford5k paper"].tolist()[:2] == [70.1, 76.8]
+    assert math.isclose(t["oxford5k diff"][0], 1.0) and math.isclose(t["oxford5k diff"][1], -1.8)
+    assert math.isnan(t["oxford5k paper"][2]) and math.isnan(t["oxford5k diff"][2])
+
+
+def test_ours_plus_qe_paper_cell_is_empty():
+    row = PAPER_SOTA.set_index("method").loc["Ours+QE"]
+    assert row.isna().all()
+    assert PAPER_SOTA.set_index("method").loc["Ours", "oxford105k"] == 73.6
+
+
+def test_write_table_csv_and_markdown_with_notes(tmp_path):
+    df = pd.DataFrame({"method": ["a"], "x": [1.25]})
+    csv, md = write_table(df, tmp_path, "t", notes=["synthetic data"])
+    assert pd.read_csv(csv)["x"].tolist() == [1.25]
+    text = md.read_text()
+    assert "| a " in text and "> synthetic data" in text
