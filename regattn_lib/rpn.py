@@ -1,0 +1,120 @@
+"""Region proposals from the RPN of torchvision's Faster R-CNN, as an alternative region source.
+
+The paper's RPN ablation replaces the R-MAC grid by the top-N proposals of a region proposal
+network. ``weights="coco"`` loads torchvision's COCO Faster R-CNN (downloaded into
+``<data>/weights/``); ``weights="random"`` builds it randomly initialised so that the code path
+runs offline. Tables made with random weights must say so (``RPNRegions.label``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.models.detection import fasterrcnn_resnet50_fpn
+from torchvision.models.detection.image_list import ImageList
+
+COCO_URL = "https://download.pytorch.org/models/fasterrcnn_resnet50_fpn_coco-258fb6c6.pth"
+COCO_FILE = "weights/fasterrcnn_resnet50_fpn_coco-258fb6c6.pth"
+RPN_WEIGHTS = ("coco", "random")
+
+
+def boxes_to_regions(boxes: np.ndarray, height: int, width: int, min_side: int = 1) -> np.ndarray:
+    """[x1, y1, x2, y2] float boxes -> int (x, y, w, h) regions inside the image.
+
+    Corners are clipped to the image, rounded outward, and each side is at least ``min_side``.
+    """
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    x1 = np.clip(np.floor(b[:, 0]), 0, width - 1)
+    y1 = np.clip(np.floor(b[:, 1]), 0, height - 1)
+    x2 = np.clip(np.ceil(b[:, 2]), 0, width)
+    y2 = np.clip(np.ceil(b[:, 3]), 0, height)
+    w = np.maximum(x2 - x1, min_side)
+    h = np.maximum(y2 - y1, min_side)
+    x1 = np.minimum(x1, width - w)
+    y1 = np.minimum(y1, height - h)
+    return np.stack([x1, y1, w, h], axis=1).astype(np.int64)
+
+
+class RPNRegions:
+    """Callable region source: uint8 images (N, 3, H, W) -> list of (R_i, 4) regions.
+
+    Parameters
+    ----------
+    weights:
+        ``"coco"`` (torchvision's Faster R-CNN R50-FPN trained on COCO, the paper profile) or
+        ``"random"`` (random initialisation: exercises the code offline, numbers meaningless).
+    top_n:
+        Proposals kept per image after NMS, best first.
+    min_side:
+        Smallest region side in pixels, so every region covers at least one feature cell.
+    data_root, download:
+        Where the COCO weights live and whether to fetch them.
+    """
+
+    def __init__(
+        self,
+        weights: str = "coco",
+        top_n: int = 100,
+        min_side: int = 32,
+        data_root: str | os.PathLike | None = None,
+        download: bool = True,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if weights not in RPN_WEIGHTS:
+            raise ValueError(f"RPN weights must be one of {RPN_WEIGHTS}, got {weights!r}")
+        torch.manual_seed(0)  # a reproducible random RPN
+        model = fasterrcnn_resnet50_fpn(
+            weights=None, weights_backbone=None, rpn_post_nms_top_n_test=top_n
+        )
+        if weights == "coco":
+            model.load_state_dict(self._coco_state(data_root, download))
+        self.model = model.eval().to(device)
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.weights = weights
+        self.top_n = top_n
+        self.min_side = min_side
+
+    @property
+    def label(self) -> str:
+        return (
+            "RPN (COCO Faster R-CNN)"
+            if self.weights == "coco"
+            else "RPN (random init, code path only)"
+        )
+
+    @staticmethod
+    def _coco_state(data_root, download: bool) -> dict:
+        from .paths import data_root as resolve_root
+
+        dest = resolve_root(data_root) / COCO_FILE
+        if not dest.is_file():
+            if not download:
+                raise FileNotFoundError(
+                    f"RPN weights missing: put {COCO_URL} at {dest} (or use weights='random')"
+                )
+            from .datasets.downloads import download as fetch
+
+            fetch(COCO_URL, Path(dest))
+        return torch.load(dest, map_location="cpu", weights_only=True)
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> list[np.ndarray]:
+        dev = next(self.model.parameters()).device
+        x = images.to(dev).float() / 255.0
+        mean = torch.tensor(self.model.transform.image_mean, device=dev)[:, None, None]
+        std = torch.tensor(self.model.transform.image_std, device=dev)[:, None, None]
+        x = (x - mean) / std
+        h, w = x.shape[2], x.shape[3]
+        feats = self.model.backbone(x)
+        boxes, _ = self.model.rpn(ImageList(x, [(h, w)] * x.shape[0]), feats)
+        out = []
+        for b in boxes:
+            b = b[: self.top_n].cpu().numpy()
+            if len(b) == 0:  # never an empty region set: fall back to the whole image
+                b = np.array([[0, 0, w, h]], dtype=np.float64)
+            out.append(boxes_to_regions(b, h, w, self.min_side))
+        return out

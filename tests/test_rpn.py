@@ -1,0 +1,25 @@
+import numpy as np
+import torch
+
+from regattn_lib.rpn import RPNRegions, boxes_to_regions
+
+
+def test_boxes_to_regions_clip_round_and_min_side():
+    boxes = np.array([[10.2, 5.7, 50.1, 40.0], [-5, -5, 300, 300], [90, 90, 91, 91]])
+    r = boxes_to_regions(boxes, height=100, width=120, min_side=8)
+    # floor/ceil outward: x 10..51, y 5..40; the second is clipped to the image;
+    # the third (1 px) grows to 8 px
+    np.testing.assert_array_equal(r, [[10, 5, 41, 35], [0, 0, 120, 100], [90, 90, 8, 8]])
+
+
+def test_random_rpn_gives_regions_inside_each_image():
+    rpn = RPNRegions(weights="random", top_n=10, min_side=32)
+    assert "random" in rpn.label
+    imgs = torch.randint(0, 256, (2, 3, 96, 128), dtype=torch.uint8)
+    regions = rpn(imgs)
+    assert len(regions) == 2
+    for r in regions:
+        assert 1 <= len(r) <= 10
+        assert (r[:, 0] >= 0).all() and (r[:, 0] + r[:, 2] <= 128).all()
+        assert (r[:, 1] >= 0).all() and (r[:, 1] + r[:, 3] <= 96).all()
+        assert (r[:, 2:] >= 32).all()
