@@ -98,7 +98,7 @@ class RPNRegions:
                 )
             from .datasets.downloads import download as fetch
 
-            fetch(COCO_URL, Path(dest))
+            fetch(COCO_URL, Path(dest), sha256="258fb6c6")
         return torch.load(dest, map_location="cpu", weights_only=True)
 
     @torch.no_grad()

@@ -1,0 +1,1 @@
+"""Datasets: retrieval test sets, distractors, ImageNet-style folders, downloads and checksums."""

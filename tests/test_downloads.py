@@ -1,0 +1,416 @@
+"""Downloads against a real loopback HTTP server: resume, retries, checksums, lock file,
+quarantine; atomic and traversal-safe archive extraction; restricted unpickling."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import pickle
+import re
+import tarfile
+import threading
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from regattn_lib.datasets import downloads as dl
+from regattn_lib.datasets.downloads import (
+    ChecksumError,
+    DownloadError,
+    UnsafePickleError,
+    download,
+    download_entry,
+    extract_archive,
+    lock_record,
+    manifest_entry,
+    safe_load_pickle,
+)
+
+PAYLOAD = np.random.default_rng(0).integers(0, 256, 150_000, dtype=np.uint8).tobytes()
+SHA = hashlib.sha256(PAYLOAD).hexdigest()
+
+
+class Site:
+    """What the test server serves, how it misbehaves, and what it was asked."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.modes: dict[str, set[str]] = {}
+        self.requests: list[tuple[str, str | None]] = []
+        self.statuses: list[int] = []
+        self.base = ""
+
+    def add(self, path: str, data: bytes, *modes: str) -> str:
+        self.files[path] = data
+        self.modes[path] = set(modes)
+        return self.base + path
+
+    def hits(self, path: str) -> list[str | None]:
+        """The Range header of every request made for ``path``."""
+        return [r for p, r in self.requests if p == path]
+
+
+def make_handler(site: Site):
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):  # keep pytest output clean
+            pass
+
+        def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None):
+            site.statuses.append(status)
+            self.send_response(status)
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            rng = self.headers.get("Range")
+            site.requests.append((self.path, rng))
+            n_before = len(site.hits(self.path)) - 1
+            if self.path not in site.files:
+                return self._send(404, b"not found")
+            data, modes = site.files[self.path], site.modes[self.path]
+            if "corrupt" in modes:
+                data = bytes([data[0] ^ 0xFF]) + data[1:]
+            if "fail_first" in modes and n_before == 0:
+                return self._send(503, b"busy")
+            if "drop_first" in modes and n_before == 0:
+                # Announce the whole file, send half of it, then hang up.
+                site.statuses.append(200)
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data[: len(data) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+                return None
+            if rng and "norange" not in modes:
+                start = int(re.fullmatch(r"bytes=(\d+)-", rng).group(1))
+                if start >= len(data):
+                    return self._send(416, b"", {"Content-Range": f"bytes */{len(data)}"})
+                cr = f"bytes {start}-{len(data) - 1}/{len(data)}"
+                return self._send(206, data[start:], {"Content-Range": cr})
+            return self._send(200, data)
+
+    return Handler
+
+
+@pytest.fixture
+def site():
+    s = Site()
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(s))
+    s.base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    t = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    t.start()
+    yield s
+    httpd.shutdown()
+    httpd.server_close()
+    t.join()
+
+
+FAST = {"backoff": 0.01, "timeout": 5, "progress": False}
+
+
+def test_complete_download_with_sha_then_no_network(site, tmp_path):
+    url = site.add("/f.bin", PAYLOAD)
+    dest = tmp_path / "sub" / "f.bin"
+    lock = tmp_path / "lock.json"
+    out = download(url, dest, sha256=SHA, size=len(PAYLOAD), lock_file=lock, **FAST)
+    assert out == dest and dest.read_bytes() == PAYLOAD
+    assert not dest.with_name("f.bin.part").exists()
+    assert site.hits("/f.bin") == [None]
+    assert not lock.exists()  # hash known from the caller: nothing to record
+    # Present and verified: returned without any request.
+    download(url, dest, sha256=SHA, lock_file=lock, **FAST)
+    assert len(site.requests) == 1
+
+
+def test_interrupted_download_resumes_with_range(site, tmp_path):
+    url = site.add("/big.bin", PAYLOAD, "drop_first")
+    dest = tmp_path / "big.bin"
+    with pytest.raises(DownloadError, match="after 1 attempts"):
+        download(url, dest, sha256=SHA, lock_file=tmp_path / "l.json", retries=0, **FAST)
+    part = tmp_path / "big.bin.part"
+    half = len(PAYLOAD) // 2
+    assert part.stat().st_size == half and not dest.exists()
+    # A new run resumes from the partial file.
+    download(url, dest, sha256=SHA, lock_file=tmp_path / "l.json", **FAST)
+    assert dest.read_bytes() == PAYLOAD and not part.exists()
+    assert site.hits("/big.bin") == [None, f"bytes={half}-"]
+    assert site.statuses == [200, 206]
+
+
+def test_retry_within_one_call_resumes(site, tmp_path):
+    url = site.add("/big.bin", PAYLOAD, "drop_first")
+    download(url, tmp_path / "b", sha256=SHA, lock_file=tmp_path / "l.json", retries=2, **FAST)
+    assert (tmp_path / "b").read_bytes() == PAYLOAD
+    assert site.hits("/big.bin") == [None, f"bytes={len(PAYLOAD) // 2}-"]
+
+
+def test_server_without_range_support_restarts_from_zero(site, tmp_path):
+    url = site.add("/nr.bin", PAYLOAD, "drop_first", "norange")
+    dest = tmp_path / "nr.bin"
+    download(url, dest, sha256=SHA, lock_file=tmp_path / "l.json", retries=1, **FAST)
+    assert dest.read_bytes() == PAYLOAD  # not half + whole appended
+    assert site.hits("/nr.bin") == [None, f"bytes={len(PAYLOAD) // 2}-"]
+    assert site.statuses == [200, 200]
+
+
+def test_already_complete_part_file_416(site, tmp_path):
+    url = site.add("/c.bin", PAYLOAD)
+    dest = tmp_path / "c.bin"
+    (tmp_path / "c.bin.part").write_bytes(PAYLOAD)
+    download(url, dest, sha256=SHA, lock_file=tmp_path / "l.json", **FAST)
+    assert dest.read_bytes() == PAYLOAD
+    assert site.statuses == [416]
+
+
+def test_part_file_longer_than_remote_restarts(site, tmp_path):
+    url = site.add("/long.bin", PAYLOAD)
+    (tmp_path / "long.bin.part").write_bytes(PAYLOAD + b"stale tail")
+    download(url, tmp_path / "long.bin", sha256=SHA, lock_file=tmp_path / "l.json", **FAST)
+    assert (tmp_path / "long.bin").read_bytes() == PAYLOAD
+    assert site.hits("/long.bin") == [f"bytes={len(PAYLOAD) + 10}-", None]
+    assert site.statuses == [416, 200]
+
+
+def test_5xx_is_retried(site, tmp_path):
+    url = site.add("/busy.bin", PAYLOAD, "fail_first")
+    download(url, tmp_path / "x", sha256=SHA, lock_file=tmp_path / "l.json", **FAST)
+    assert site.statuses == [503, 200]
+
+
+def test_404_is_not_retried(site, tmp_path):
+    url = site.base + "/missing.bin"
+    with pytest.raises(DownloadError) as e:
+        download(url, tmp_path / "m.bin", lock_file=tmp_path / "l.json", retries=3, **FAST)
+    assert url in str(e.value) and "404" in str(e.value)
+    assert site.statuses == [404]
+    assert not (tmp_path / "m.bin").exists()
+
+
+def test_corrupted_file_is_quarantined(site, tmp_path):
+    url = site.add("/bad.bin", PAYLOAD, "corrupt")
+    dest = tmp_path / "bad.bin"
+    with pytest.raises(ChecksumError) as e:
+        download(url, dest, sha256=SHA, lock_file=tmp_path / "l.json", **FAST)
+    msg = str(e.value)
+    actual = hashlib.sha256(bytes([PAYLOAD[0] ^ 0xFF]) + PAYLOAD[1:]).hexdigest()
+    assert url in msg and str(dest) in msg and SHA in msg and actual in msg
+    assert not dest.exists() and not (tmp_path / "bad.bin.part").exists()
+    quarantined = list((tmp_path / "bad.bin.quarantine").iterdir())
+    assert len(quarantined) == 1 and quarantined[0].name.startswith("bad.bin.")
+    assert hashlib.sha256(quarantined[0].read_bytes()).hexdigest() == actual
+
+
+def test_size_mismatch_is_caught(site, tmp_path):
+    url = site.add("/s.bin", PAYLOAD)
+    with pytest.raises(ChecksumError, match=f"{len(PAYLOAD)} bytes"):
+        download(url, tmp_path / "s.bin", size=len(PAYLOAD) + 1, lock_file=tmp_path / "l", **FAST)
+
+
+def test_unknown_hash_is_recorded_then_enforced(site, tmp_path):
+    url = site.add("/u.bin", PAYLOAD)
+    dest = tmp_path / "u.bin"
+    lock = tmp_path / "data" / "downloads.lock.json"
+    download(url, dest, lock_file=lock, **FAST)
+    rec = json.loads(lock.read_text())[url]
+    assert rec["sha256"] == SHA and rec["size"] == len(PAYLOAD)
+    assert rec["path"] == str(dest.resolve())
+    assert lock_record(url, lock) == rec
+    # Second run: verified against the record, no request.
+    download(url, dest, lock_file=lock, **FAST)
+    assert len(site.requests) == 1
+    # A tampered local file now fails and is moved aside.
+    dest.write_bytes(PAYLOAD[:-1] + b"X")
+    with pytest.raises(ChecksumError) as e:
+        download(url, dest, lock_file=lock, **FAST)
+    assert url in str(e.value) and SHA in str(e.value) and "lock file" in str(e.value)
+    assert not dest.exists()
+    # The server's copy changes: the fresh download no longer matches the record.
+    site.files["/u.bin"] = b"other bytes"
+    with pytest.raises(ChecksumError):
+        download(url, dest, lock_file=lock, **FAST)
+    assert len(list((tmp_path / "u.bin.quarantine").iterdir())) == 2
+
+
+def test_download_entry_uses_manifest_prefix(site, tmp_path, monkeypatch):
+    url = site.add("/w.pth", PAYLOAD)
+    entries = {
+        "good": {"url": url, "dest": "weights/w.pth", "sha256": None, "sha256_prefix": SHA[:8]},
+        "bad": {"url": url, "dest": "weights/v.pth", "sha256": None, "sha256_prefix": "00000000"},
+    }
+    monkeypatch.setattr(dl, "load_manifest", lambda: entries)
+    out = download_entry("good", data_root=tmp_path, **FAST)
+    assert out == tmp_path / "weights" / "w.pth" and out.read_bytes() == PAYLOAD
+    with pytest.raises(ChecksumError):
+        download_entry("bad", data_root=tmp_path, **FAST)
+
+
+def test_manifest_entries():
+    att = manifest_entry("official_attention")
+    assert att["size"] == 1049729
+    assert att["sha256"] == "038e6a852e3b64a9b3b9dc6b105047e04b65cf36f4b1df99fbb9d692ec704f8e"
+    assert att["dest"] == "weights/ContextAwareRegionalAttention_weights.pth"
+    tv = manifest_entry("torchvision_resnet101")
+    assert tv["url"] == "https://download.pytorch.org/models/resnet101-63fe2227.pth"
+    assert tv["sha256_prefix"] == "63fe2227"
+    g = manifest_entry("gnd_roxford5k")
+    assert g["url"].endswith("/test/roxford5k/gnd_roxford5k.pkl")
+    assert g["dest"] == "test/roxford5k/gnd_roxford5k.pkl"
+    assert manifest_entry("revisitop1m_tar_100")["url"].endswith("/jpg/revisitop1m.100.tar.gz")
+    for key, e in dl.load_manifest().items():
+        assert e["url"].startswith(("http://", "https://")), key
+        assert not Path(e["dest"]).is_absolute() and ".." not in Path(e["dest"]).parts
+    with pytest.raises(KeyError, match="gnd_oxford5k"):
+        manifest_entry("nope")
+
+
+# --- archives ----------------------------------------------------------------------------------
+
+
+def make_tar(members: dict[str, bytes], mode: str = "w:gz") -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=mode) as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_served_tarball_downloaded_and_extracted(site, tmp_path):
+    blob = make_tar({"top/a.txt": b"alpha", "top/sub/b.txt": b"beta"})
+    url = site.add("/a.tar.gz", blob)
+    arc = download(url, tmp_path / "a.tar.gz", lock_file=tmp_path / "l.json", **FAST)
+    out = extract_archive(arc, tmp_path / "x")
+    assert (out / "top" / "a.txt").read_bytes() == b"alpha"
+    assert (out / "top" / "sub" / "b.txt").read_bytes() == b"beta"
+    assert (out / ".a.tar.gz.done").exists()
+    # Marked done: a second call does not extract again.
+    (out / "top" / "a.txt").unlink()
+    extract_archive(arc, tmp_path / "x")
+    assert not (out / "top" / "a.txt").exists()
+    assert [p.name for p in tmp_path.iterdir() if "extracting" in p.name] == []
+
+
+def test_flatten_merges_two_archives(tmp_path):
+    a = tmp_path / "p1.tgz"
+    b = tmp_path / "p2.tgz"
+    a.write_bytes(make_tar({"paris/louvre/x1.jpg": b"1", "paris/eiffel/x2.jpg": b"2"}))
+    b.write_bytes(make_tar({"paris/pompidou/x3.jpg": b"3"}))
+    jpg = tmp_path / "jpg"
+    extract_archive(a, jpg, flatten=True)
+    extract_archive(b, jpg, flatten=True)
+    assert sorted(p.name for p in jpg.iterdir()) == [
+        ".p1.tgz.done",
+        ".p2.tgz.done",
+        "x1.jpg",
+        "x2.jpg",
+        "x3.jpg",
+    ]
+
+
+def test_failed_extraction_leaves_nothing(tmp_path, monkeypatch):
+    arc = tmp_path / "a.tar"
+    arc.write_bytes(make_tar({"a.txt": b"a", "b.txt": b"b"}, mode="w"))
+    calls = []
+
+    def boom(src, dst, n=0):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        dst.write(src.read())
+
+    monkeypatch.setattr(dl.shutil, "copyfileobj", boom)
+    with pytest.raises(OSError, match="disk full"):
+        extract_archive(arc, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tar"]
+
+
+@pytest.mark.parametrize("bad", ["../evil.txt", "/tmp/evil.txt", "ok/../../evil.txt"])
+def test_tar_traversal_rejected(tmp_path, bad):
+    arc = tmp_path / "t.tgz"
+    arc.write_bytes(make_tar({"fine.txt": b"x", bad: b"evil"}))
+    with pytest.raises(DownloadError, match="path traversal"):
+        extract_archive(arc, tmp_path / "d" / "out")
+    assert not (tmp_path / "d" / "out").exists() and not (tmp_path / "evil.txt").exists()
+    assert list((tmp_path / "d").iterdir()) == []
+
+
+def test_tar_symlink_and_zip_traversal_rejected(tmp_path):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        info = tarfile.TarInfo("link")
+        info.type = tarfile.SYMTYPE
+        info.linkname = "/etc/passwd"
+        tf.addfile(info)
+    (tmp_path / "l.tar").write_bytes(buf.getvalue())
+    with pytest.raises(DownloadError, match="not a regular file"):
+        extract_archive(tmp_path / "l.tar", tmp_path / "o1")
+    with zipfile.ZipFile(tmp_path / "z.zip", "w") as zf:
+        zf.writestr("../evil.txt", "evil")
+    with pytest.raises(DownloadError, match="path traversal"):
+        extract_archive(tmp_path / "z.zip", tmp_path / "o2")
+    with zipfile.ZipFile(tmp_path / "good.zip", "w") as zf:
+        zf.writestr("d/e.txt", "e")
+    assert (extract_archive(tmp_path / "good.zip", tmp_path / "o3") / "d" / "e.txt").exists()
+
+
+# --- pickles -----------------------------------------------------------------------------------
+
+
+class Evil:
+    def __init__(self, target: str):
+        self.target = target
+
+    def __reduce__(self):
+        return (os.remove, (self.target,))
+
+
+def gnd_like() -> dict:
+    return {
+        "imlist": ["a", "b"],
+        "qimlist": ["q"],
+        "gnd": [{"bbx": [1.0, 2.0, 3.0, 4.0], "ok": np.array([0, 1]), "junk": []}],
+        "scale": np.float64(0.5),
+    }
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+def test_safe_load_pickle_plain_data(tmp_path, protocol):
+    p = tmp_path / "gnd.pkl"
+    p.write_bytes(pickle.dumps(gnd_like(), protocol=protocol))
+    sha = hashlib.sha256(p.read_bytes()).hexdigest()
+    obj = safe_load_pickle(p, expected_sha256=sha, lock_file=tmp_path / "l.json")
+    np.testing.assert_array_equal(obj["gnd"][0]["ok"], [0, 1])
+    assert obj["imlist"] == ["a", "b"] and obj["scale"] == 0.5
+    with pytest.raises(ChecksumError, match="not unpickled"):
+        safe_load_pickle(p, expected_sha256="0" * 64, lock_file=tmp_path / "l.json")
+
+
+def test_safe_load_pickle_rejects_code(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("still here")
+    p = tmp_path / "evil.pkl"
+    p.write_bytes(pickle.dumps({"gnd": [Evil(str(victim))]}))
+    with pytest.raises(UnsafePickleError, match=r"evil\.pkl.*(posix|os)\.remove"):
+        safe_load_pickle(p, lock_file=tmp_path / "l.json")
+    assert victim.read_text() == "still here"
+
+
+def test_safe_load_pickle_uses_lock_record(site, tmp_path):
+    url = site.add("/gnd.pkl", pickle.dumps(gnd_like()))
+    lock = tmp_path / "lock.json"
+    p = download(url, tmp_path / "gnd.pkl", lock_file=lock, **FAST)
+    assert safe_load_pickle(p, lock_file=lock)["qimlist"] == ["q"]
+    p.write_bytes(pickle.dumps({"imlist": ["tampered"]}))
+    with pytest.raises(ChecksumError, match=re.escape(url)):
+        safe_load_pickle(p, lock_file=lock)
