@@ -76,7 +76,12 @@ def write_table(
     """Write ``<name>.csv`` and ``<name>.md`` (the Markdown with its notes under the table)."""
     tables_dir = Path(tables_dir)
     csv = atomic_write_text(tables_dir / f"{name}.csv", df.to_csv(index=False, float_format="%.4g"))
-    md = df.to_markdown(index=False, floatfmt=".1f") + "\n" + "".join(f"\n> {n}" for n in notes) + "\n"
+    md = (
+        df.to_markdown(index=False, floatfmt=".1f")
+        + "\n"
+        + "".join(f"\n> {n}" for n in notes)
+        + "\n"
+    )
     mdp = atomic_write_text(tables_dir / f"{name}.md", md)
     return csv, mdp
 
