@@ -38,7 +38,7 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
         raise ImageError(f"image file not found: {path}") from e
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise ImageError(f"cannot read image {path}: {e}") from e
-    return np.asarray(rgb, dtype=np.uint8)
+    return np.array(rgb, dtype=np.uint8)  # writable: torch.from_numpy warns on read-only arrays
 
 
 def check_rgb(image: np.ndarray | torch.Tensor, name: str = "image") -> None:

@@ -353,3 +353,28 @@ def time_per_image(
             torch.cuda.synchronize()
         out[name] = (time.perf_counter() - t0) / len(paths)
     return out
+
+
+@torch.no_grad()
+def attention_for_image(
+    ctx: Context,
+    path: str | os.PathLike,
+    attention: RegionalAttention | None,
+    levels: int | None = None,
+    bbx: Sequence[float] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image, regions, alpha) of one image as the descriptor sees it (resized, cropped)."""
+    from .descriptor import pool_regions
+    from .images import prepare_image
+    from .regions import rmac_regions
+
+    image = prepare_image(path, ctx.profile.image_size, bbx)
+    batch = torch.from_numpy(image).permute(2, 0, 1)[None].to(ctx.device)
+    feats = ctx.backbone.features(batch).float()
+    regions = rmac_regions(image.shape[0], image.shape[1], levels or ctx.profile.levels)
+    pooled = pool_regions(feats, regions)
+    if attention is None:
+        alpha = np.ones(len(regions))
+    else:
+        alpha = attention(pooled.avg_pooled, pooled.global_avg)[0].cpu().numpy()
+    return image, regions, alpha

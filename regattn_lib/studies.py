@@ -1,0 +1,287 @@
+"""The experiments behind each table of the paper, as functions returning DataFrames.
+
+Each function runs the backbone once per dataset for all the methods it compares (the
+extraction engine evaluates many heads on one feature map) and reuses the descriptor cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import pipeline as P
+from .extract import GlobalHead, Head, RegionalHead
+from .regions import rmac_regions
+from .reports import side_by_side
+from .whitening import PCAWhitening
+
+SOTA_POOLINGS = {"MAC": "mac", "SPoC": "spoc", "CroW": "crow", "CAM": "cam"}
+
+
+def dataset_statistics(ctx: P.Context) -> pd.DataFrame:
+    """Database size, queries and positives per query for each test set of the profile."""
+    rows = []
+    for name in dict.fromkeys(ctx.profile.datasets + ctx.profile.revisited):
+        ds = P.dataset(ctx, name)
+        row = {"dataset": name, "database": ds.n_db, "queries": ds.n_queries}
+        for proto in ("easy", "hard", "junk", "ok"):
+            if ds.gnd and proto in ds.gnd[0]:
+                row[f"{proto} per query"] = float(np.mean([len(g[proto]) for g in ds.gnd]))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def compare_to_paper(
+    ours: pd.DataFrame, paper: pd.DataFrame, datasets: Sequence[str], extra: Sequence[str] = ()
+) -> tuple[pd.DataFrame, list[str]]:
+    """Paper vs ours vs difference where our columns are the paper's datasets.
+
+    On other datasets (the synthetic benchmark) a difference would compare unlike things: the
+    table then shows the paper's columns as a reference beside ours, and each side's gain over
+    its own first row (the R-MAC baseline), which is comparable. Returns the table and notes.
+    """
+    cols = list(datasets) + [c for c in extra if c in ours.columns]
+    if all(d in paper.columns for d in datasets):
+        return side_by_side(ours, paper, cols), []
+    ref = paper.set_index("method")
+    out = pd.DataFrame({"method": ours["method"]})
+    for c in [c for c in paper.columns if c != "method"]:
+        out[f"{c} paper"] = ref[c].reindex(ours["method"]).to_numpy(dtype=float)
+    for c in cols:
+        out[f"{c} ours"] = ours[c].to_numpy(dtype=float)
+    base = ours.iloc[0]
+    for c in [c for c in paper.columns if c not in ("method", "time_s")]:
+        out[f"{c} paper gain"] = out[f"{c} paper"] - out[f"{c} paper"].iloc[0]
+    for d in datasets:
+        out[f"{d} ours gain"] = ours[d].to_numpy(dtype=float) - float(base[d])
+    note = (
+        f"Ours is measured on {', '.join(datasets)}, not on the paper's datasets: the paper's "
+        "values are shown for reference, and 'gain' columns compare each side to its own R-MAC row."
+    )
+    return out, [note]
+
+
+def _classic_maps(
+    ctx: P.Context, ds_name: str, heads: dict[str, Head], qe_k: int = 0, distractors: bool = False
+):
+    ds = P.dataset(ctx, ds_name, distractors=distractors)
+    descs = P.describe(ctx, ds, heads)
+    scores = P.score(descs, ds, qe_k=qe_k, protocols=["classic"])
+    return ds, descs, {k: v["protocols"]["classic"]["map"] for k, v in scores.items()}
+
+
+def ablation(
+    ctx: P.Context, whitening: PCAWhitening, timing: bool = True, n_timing: int = 20
+) -> pd.DataFrame:
+    """R-MAC + PCA, + regional attention, + context awareness on each test set, with s/image."""
+    heads = P.ablation_heads(ctx, whitening)
+    table = pd.DataFrame({"method": list(heads)})
+    for name in ctx.profile.datasets:
+        ds, _, maps = _classic_maps(ctx, name, heads)
+        table[name] = [maps[m] for m in heads]
+    if timing:
+        ds = P.dataset(ctx, ctx.profile.datasets[0])
+        t = P.time_per_image(ctx, ds, heads, n_timing)
+        table["time_s"] = [t[m] for m in heads]
+    return table
+
+
+def rpn_ablation(ctx: P.Context, whitening: PCAWhitening) -> tuple[pd.DataFrame, str]:
+    """The ablation with RPN proposals instead of the grid. Returns the table and the RPN label."""
+    from .rpn import RPNRegions
+
+    rpn = RPNRegions(ctx.profile.rpn, top_n=ctx.profile.rpn_proposals, data_root=ctx.data_root,
+                     download=ctx.profile.download, device=ctx.device)  # fmt: skip
+    heads = P.ablation_heads(
+        ctx, whitening, region_fn=rpn, region_source=f"rpn-{rpn.weights}-{rpn.top_n}"
+    )
+    table = pd.DataFrame({"method": list(heads)})
+    for name in ctx.profile.datasets:
+        _, _, maps = _classic_maps(ctx, name, heads)
+        table[name] = [maps[m] for m in heads]
+    return table, rpn.label
+
+
+def scale_study(
+    ctx: P.Context, whitening: PCAWhitening, levels: Sequence[int] | None = None
+) -> pd.DataFrame:
+    """mAP against the number of levels L for R-MAC and the attention variants (long format)."""
+    levels = list(ctx.profile.scale_levels if levels is None else levels)
+    atts = P.available_attention(ctx)
+    heads: dict[str, Head] = {}
+    for lv in levels:
+        for label, att in atts.items():
+            heads[f"{label}|L={lv}"] = RegionalHead(
+                name=label, levels=lv, attention=att, whitening=whitening
+            )
+    rows = []
+    for name in ctx.profile.datasets:
+        ds = P.dataset(ctx, name)
+        descs = P.describe(ctx, ds, heads)
+        scores = P.score(descs, ds, protocols=["classic"])
+        for key, s in scores.items():
+            label, lv = key.split("|L=")
+            rows.append({"dataset": name, "method": label, "levels": int(lv),
+                         "regions_4x3": len(rmac_regions(768, 1024, int(lv))), "mAP": s["protocols"]["classic"]["map"]})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def sota_heads(ctx: P.Context, whitening: PCAWhitening) -> dict[str, Head]:
+    """MAC, SPoC, CroW, CAM (whitened on the whitening set), R-MAC and ours (context)."""
+    heads: dict[str, Head] = {}
+    fc = getattr(ctx.backbone, "fc", None)
+    for label, pooling in SOTA_POOLINGS.items():
+        if pooling == "cam" and fc is None:
+            continue  # CAM needs the backbone's classifier
+        w = P.learn_whitening(ctx, kind=pooling, n_components=ctx.profile.global_whitening_dims)
+        heads[label] = GlobalHead(name=label, pooling=pooling, whitening=w,
+                                  fc_weight=None if fc is None else fc.weight.detach())  # fmt: skip
+    atts = P.available_attention(ctx)
+    heads["R-MAC"] = RegionalHead(name="R-MAC", levels=ctx.profile.levels, whitening=whitening)
+    best = atts.get(P.CONTEXT) or atts.get(P.REGIONAL)
+    if best is not None:
+        heads["Ours"] = RegionalHead(
+            name="Ours", levels=ctx.profile.levels, attention=best, whitening=whitening
+        )
+    return heads
+
+
+def sota(ctx: P.Context, whitening: PCAWhitening) -> tuple[pd.DataFrame, list[str]]:
+    """The state-of-the-art table: every method without and with average QE (top-k)."""
+    heads = sota_heads(ctx, whitening)
+    notes: list[str] = []
+    columns: dict[str, dict[str, float]] = {}
+    sets = [(n, False) for n in ctx.profile.datasets]
+    if ctx.profile.distractors is not None:
+        sets += [(n, True) for n in ctx.profile.datasets]
+    for name, distract in sets:
+        ds = P.dataset(ctx, name, distractors=distract)
+        descs = P.describe(ctx, ds, heads)
+        col = (
+            {"oxford5k": "oxford105k", "paris6k": "paris106k"}.get(name, name + "+distractors")
+            if distract
+            else name
+        )
+        plain = P.score(descs, ds, protocols=["classic"])
+        qe = P.score(descs, ds, qe_k=ctx.profile.qe_k, protocols=["classic"])
+        columns[col] = {m: plain[m]["protocols"]["classic"]["map"] for m in heads}
+        columns[col].update({f"{m}+QE": qe[m]["protocols"]["classic"]["map"] for m in heads})
+        notes += [n for n in ds.notes if n not in notes]
+    methods = list(heads) + [f"{m}+QE" for m in heads]
+    table = pd.DataFrame({"method": methods})
+    for col, vals in columns.items():
+        table[col] = [vals[m] for m in methods]
+    if "CAM" not in heads:
+        notes.append(
+            "CAM is left out: the backbone has no ImageNet classifier (fc) to weight with."
+        )
+    return table, notes
+
+
+def revisited(ctx: P.Context, whitening: PCAWhitening) -> pd.DataFrame:
+    """Revisited protocol: mAP and mP@10 under Easy / Medium / Hard, R-MAC and ours, +- QE."""
+    heads = {k: v for k, v in sota_heads(ctx, whitening).items() if k in ("R-MAC", "Ours")}
+    rows = []
+    for name in ctx.profile.revisited:
+        ds = P.dataset(ctx, name)
+        descs = P.describe(ctx, ds, heads)
+        for qe_k in (0, ctx.profile.qe_k):
+            for method, r in P.score(
+                descs, ds, qe_k=qe_k, protocols=["easy", "medium", "hard"]
+            ).items():
+                row = {"dataset": name, "method": method + ("+QE" if qe_k else "")}
+                for proto, v in r["protocols"].items():
+                    row[f"{proto} mAP"] = v["map"]
+                    row[f"{proto} mP@10"] = v["mp"][10]
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def whitening_study(ctx: P.Context, dims: Sequence[int | None]) -> pd.DataFrame:
+    """R-MAC without whitening and with whitening of several dimensions (None = all)."""
+    heads: dict[str, Head] = {
+        "R-MAC, no whitening": RegionalHead(name="nw", levels=ctx.profile.levels)
+    }
+    info = {}
+    for d in dims:
+        w = P.learn_whitening(ctx, n_components=d)
+        label = f"R-MAC + PCA-whitening {w.out_dim}-d"
+        heads[label] = RegionalHead(name=label, levels=ctx.profile.levels, whitening=w)
+        info[label] = w.meta["n_vectors"]
+    rows = []
+    for name in ctx.profile.datasets:
+        ds = P.dataset(ctx, name)
+        scores = P.score(P.describe(ctx, ds, heads), ds)
+        for m, s in scores.items():
+            row = {"dataset": name, "method": m, "whitening vectors": info.get(m, 0)}
+            row.update({f"{p} mAP": v["map"] for p, v in s["protocols"].items()})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def per_query(
+    ctx: P.Context, whitening: PCAWhitening, name: str | None = None
+) -> tuple[pd.DataFrame, dict]:
+    """Per-query AP of R-MAC and ours (classic protocol); also returns the descriptors."""
+    name = name or ctx.profile.datasets[0]
+    heads = {k: v for k, v in sota_heads(ctx, whitening).items() if k in ("R-MAC", "Ours")}
+    ds = P.dataset(ctx, name)
+    descs = P.describe(ctx, ds, heads)
+    scores = P.score(descs, ds, protocols=["classic"])
+    df = pd.DataFrame({"query": ds.qimlist})
+    for m, s in scores.items():
+        df[f"AP {m}"] = s["protocols"]["classic"]["aps"]
+    if "AP Ours" in df:
+        df["gain"] = df["AP Ours"] - df["AP R-MAC"]
+    return df, {"dataset": ds, "descriptors": descs}
+
+
+def training_summary(runs: dict) -> pd.DataFrame:
+    """One row per training stage: steps and the last validation loss/accuracy."""
+    rows = []
+    for stage, run in runs.items():
+        val = run.history.dropna(subset=["val_acc"])
+        last = val.iloc[-1] if len(val) else None
+        rows.append({
+            "stage": stage, "steps": run.steps, "finished": run.finished,
+            "val_loss": float(last["val_loss"]) if last is not None else float("nan"),
+            "val_acc": float(last["val_acc"]) if last is not None else float("nan"),
+        })  # fmt: skip
+    return pd.DataFrame(rows, columns=["stage", "steps", "finished", "val_loss", "val_acc"])
+
+
+def save_training_curves(run, png) -> object:
+    """Plot a training run's curves (its history CSV) to ``png``."""
+    from .train import plot_curves
+
+    return plot_curves(run.out_dir / "history.csv", png)
+
+
+def extreme_queries(perq: pd.DataFrame) -> tuple[int, int]:
+    """Indices of the query where ours gains most over R-MAC and where R-MAC wins most."""
+    gain = perq["gain"].fillna(0).to_numpy()
+    return int(np.argmax(gain)), int(np.argmin(gain))
+
+
+def attention_figure(ctx: P.Context, ds, queries: Sequence[int], n_db: int = 2):
+    """Attention maps (context model, else regional) of some queries and database images."""
+    from .figures import _figure, plot_attention
+
+    atts = P.available_attention(ctx)
+    att = atts.get(P.CONTEXT) or atts.get(P.REGIONAL)
+    items = [(ds.query_paths[q], ds.query_bbxs[q], f"query {ds.qimlist[q]}") for q in queries]
+    for q in queries:
+        pos = ds.gnd[q].get("ok") or ds.gnd[q].get("easy") or []
+        items += [
+            (ds.db_paths[i], None, f"db {ds.imlist[i]} (positive of {ds.qimlist[q]})")
+            for i in pos[:n_db]
+        ]
+    fig = _figure(4 * len(items), 3.6)
+    axes = np.atleast_1d(fig.subplots(1, len(items)))
+    for ax, (path, bbx, title) in zip(axes, items, strict=True):
+        image, regions, alpha = P.attention_for_image(ctx, path, att, bbx=bbx)
+        plot_attention(image, regions, alpha, title=title, ax=ax)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Run the notebook series end to end with papermill.
+#   ./run_all.sh [--profile smoke|demo|paper] [--device auto|cpu|cuda] [--from NN] [--only NN]
+# Executed notebooks go to results/<profile>/notebooks/, tables and figures beside them.
+# Stops at the first failing notebook, naming it and its failing cell; earlier results stay,
+# and --from NN resumes there.
+set -euo pipefail
+cd "$(dirname "$0")"
+profile=smoke device=auto from=01 only=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --profile) profile=$2; shift 2 ;;
+    --device) device=$2; shift 2 ;;
+    --from) from=$2; shift 2 ;;
+    --only) only=$2; shift 2 ;;
+    -h|--help) sed -n 2,6p "$0"; exit 0 ;;
+    *) echo "run_all.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+  esac
+done
+case "$profile" in smoke|demo|paper) ;; *) echo "run_all.sh: unknown profile '$profile' (smoke, demo, paper)" >&2; exit 2 ;; esac
+scripts/setup_env.sh
+export MPLBACKEND=Agg PYTHONUNBUFFERED=1
+PY=.venv/bin/python
+# The paper profile checks what it needs before spending hours.
+$PY -m regattn_lib.preflight --profile "$profile" --device "$device"
+results=${REGATTN_RESULTS:-results}/$profile
+mkdir -p "$results/notebooks"
+status=0
+for nb in notebooks/[0-9][0-9]_*.ipynb; do
+  name=$(basename "$nb" .ipynb); num=${name:0:2}
+  if [ -n "$only" ] && [ "$num" != "$only" ]; then continue; fi
+  if [ -z "$only" ] && [ "$num" \< "$from" ]; then continue; fi
+  out="$results/notebooks/$name.ipynb"
+  start=$(date +%s)
+  if $PY -m papermill "$nb" "$out" -p profile "$profile" -p device "$device" \
+      --cwd notebooks --log-level WARNING > "$results/notebooks/$name.log" 2>&1; then
+    echo "[run_all] $name ok ($(( $(date +%s) - start )) s)"
+  else
+    cell=$(grep -o "Exception was encountered at 'In \[[0-9]*\]'" "$results/notebooks/$name.log" | head -1 || true)
+    echo "[run_all] $name FAILED after $(( $(date +%s) - start )) s ${cell:+($cell)}" >&2
+    grep -E "Error|error" "$results/notebooks/$name.log" | tail -5 >&2 || true
+    echo "[run_all] log: $results/notebooks/$name.log; executed notebook: $out; resume with --from $num" >&2
+    status=1
+    break
+  fi
+done
+[ $status -eq 0 ] && echo "[run_all] done: tables in $results/tables, figures in $results/figures"
+exit $status
