@@ -77,7 +77,7 @@ def write_table(
     tables_dir = Path(tables_dir)
     csv = atomic_write_text(tables_dir / f"{name}.csv", df.to_csv(index=False, float_format="%.4g"))
     md = (
-        df.to_markdown(index=False, floatfmt=".1f")
+        df.to_markdown(index=False, floatfmt=".3g")
         + "\n"
         + "".join(f"\n> {n}" for n in notes)
         + "\n"

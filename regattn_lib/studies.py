@@ -34,31 +34,40 @@ def dataset_statistics(ctx: P.Context) -> pd.DataFrame:
 
 
 def compare_to_paper(
-    ours: pd.DataFrame, paper: pd.DataFrame, datasets: Sequence[str], extra: Sequence[str] = ()
+    ours: pd.DataFrame,
+    paper: pd.DataFrame,
+    datasets: Sequence[str],
+    extra: Sequence[str] = (),
+    baseline: str | None = None,
 ) -> tuple[pd.DataFrame, list[str]]:
     """Paper vs ours vs difference where our columns are the paper's datasets.
 
-    On other datasets (the synthetic benchmark) a difference would compare unlike things: the
-    table then shows the paper's columns as a reference beside ours, and each side's gain over
-    its own first row (the R-MAC baseline), which is comparable. Returns the table and notes.
+    Rows: ours in order, then the paper's rows we do not compute (e.g. SDCF), with empty
+    "ours" cells. On other datasets (the synthetic benchmark) a difference would compare unlike
+    things: the table then shows the paper's columns as a reference beside ours, and each
+    side's gain over its own ``baseline`` row (default: the first row, R-MAC), which is
+    comparable. Returns the table and its notes.
     """
+    methods = list(ours["method"]) + [m for m in paper["method"] if m not in set(ours["method"])]
+    ours = ours.set_index("method").reindex(methods).reset_index()
     cols = list(datasets) + [c for c in extra if c in ours.columns]
     if all(d in paper.columns for d in datasets):
         return side_by_side(ours, paper, cols), []
-    ref = paper.set_index("method")
-    out = pd.DataFrame({"method": ours["method"]})
+    base = baseline if baseline is not None else methods[0]
+    ref = paper.set_index("method").reindex(methods)
+    out = pd.DataFrame({"method": methods})
     for c in [c for c in paper.columns if c != "method"]:
-        out[f"{c} paper"] = ref[c].reindex(ours["method"]).to_numpy(dtype=float)
+        out[f"{c} paper"] = ref[c].to_numpy(dtype=float)
     for c in cols:
         out[f"{c} ours"] = ours[c].to_numpy(dtype=float)
-    base = ours.iloc[0]
+    ib = methods.index(base)
     for c in [c for c in paper.columns if c not in ("method", "time_s")]:
-        out[f"{c} paper gain"] = out[f"{c} paper"] - out[f"{c} paper"].iloc[0]
+        out[f"{c} paper gain"] = out[f"{c} paper"] - out[f"{c} paper"].iloc[ib]
     for d in datasets:
-        out[f"{d} ours gain"] = ours[d].to_numpy(dtype=float) - float(base[d])
+        out[f"{d} ours gain"] = out[f"{d} ours"] - out[f"{d} ours"].iloc[ib]
     note = (
         f"Ours is measured on {', '.join(datasets)}, not on the paper's datasets: the paper's "
-        "values are shown for reference, and 'gain' columns compare each side to its own R-MAC row."
+        f"values are shown for reference, and 'gain' columns compare each side to its own {base} row."
     )
     return out, [note]
 

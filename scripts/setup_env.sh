@@ -17,14 +17,17 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
 echo "[setup] installing torch ($TORCH_SPEC) and the project into .venv"
-.venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING' || true
+log=.venv/setup.log
+: > "$log"
+pip_install() { .venv/bin/python -m pip install -q "$@" >>"$log" 2>&1; }
+pip_install --upgrade pip || true
 if ! .venv/bin/python -c "import torch, torchvision" 2>/dev/null; then
   # shellcheck disable=SC2086
-  .venv/bin/python -m pip install -q $TORCH_SPEC 2>&1 | grep -v '^WARNING' || true
+  pip_install $TORCH_SPEC || { tail -20 "$log" >&2; echo "[setup] torch install failed ($TORCH_SPEC), log: $log" >&2; exit 1; }
 fi
-.venv/bin/python -m pip install -q -e ".[notebooks,dev]" 2>&1 | grep -v '^WARNING' || true
+pip_install -e ".[notebooks,dev]" || { tail -20 "$log" >&2; echo "[setup] project install failed, log: $log" >&2; exit 1; }
 .venv/bin/python -c "import regattn_lib, torch, papermill, efficientnet_lite_pytorch" \
-  || { echo "[setup] the environment is incomplete: see the pip output above" >&2; exit 1; }
+  || { echo "[setup] the environment is incomplete, log: $log" >&2; exit 1; }
 echo "$want" > "$stamp"
 .venv/bin/python -m ipykernel install --sys-prefix --name python3 >/dev/null 2>&1 || true
 echo "[setup] ready: $(.venv/bin/python -c 'import torch; print("torch", torch.__version__)')"

@@ -28,3 +28,29 @@ def test_write_table_csv_and_markdown_with_notes(tmp_path):
     assert pd.read_csv(csv)["x"].tolist() == [1.25]
     text = md.read_text()
     assert "| a " in text and "> synthetic data" in text
+
+
+def test_compare_to_paper_reference_layout_and_paper_only_rows():
+    from regattn_lib.reports import PAPER_SOTA
+    from regattn_lib.studies import compare_to_paper
+
+    ours = pd.DataFrame({"method": ["MAC", "R-MAC", "Ours"], "synthetic": [40.0, 50.0, 55.0]})
+    t, notes = compare_to_paper(ours, PAPER_SOTA, ["synthetic"], baseline="R-MAC")
+    t = t.set_index("method")
+    # SDCF is only in the paper: kept, with an empty "ours" cell
+    assert math.isnan(t.loc["SDCF", "synthetic ours"]) and t.loc["SDCF", "oxford5k paper"] == 69.1
+    # gains against each side's own R-MAC row
+    assert (
+        t.loc["Ours", "synthetic ours gain"] == 5.0 and t.loc["MAC", "synthetic ours gain"] == -10.0
+    )
+    assert math.isclose(t.loc["Ours", "oxford5k paper gain"], 76.8 - 70.1)
+    assert "not on the paper's datasets" in notes[0]
+
+
+def test_compare_to_paper_same_datasets_gives_diff():
+    from regattn_lib.studies import compare_to_paper
+
+    ours = pd.DataFrame({"method": ["R-MAC + PCA"], "oxford5k": [72.0], "paris6k": [85.0]})
+    t, notes = compare_to_paper(ours, PAPER_ABLATION, ["oxford5k", "paris6k"])
+    assert notes == [] and math.isclose(t.loc[0, "oxford5k diff"], 1.9)
+    assert len(t) == 3  # the paper's attention rows stay, ours empty

@@ -1,0 +1,97 @@
+"""The whole notebook series on the smoke profile, through run_all.sh and papermill (CPU).
+
+Checks the results contract: every table exists with finite values in range, every figure
+was written, and every executed notebook is saved.
+"""
+
+import json
+import math
+import os
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TABLES = [
+    "ablation",
+    "rpn",
+    "scale_study",
+    "sota",
+    "revisited",
+    "whitening",
+    "datasets",
+    "training",
+    "per_query",
+]
+FIGURES = [
+    "scale_study",
+    "per_query_ap",
+    "ranked_best_ours",
+    "ranked_worst_r-mac",
+    "attention_maps",
+    "queries",
+    "training_context",
+]
+
+
+@pytest.fixture(scope="module")
+def smoke_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("results")
+    env = dict(os.environ, REGATTN_RESULTS=str(out))
+    proc = subprocess.run([str(REPO / "run_all.sh"), "--profile", "smoke", "--device", "cpu"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count(" ok (") == 6, proc.stdout
+    return out / "smoke"
+
+
+def _percent_columns(df):
+    """mAP / AP / mP@k columns (ours and paper), not gains, differences or times."""
+    keep = ("mAP", "mP@", " ours", " paper", "AP ")
+    skip = ("gain", "diff", "time")
+    return [c for c in df.columns if any(k in c for k in keep) and not any(k in c for k in skip)]
+
+
+@pytest.mark.slow
+def test_every_table_exists_with_finite_values_in_range(smoke_results):
+    for name in TABLES:
+        df = pd.read_csv(smoke_results / "tables" / f"{name}.csv")
+        assert len(df) > 0, name
+        assert (smoke_results / "tables" / f"{name}.md").is_file()
+        for c in _percent_columns(df):
+            v = df[c].dropna()  # empty cells: rows only the paper has, and the reverse
+            assert len(v) > 0 and v.map(math.isfinite).all(), (name, c)
+            assert v.between(0, 100).all(), (name, c, v.tolist())
+    for name, row in (("ablation", "R-MAC + PCA"), ("sota", "R-MAC"), ("sota", "Ours")):
+        df = pd.read_csv(smoke_results / "tables" / f"{name}.csv").set_index("method")
+        ours = [c for c in df.columns if c.endswith(" ours")]
+        assert ours and df.loc[row, ours].map(math.isfinite).all(), (name, row)
+    abl = pd.read_csv(smoke_results / "tables" / "ablation.csv")
+    assert list(abl["method"][:3]) == ["R-MAC + PCA", "+ regional attention", "+ context awareness"]
+    assert (abl["time_s ours"].dropna() > 0).all()
+    scale = pd.read_csv(smoke_results / "tables" / "scale_study.csv")
+    assert sorted(scale["levels"].unique()) == [1, 2, 3, 4, 5, 6]
+    rev = pd.read_csv(smoke_results / "tables" / "revisited.csv")
+    assert {"easy mAP", "medium mAP", "hard mAP"} <= set(rev.columns)
+
+
+@pytest.mark.slow
+def test_figures_notebooks_and_metrics_written(smoke_results):
+    for name in FIGURES:
+        png = smoke_results / "figures" / f"{name}.png"
+        assert png.is_file() and png.stat().st_size > 5000, name
+        assert png.read_bytes()[:4] == b"\x89PNG"
+    executed = sorted(p.name for p in (smoke_results / "notebooks").glob("*.ipynb"))
+    assert executed == [f"{n}.ipynb" for n in ("01_data_prep", "02_train_attention", "03_ablations",
+                                               "04_scale_study", "05_sota_table", "06_qualitative")]  # fmt: skip
+    m = json.loads((smoke_results / "metrics" / "06_qualitative.json").read_text())
+    assert m["queries"] == 12
+
+
+def test_run_all_rejects_bad_arguments():
+    proc = subprocess.run(
+        [str(REPO / "run_all.sh"), "--profile", "nope"], cwd=REPO, capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and "unknown profile 'nope'" in proc.stderr
