@@ -239,7 +239,8 @@ def train_profile_attention(
         lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, batch_size=t.batch_size,
         accumulation=t.accumulation, resize_min=t.resize_min, resize_max=t.resize_max, crop=t.crop,
         val_resize=t.val_size, val_crop=t.val_size, val_images=t.val_images,
-        checkpoint_every=t.val_every, log_every=max(1, t.val_every // 5), levels=p.levels, feature_cache_views=t.feature_cache_views,
+        checkpoint_every=t.val_every, log_every=max(1, t.val_every // 5),
+        feature_cache_dir=str(ctx.cache_dir / "train_features"), levels=p.levels, feature_cache_views=t.feature_cache_views,
         device=str(ctx.device),
     )  # fmt: skip
     out: dict[str, Any] = {}

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import math
 import os
 import random
@@ -141,6 +142,10 @@ class TrainConfig:
         and once per val image, and training samples from these cached pooled features (x, k,
         g). A named deviation that makes CPU training feasible. Memory: ``V * N * R * C * 12``
         bytes for N images (R = 55 regions at L = 5), so meant for small subsets.
+    feature_cache_dir:
+        Folder where those cached features are stored (fp16) under a hash of everything they
+        depend on, so the fc stage and both attention stages share one backbone pass
+        (``None``: kept in memory only).
     val_batch_size:
         Images per backbone call for validation and for building the cache (16).
     num_workers:
@@ -178,6 +183,7 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = False
     feature_cache_views: int = 0
+    feature_cache_dir: str | None = None
     val_batch_size: int = 16
     num_workers: int = 4
     max_steps_this_run: int | None = None
@@ -714,6 +720,52 @@ def _build_cache(
     return _stack_pooled(model, futures, cfg.val_batch_size)
 
 
+def _features_key(model: AttentionClassifier, paths, val_paths, cfg: TrainConfig) -> str:
+    """Hash of everything the cached training/validation features depend on."""
+    parts = {
+        "paths": [str(p) for p in paths], "val": [str(p) for p in val_paths],
+        "views": cfg.feature_cache_views, "seed": cfg.seed, "resize": [cfg.resize_min, cfg.resize_max],
+        "crop": cfg.crop, "val_resize": cfg.val_resize, "val_crop": cfg.val_crop, "levels": cfg.levels,
+        "backbone": getattr(model.backbone, "name", None), "weights": getattr(model.backbone, "weights_id", None),
+    }  # fmt: skip
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _cached_features(
+    model: AttentionClassifier,
+    paths: Sequence[str | os.PathLike],
+    val_paths: Sequence[str | os.PathLike],
+    cfg: TrainConfig,
+    loader: _Loader,
+) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...] | None]:
+    """Training views and validation features, from ``cfg.feature_cache_dir`` when present.
+
+    The fc stage and both attention stages of one profile use the same images and views, so
+    the backbone runs once for all three when they share a cache folder.
+    """
+    f = None
+    if cfg.feature_cache_dir is not None:
+        f = (
+            Path(cfg.feature_cache_dir)
+            / f"features-{_features_key(model, paths, val_paths, cfg)}.pt"
+        )
+        if f.is_file():
+            d = torch.load(f, map_location="cpu", weights_only=True)
+            train = tuple(t.float() for t in d["train"])
+            return train, (tuple(t.float() for t in d["val"]) if d["val"] is not None else None)
+    cache = _build_cache(model, paths, cfg, loader)
+    futures = [loader.submit(_load_val, p, cfg.val_resize, cfg.val_crop) for p in val_paths]
+    val_cache = _stack_pooled(model, futures, cfg.val_batch_size) if futures else None
+    if f is not None and _dist()[0] == 0:
+        half = {"train": [t.half() for t in cache],
+                "val": None if val_cache is None else [t.half() for t in val_cache]}  # fmt: skip
+        atomic_torch_save(f, half)
+        # train on exactly what a later run will load, so a first run and a rerun agree
+        cache = tuple(t.float() for t in half["train"])
+        val_cache = None if half["val"] is None else tuple(t.float() for t in half["val"])
+    return cache, val_cache
+
+
 def _validate(
     model: AttentionClassifier,
     val: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
@@ -893,9 +945,7 @@ def train(
     val_labels_sub = val_labels_t[val_idx]
     cache = val_cache = None
     if cfg.feature_cache_views > 0:
-        cache = _build_cache(model, paths, cfg, loader)
-        futures = [loader.submit(_load_val, p, cfg.val_resize, cfg.val_crop) for p in val_paths_sub]
-        val_cache = _stack_pooled(model, futures, cfg.val_batch_size) if futures else None
+        cache, val_cache = _cached_features(model, paths, val_paths_sub, cfg, loader)
         stream = _Stream(sampler, cache[0].shape[0], cfg.batch_size, rank, world, None, None,
                          loader)  # fmt: skip
         cache_labels = labels_t.repeat(cfg.feature_cache_views)

@@ -333,3 +333,20 @@ def test_history_csv_and_plot_are_written(tmp_path, splits):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     out = plot_curves(tmp_path / "history.csv", tmp_path / "again.png")
     assert out.stat().st_size > 5_000
+
+
+def test_feature_cache_dir_is_shared_and_reused(tmp_path, splits, monkeypatch):
+    """A second stage with the same images and views loads the features instead of rerunning
+    the backbone, and trains exactly as the first run that wrote them."""
+    import regattn_lib.train as tr
+
+    paths, labels, vpaths, vlabels = splits
+    cfg = small_cfg(iterations=8, batch_size=4, accumulation=1, feature_cache_views=2,
+                    feature_cache_dir=str(tmp_path / "feat"))  # fmt: skip
+    first = train_fc(paths, labels, vpaths, vlabels, FakeBackbone(), cfg, tmp_path / "a")
+    assert len(list((tmp_path / "feat").glob("features-*.pt"))) == 1
+    calls = []
+    monkeypatch.setattr(tr, "_build_cache", lambda *a, **k: calls.append(1))
+    second = train_fc(paths, labels, vpaths, vlabels, FakeBackbone(), cfg, tmp_path / "b")
+    assert calls == []  # loaded from disk
+    assert torch.equal(first.module.weight, second.module.weight)
