@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -301,6 +302,12 @@ def extract_images(
         feats = feats.float()
         for name, head in heads.items():
             out = head(feats, batch).cpu()
+            zero = out.reshape(len(idx), -1).abs().amax(1) == 0
+            if zero.any():
+                bad = [str(paths[idx[j]]) for j in torch.nonzero(zero).flatten().tolist()]
+                warnings.warn(
+                    f"{name}: all-zero descriptor (no active feature) for {bad}", stacklevel=2
+                )
             for j, i in enumerate(idx):
                 outputs[name][i] = out[j]
         bar.update(len(idx))
@@ -338,6 +345,7 @@ def extract_dataset(
     image_size: int | None = 1024,
     cache_dir: str | os.PathLike | None = None,
     crop_queries: bool = True,
+    cached_only: bool = False,
     **kwargs: Any,
 ) -> dict[str, Descriptors]:
     """Descriptors of a retrieval dataset's database and queries for every head, cached.
@@ -348,7 +356,8 @@ def extract_dataset(
     image lists and boxes, the backbone and its weights, the image size, the head's settings
     (attention and whitening digests included) and the precision; a rerun with the same
     settings loads instantly, a changed setting never reuses stale vectors. Writes are atomic.
-    ``kwargs`` go to ``extract_images``.
+    ``cached_only=True`` never extracts: heads without a cache file raise ``FileNotFoundError``
+    naming them (viewers that must not recompute a database). ``kwargs`` go to ``extract_images``.
     """
     db_paths = [Path(p) for p in dataset.db_paths]
     q_paths = [Path(p) for p in dataset.query_paths]
@@ -379,6 +388,9 @@ def extract_dataset(
             )
         else:
             todo[name] = head
+    if todo and cached_only:
+        missing = ", ".join(f"{n!r} ({files[n] or 'no cache_dir'})" for n in todo)
+        raise FileNotFoundError(f"no cached descriptors of {dataset.name} for {missing}")
     if todo:
         progress = kwargs.pop("progress", True)
         db = extract_images(
