@@ -52,6 +52,10 @@ class RPNRegions:
         Smallest region side in pixels, so every region covers at least one feature cell.
     data_root, download:
         Where the COCO weights live and whether to fetch them.
+    max_side:
+        Run the RPN on a copy resized so its longest side is at most this (boxes are scaled
+        back); ``None`` (paper profile) uses the image as is. Offline profiles use it to keep a
+        randomly initialised ResNet-50-FPN affordable on a CPU.
     """
 
     def __init__(
@@ -62,13 +66,15 @@ class RPNRegions:
         data_root: str | os.PathLike | None = None,
         download: bool = True,
         device: str | torch.device = "cpu",
+        max_side: int | None = None,
     ) -> None:
         if weights not in RPN_WEIGHTS:
             raise ValueError(f"RPN weights must be one of {RPN_WEIGHTS}, got {weights!r}")
-        torch.manual_seed(0)  # a reproducible random RPN
-        model = fasterrcnn_resnet50_fpn(
-            weights=None, weights_backbone=None, rpn_post_nms_top_n_test=top_n
-        )
+        with torch.random.fork_rng():  # a reproducible random RPN, global RNG untouched
+            torch.manual_seed(0)
+            model = fasterrcnn_resnet50_fpn(
+                weights=None, weights_backbone=None, rpn_post_nms_top_n_test=top_n
+            )
         if weights == "coco":
             model.load_state_dict(self._coco_state(data_root, download))
         self.model = model.eval().to(device)
@@ -77,6 +83,7 @@ class RPNRegions:
         self.weights = weights
         self.top_n = top_n
         self.min_side = min_side
+        self.max_side = max_side
 
     @property
     def label(self) -> str:
@@ -109,11 +116,17 @@ class RPNRegions:
         std = torch.tensor(self.model.transform.image_std, device=dev)[:, None, None]
         x = (x - mean) / std
         h, w = x.shape[2], x.shape[3]
+        scale = 1.0
+        if self.max_side is not None and max(h, w) > self.max_side:
+            scale = self.max_side / max(h, w)
+            x = torch.nn.functional.interpolate(
+                x, scale_factor=scale, mode="bilinear", align_corners=False
+            )
         feats = self.model.backbone(x)
-        boxes, _ = self.model.rpn(ImageList(x, [(h, w)] * x.shape[0]), feats)
+        boxes, _ = self.model.rpn(ImageList(x, [tuple(x.shape[2:])] * x.shape[0]), feats)
         out = []
         for b in boxes:
-            b = b[: self.top_n].cpu().numpy()
+            b = b[: self.top_n].cpu().numpy() / scale
             if len(b) == 0:  # never an empty region set: fall back to the whole image
                 b = np.array([[0, 0, w, h]], dtype=np.float64)
             out.append(boxes_to_regions(b, h, w, self.min_side))

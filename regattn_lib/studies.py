@@ -102,7 +102,7 @@ def rpn_ablation(ctx: P.Context, whitening: PCAWhitening) -> tuple[pd.DataFrame,
     from .rpn import RPNRegions
 
     rpn = RPNRegions(ctx.profile.rpn, top_n=ctx.profile.rpn_proposals, data_root=ctx.data_root,
-                     download=ctx.profile.download, device=ctx.device)  # fmt: skip
+                     download=ctx.profile.download, device=ctx.device, max_side=ctx.profile.rpn_max_side)  # fmt: skip
     heads = P.ablation_heads(
         ctx, whitening, region_fn=rpn, region_source=f"rpn-{rpn.weights}-{rpn.top_n}"
     )

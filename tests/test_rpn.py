@@ -15,7 +15,9 @@ def test_boxes_to_regions_clip_round_and_min_side():
 def test_random_rpn_gives_regions_inside_each_image():
     rpn = RPNRegions(weights="random", top_n=10, min_side=32)
     assert "random" in rpn.label
-    imgs = torch.randint(0, 256, (2, 3, 96, 128), dtype=torch.uint8)
+    imgs = torch.randint(
+        0, 256, (2, 3, 96, 128), dtype=torch.uint8, generator=torch.Generator().manual_seed(1)
+    )
     regions = rpn(imgs)
     assert len(regions) == 2
     for r in regions:
@@ -23,3 +25,13 @@ def test_random_rpn_gives_regions_inside_each_image():
         assert (r[:, 0] >= 0).all() and (r[:, 0] + r[:, 2] <= 128).all()
         assert (r[:, 1] >= 0).all() and (r[:, 1] + r[:, 3] <= 96).all()
         assert (r[:, 2:] >= 32).all()
+
+
+def test_downsized_rpn_boxes_are_scaled_back_to_the_image():
+    rpn = RPNRegions(weights="random", top_n=5, min_side=8, max_side=64)
+    g = torch.Generator().manual_seed(0)
+    regions = rpn(torch.randint(0, 256, (1, 3, 96, 256), dtype=torch.uint8, generator=g))[0]
+    assert (regions[:, 0] + regions[:, 2] <= 256).all() and (
+        regions[:, 1] + regions[:, 3] <= 96
+    ).all()
+    assert regions[:, 0].max() + regions[:, 2].max() > 64  # boxes reach beyond the 64-px copy
