@@ -4,5 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 scripts/setup_env.sh
+scripts/install_browser.sh  # Debian's chromium for tests/test_browser.py (root + apt only)
 export MPLBACKEND=Agg PYTHONUNBUFFERED=1
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

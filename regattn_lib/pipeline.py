@@ -141,6 +141,7 @@ def learn_whitening(
     kind: str = "regional",
     n_components: int | None | str = "profile",
     progress: bool = True,
+    cached_only: bool = False,
 ) -> PCAWhitening:
     """Learn (or load from the cache) the profile's PCA-whitening.
 
@@ -148,6 +149,7 @@ def learn_whitening(
     ``whitening_levels`` (3) and ``whitening_image_size`` (800 px in the paper).
     ``kind`` in MAC/SPoC/CroW/CAM pooling names: L2-normalised global vectors of that pooling,
     for the baselines. ``n_components="profile"`` takes the profile's ``whitening_dims``.
+    ``cached_only=True`` never extracts: a missing cache raises ``FileNotFoundError``.
     """
     p = ctx.profile
     dims = p.whitening_dims if n_components == "profile" else n_components
@@ -162,6 +164,11 @@ def learn_whitening(
     f = ctx.cache_dir / "whitening" / f"{kind}-{key}.pt"
     if f.is_file():
         return PCAWhitening.load(f)
+    if cached_only:
+        raise FileNotFoundError(
+            f"no cached {kind} whitening for profile {p.name!r} at {f}; notebook 01 "
+            f"(./run_all.sh --profile {p.name} --only 01) learns it"
+        )
     if kind == "regional":
         head: Head = RegionalVectorsHead(levels=p.whitening_levels)
     else:
