@@ -148,47 +148,63 @@ def learn_whitening(
     ``kind="regional"``: the authors' setting: raw regional max-pooled vectors at
     ``whitening_levels`` (3) and ``whitening_image_size`` (800 px in the paper).
     ``kind`` in MAC/SPoC/CroW/CAM pooling names: L2-normalised global vectors of that pooling,
-    for the baselines. ``n_components="profile"`` takes the profile's ``whitening_dims``.
+    for the baselines. ``n_components="profile"`` takes the profile's ``whitening_dims``; a
+    reduced whitening is the full one truncated to its leading components (identical to
+    learning it with fewer components), so every dimension costs one pass over the images.
     ``cached_only=True`` never extracts: a missing cache raises ``FileNotFoundError``.
     """
+    dims = ctx.profile.whitening_dims if n_components == "profile" else n_components
+    full = learn_whitenings(ctx, [kind], progress=progress, cached_only=cached_only)[kind]
+    return full if dims is None else full.truncate(dims)
+
+
+def _whitening_head(ctx: Context, kind: str) -> Head:
+    if kind == "regional":
+        return RegionalVectorsHead(levels=ctx.profile.whitening_levels)
+    fc = _fc_weight(ctx.backbone) if kind == "cam" else None
+    return GlobalHead(name=kind, pooling=kind, fc_weight=fc)
+
+
+def learn_whitenings(
+    ctx: Context, kinds: Sequence[str], progress: bool = True, cached_only: bool = False
+) -> dict[str, PCAWhitening]:
+    """Full-dimensional whitenings of several kinds, learned in one pass over the whitening set.
+
+    Each is cached under ``<data>/cache/<profile>/whitening/`` keyed by the images, backbone
+    and weights, image size and levels.
+    """
     p = ctx.profile
-    dims = p.whitening_dims if n_components == "profile" else n_components
     paths = _whitening_paths(ctx)
     bb = ctx.backbone
-    key = cache_key({
-        "kind": kind, "set": p.whitening_set, "n_images": len(paths),
-        "images": [x.name for x in paths[:50]], "backbone": p.backbone,
-        "weights": getattr(bb, "weights_id", None), "size": p.whitening_image_size,
-        "levels": p.whitening_levels, "dims": dims,
-    })  # fmt: skip
-    f = ctx.cache_dir / "whitening" / f"{kind}-{key}.pt"
-    if f.is_file():
-        return PCAWhitening.load(f)
-    if cached_only:
+    files = {}
+    for kind in kinds:
+        key = cache_key({
+            "kind": kind, "set": p.whitening_set, "n_images": len(paths),
+            "images": [x.name for x in paths[:50]], "backbone": p.backbone,
+            "weights": getattr(bb, "weights_id", None), "size": p.whitening_image_size,
+            "levels": p.whitening_levels, "dims": None,
+        })  # fmt: skip
+        files[kind] = ctx.cache_dir / "whitening" / f"{kind}-{key}.pt"
+    missing = [k for k, f in files.items() if not f.is_file()]
+    if missing and cached_only:
         raise FileNotFoundError(
-            f"no cached {kind} whitening for profile {p.name!r} at {f}; notebook 01 "
-            f"(./run_all.sh --profile {p.name} --only 01) learns it"
+            f"no cached {', '.join(missing)} whitening for profile {p.name!r} at "
+            f"{[str(files[k]) for k in missing]}; notebook 01 (./run_all.sh --profile {p.name} "
+            "--only 01) learns the regional one, notebook 05 the others"
         )
-    if kind == "regional":
-        head: Head = RegionalVectorsHead(levels=p.whitening_levels)
-    else:
-        head = GlobalHead(
-            name=kind, pooling=kind, fc_weight=_fc_weight(bb) if kind == "cam" else None
-        )
-    out = extract_images(
-        paths, bb, {"v": head}, p.whitening_image_size, device=ctx.device,
-        batch_size=p.batch_size, progress=progress and f"whitening ({kind})",
-    )["v"]  # fmt: skip
-    vectors = torch.cat([v.reshape(-1, v.shape[-1]) for v in out])
-    if dims is not None:
-        dims = min(dims, vectors.shape[0] - 1, vectors.shape[1])
-    w = learn_pca_whitening(
-        vectors, n_components=dims,
-        meta={"kind": kind, "backbone": p.backbone, "levels": p.whitening_levels,
-              "image_size": p.whitening_image_size, "set": p.whitening_set, "n_images": len(paths)},
-    )  # fmt: skip
-    w.save(f)
-    return w
+    if missing:
+        out = extract_images(
+            paths, bb, {k: _whitening_head(ctx, k) for k in missing}, p.whitening_image_size,
+            device=ctx.device, batch_size=p.batch_size,
+            progress=progress and f"whitening ({', '.join(missing)})",
+        )  # fmt: skip
+        for kind in missing:
+            vectors = torch.cat([v.reshape(-1, v.shape[-1]) for v in out[kind]])
+            meta = {"kind": kind, "backbone": p.backbone, "levels": p.whitening_levels,
+                    "image_size": p.whitening_image_size, "set": p.whitening_set,
+                    "n_images": len(paths)}  # fmt: skip
+            learn_pca_whitening(vectors, meta=meta).save(files[kind])
+    return {k: PCAWhitening.load(f) for k, f in files.items()}
 
 
 def _fc_weight(backbone: torch.nn.Module) -> torch.Tensor | None:

@@ -141,10 +141,11 @@ def sota_heads(ctx: P.Context, whitening: PCAWhitening) -> dict[str, Head]:
     """MAC, SPoC, CroW, CAM (whitened on the whitening set), R-MAC and ours (context)."""
     heads: dict[str, Head] = {}
     fc = getattr(ctx.backbone, "fc", None)
-    for label, pooling in SOTA_POOLINGS.items():
-        if pooling == "cam" and fc is None:
-            continue  # CAM needs the backbone's classifier
-        w = P.learn_whitening(ctx, kind=pooling, n_components=ctx.profile.global_whitening_dims)
+    poolings = {k: v for k, v in SOTA_POOLINGS.items() if v != "cam" or fc is not None}
+    full = P.learn_whitenings(ctx, list(poolings.values()))  # one pass for all of them
+    dims = ctx.profile.global_whitening_dims
+    for label, pooling in poolings.items():
+        w = full[pooling] if dims is None else full[pooling].truncate(dims)
         heads[label] = GlobalHead(name=label, pooling=pooling, whitening=w,
                                   fc_weight=None if fc is None else fc.weight.detach())  # fmt: skip
     atts = P.available_attention(ctx)

@@ -50,6 +50,14 @@ class PCAWhitening:
         proj = self.projection.to(x.device, torch.float32)
         return (x.float() - mean) @ proj.T
 
+    def truncate(self, n_components: int) -> PCAWhitening:
+        """The leading ``n_components`` (capped by the data's rank, M - 1): the same whitening
+        that ``learn_pca_whitening(..., n_components)`` would learn from the same vectors."""
+        rank = int(self.meta.get("n_vectors", self.out_dim + 1)) - 1
+        d = max(1, min(int(n_components), self.out_dim, rank))
+        meta = {**self.meta, "out_dim": d}
+        return PCAWhitening(self.mean, self.projection[:d], self.eigenvalues[:d], meta)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "mean": self.mean.cpu(),

@@ -52,3 +52,17 @@ def test_errors():
     w = learn_pca_whitening(correlated())
     with pytest.raises(ValueError, match="6-d vectors"):
         w.apply(torch.zeros(2, 5))
+
+
+def test_truncating_the_full_whitening_equals_learning_fewer_components():
+    x = correlated(seed=5)
+    full = learn_pca_whitening(x)
+    for d in (1, 3, 6):
+        small = learn_pca_whitening(x, n_components=d)
+        t = full.truncate(d)
+        torch.testing.assert_close(t.projection, small.projection)
+        torch.testing.assert_close(t.apply(x), small.apply(x))
+        assert t.out_dim == d and t.meta["out_dim"] == d
+    # never more components than the data's rank (M - 1)
+    few = learn_pca_whitening(x[:4])
+    assert few.truncate(6).out_dim == 3
