@@ -8,7 +8,7 @@ import os
 import shutil
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -258,25 +258,19 @@ def train_profile_attention(
     p, t = ctx.profile, ctx.profile.train
     root = ctx.data_root / "train" / t.train_set
     bb = ctx.backbone
-    base = dict(
-        lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, batch_size=t.batch_size,
-        accumulation=t.accumulation, resize_min=t.resize_min, resize_max=t.resize_max, crop=t.crop,
-        val_resize=t.val_size, val_crop=t.val_size, val_images=t.val_images,
-        checkpoint_every=t.val_every, log_every=max(1, t.val_every // 5),
-        feature_cache_dir=str(ctx.cache_dir / "train_features"), levels=p.levels, feature_cache_views=t.feature_cache_views,
-        device=str(ctx.device),
+    base = replace(
+        t.recipe, levels=p.levels, device=str(ctx.device),
+        feature_cache_dir=str(ctx.cache_dir / "train_features"),
     )  # fmt: skip
     out: dict[str, Any] = {}
     fc = None
     if t.fc_iterations > 0:
-        cfg = tr.TrainConfig(**base, iterations=t.fc_iterations, stage="fc")
+        cfg = replace(base, iterations=t.fc_iterations, stage="fc")
         res = tr.train_from_folder(root, bb, cfg, ctx.dirs["models"] / "train_fc", resume=True)
         fc = res.module
         out["fc"] = res
     for kind in kinds:
-        cfg = tr.TrainConfig(
-            **base, iterations=t.iterations, stage="attention", context=kind == "context"
-        )
+        cfg = replace(base, stage="attention", context=kind == "context")
         res = tr.train_from_folder(
             root, bb, cfg, ctx.dirs["models"] / f"train_{kind}", fc=fc, resume=True
         )

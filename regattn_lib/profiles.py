@@ -12,27 +12,24 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from .train import TrainConfig
+
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """Attention training knobs (defaults: the authors' recipe, spec section 2)."""
+    """How a profile gets its attention.
 
-    source: str = "official"  # "official" (released weights) | "train" (train here)
-    train_set: str = "imagenet"  # ImageFolder root under <data>/train/, or "imagenet"
-    iterations: int = 999_999
-    fc_iterations: int = 0  # route (a): train an fc first (needed without a backbone fc)
-    batch_size: int = 4
-    accumulation: int = 4
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 5e-5
-    resize_min: int = 850
-    resize_max: int = 859
-    crop: int = 800
-    val_size: int = 800
-    val_images: int = 10_000
-    val_every: int = 1_600
-    feature_cache_views: int = 0  # >0: cached backbone features (a CPU-friendly deviation)
+    ``source``: ``"official"`` (the authors' released context-aware weights) or ``"train"``.
+    ``train_set``: ImageFolder root under ``<data>/train/`` (``"imagenet"`` for ILSVRC-2012).
+    ``fc_iterations``: route (a), train a new fc first when the backbone has none for these
+    classes (0: use the backbone's own fc1000). ``recipe``: the training recipe, whose defaults
+    are the authors' (``train.TrainConfig``); ``iterations`` there is the attention's.
+    """
+
+    source: str = "official"
+    train_set: str = "imagenet"
+    fc_iterations: int = 0
+    recipe: TrainConfig = field(default_factory=TrainConfig)
 
 
 @dataclass(frozen=True)
@@ -99,18 +96,21 @@ SMOKE = Profile(
     train=TrainSettings(
         source="train",
         train_set="synthetic-smoke-cls",
-        iterations=60,
         fc_iterations=60,
-        batch_size=8,
-        accumulation=1,
-        lr=1e-3,
-        resize_min=200,
-        resize_max=208,
-        crop=192,
-        val_size=192,
-        val_images=100,
-        val_every=20,
-        feature_cache_views=1,
+        recipe=TrainConfig(
+            iterations=60,
+            batch_size=8,
+            accumulation=1,
+            resize_min=200,
+            resize_max=208,
+            crop=192,
+            val_resize=192,
+            val_crop=192,
+            val_images=100,
+            checkpoint_every=20,
+            log_every=4,
+            feature_cache_views=1,
+        ),
     ),  # fmt: skip
     notes=("synthetic smoke data: numbers only prove the code path",),
 )
@@ -135,18 +135,21 @@ DEMO = replace(
     train=TrainSettings(
         source="train",
         train_set="synthetic-demo-cls",
-        iterations=750,
         fc_iterations=750,
-        batch_size=16,
-        accumulation=1,
-        lr=1e-3,
-        resize_min=384,
-        resize_max=400,
-        crop=384,
-        val_size=384,
-        val_images=1000,
-        val_every=250,
-        feature_cache_views=2,
+        recipe=TrainConfig(
+            iterations=750,
+            batch_size=16,
+            accumulation=1,
+            resize_min=384,
+            resize_max=400,
+            crop=384,
+            val_resize=384,
+            val_crop=384,
+            val_images=1000,
+            checkpoint_every=250,
+            log_every=50,
+            feature_cache_views=2,
+        ),
     ),  # fmt: skip
     notes=("synthetic cluttered benchmark and EfficientNet-Lite0 (offline), not the paper's data",),
 )
