@@ -33,6 +33,8 @@ from .regions import rmac_regions
 from .whitening import PCAWhitening
 
 PRECISIONS = ("auto", "fp32", "bf16")
+#: Default images per forward pass on CUDA (batch 1 on the CPU).
+CUDA_BATCH = 16
 
 
 # ----------------------------------------------------------------------------- heads
@@ -241,7 +243,7 @@ def extract_images(
     image_size: int | None = 1024,
     bbxs: Sequence[Sequence[float]] | None = None,
     device: str | torch.device | None = "auto",
-    batch_size: int = 16,
+    batch_size: int | None = None,
     num_workers: int | None = None,
     precision: str = "auto",
     progress: bool | str = True,
@@ -259,7 +261,9 @@ def extract_images(
     bbxs:
         Query boxes [x1, y1, x2, y2] in original pixels, one per path, or ``None``.
     batch_size:
-        Images per forward pass; only images of the same size share a batch.
+        Images per forward pass; only images of the same size share a batch. ``None``: 16 on
+        CUDA, 1 on the CPU, where large batches of depthwise convolutions run slower per image
+        (measured: EfficientNet-Lite0 at 512 px, batch 16 about 3x slower than batch 1).
     num_workers:
         DataLoader workers decoding and resizing (default: 0 on a 2-core CPU, else up to 8).
     precision:
@@ -269,6 +273,8 @@ def extract_images(
     """
     dev = resolve_device(device)
     bf16 = _use_bf16(precision, dev)
+    if batch_size is None:
+        batch_size = CUDA_BATCH if dev.type == "cuda" else 1
     sizes = [
         target_size(p, image_size, None if bbxs is None else bbxs[i]) for i, p in enumerate(paths)
     ]

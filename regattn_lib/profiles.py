@@ -57,7 +57,7 @@ class Profile:
     rpn_proposals: int = 100
     rpn_max_side: int | None = None  # run the RPN on a downsized copy (offline profiles)
     qe_k: int = 5
-    batch_size: int = 16
+    batch_size: int | None = None  # extraction batch; None: 16 on CUDA, 1 on the CPU
     download: bool = True
     needs_gpu: bool = True
     train: TrainSettings = field(default_factory=TrainSettings)
@@ -90,7 +90,6 @@ SMOKE = Profile(
     rpn="random",
     rpn_proposals=20,
     rpn_max_side=192,
-    batch_size=8,
     download=False,
     needs_gpu=False,
     train=TrainSettings(
@@ -131,7 +130,6 @@ DEMO = replace(
     scale_levels=(1, 2, 3, 4, 5, 6, 7),
     rpn_proposals=50,
     rpn_max_side=256,
-    batch_size=16,
     train=TrainSettings(
         source="train",
         train_set="synthetic-demo-cls",
