@@ -35,3 +35,16 @@ def test_downsized_rpn_boxes_are_scaled_back_to_the_image():
         regions[:, 1] + regions[:, 3] <= 96
     ).all()
     assert regions[:, 0].max() + regions[:, 2].max() > 64  # boxes reach beyond the 64-px copy
+
+
+def test_proposals_are_computed_once_per_batch(monkeypatch):
+    rpn = RPNRegions(weights="random", top_n=5)
+    calls = []
+    real = rpn._propose
+    monkeypatch.setattr(rpn, "_propose", lambda im: calls.append(1) or real(im))
+    g = torch.Generator().manual_seed(2)
+    a = torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8, generator=g)
+    first = rpn(a)
+    assert rpn(a) is first and len(calls) == 1  # a second head on the same batch
+    rpn(torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8, generator=g))
+    assert len(calls) == 2
