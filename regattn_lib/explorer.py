@@ -818,9 +818,11 @@ def free_port() -> int:
 def _parameterised_notebook(dest: Path, params: dict[str, Any]) -> Path:
     """A copy of notebook 07 with ``params`` injected after its parameters cell (papermill)."""
     import nbformat
+    from papermill.iorw import load_notebook_node
     from papermill.parameterize import parameterize_notebook
 
-    nb = nbformat.read(NOTEBOOK, as_version=4)
+    # papermill's loader gives every cell its metadata.tags, which parameterize expects
+    nb = load_notebook_node(str(NOTEBOOK))
     nb = parameterize_notebook(nb, params) if params else nb
     out = dest / NOTEBOOK.name
     nbformat.write(nb, out)
