@@ -32,8 +32,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
-import shlex
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -50,10 +48,10 @@ from PIL import Image
 from regattn_lib import pipeline as P
 from regattn_lib.attention import OFFICIAL_RELPATH, RegionalAttention, load_official_attention
 from regattn_lib.backbones import build_backbone, default_weights_path
+from regattn_lib.bench_report import command_line, device_name, shown_path, write_report
 from regattn_lib.datasets.retrieval import RetrievalDataset, load_retrieval_dataset
 from regattn_lib.evaluate import evaluate
 from regattn_lib.extract import RegionalHead, extract_images, target_size
-from regattn_lib.io_utils import atomic_write_json, atomic_write_text
 from regattn_lib.regions import rmac_regions
 from regattn_lib.search import cosine_ranks
 from regattn_lib.whitening import PCAWhitening
@@ -132,28 +130,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def command_line(argv: Sequence[str]) -> str:
-    """The exact command, with the interpreter and script relative to the repository."""
-
-    # _shown uses abspath, not resolve: the venv's python is a symlink out of the repository.
-    return shlex.join([_shown(Path(sys.executable)), _shown(Path(__file__)), *argv])
-
-
-def device_name(device: torch.device) -> str:
-    """GPU name, or the CPU model from /proc/cpuinfo with the core and thread counts."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model} ({os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads)"
-
-
 # ----------------------------------------------------------------------------- models
 def load_backbone(name: str, weights: str, data_root: Path, device: torch.device):
     """(backbone on ``device``, 'pretrained' | 'random'); ``auto`` never downloads."""
@@ -191,12 +167,6 @@ def choose_whitening(args, ctx: P.Context, backbone, weights: str) -> tuple[PCAW
     )
 
 
-def _shown(path: Path) -> str:
-    """``path`` relative to the repository when inside it (for reports), else as is."""
-    path = Path(os.path.abspath(path))
-    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
-
-
 def _fits(module: RegionalAttention, backbone) -> bool:
     """Trained for this backbone: same channels and, when recorded, the same backbone name."""
     trained_on = (getattr(module, "training_config", None) or {}).get("backbone", backbone.name)
@@ -215,10 +185,10 @@ def choose_attention(
         if f.is_file():
             m = load_trained_attention(f)
             if _fits(m, backbone):
-                return m.to(device).eval(), _shown(f)
+                return m.to(device).eval(), shown_path(f)
         official = ctx.data_root / OFFICIAL_RELPATH
         if kind == "context" and backbone.channels == 2048 and official.is_file():
-            return load_official_attention(official).to(device).eval(), _shown(official)
+            return load_official_attention(official).to(device).eval(), shown_path(official)
     torch.manual_seed(args.seed + (kind == "context"))
     m = RegionalAttention(backbone.channels, context=kind == "context")
     return m.to(device).eval(), f"random init (seed {args.seed + (kind == 'context')})"
@@ -657,7 +627,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         # Other processes on the machine skew CPU timings; the ratio is measured alternately.
         "load_average_1m": {"start": load_before, "end": os.getloadavg()[0]},
-        "command": command_line(argv),
+        "command": command_line(__file__, argv),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
 
@@ -721,10 +691,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     result = run(args, argv)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out_dir / f"{args.name}.json", result)
-    atomic_write_text(args.out_dir / f"{args.name}.md", markdown(result))
-    print(markdown(result))
+    print(write_report(args.out_dir, args.name, result, markdown))
     return result
 
 

@@ -27,8 +27,6 @@ import argparse
 import gc
 import math
 import os
-import platform
-import shlex
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -38,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from regattn_lib.io_utils import atomic_write_json, atomic_write_text
+from regattn_lib.bench_report import command_line, cpu_name, write_report
 from regattn_lib.search import cosine_ranks, faiss_available, faiss_ranks
 
 REPO = Path(__file__).resolve().parents[1]
@@ -215,30 +213,6 @@ def faiss_rows(
 
 
 # ----------------------------------------------------------------------------- reporting
-def cpu_name() -> str:
-    """CPU model (from /proc/cpuinfo) with its logical CPU count."""
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model} ({os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads)"
-
-
-def command_line(argv: Sequence[str]) -> str:
-    """The exact command, with the interpreter and script relative to the repository."""
-
-    def rel(p: str) -> str:
-        # abspath, not resolve: the venv's python is a symlink out of the repository.
-        path = Path(os.path.abspath(p))
-        return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else p
-
-    return shlex.join([rel(sys.executable), rel(__file__), *argv])
-
-
 def markdown(r: Mapping[str, Any]) -> str:
     """A short human summary of the JSON result."""
     m = r["memory"]
@@ -298,7 +272,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         "faiss": faiss_version,
         "torch": torch.__version__,
         "load_average_1m": {"start": load_before, "end": os.getloadavg()[0]},
-        "command": command_line(argv),
+        "command": command_line(__file__, argv),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
 
@@ -308,10 +282,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     result = run(args, argv)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out_dir / f"{args.name}.json", result)
-    atomic_write_text(args.out_dir / f"{args.name}.md", markdown(result))
-    print(markdown(result))
+    print(write_report(args.out_dir, args.name, result, markdown))
     return result
 
 

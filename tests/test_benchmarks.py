@@ -150,3 +150,18 @@ def test_faiss_backend_equals_torch_without_ties():
     index = faiss_index(torch.from_numpy(db), chunk=1000)  # added in 5 chunks
     np.testing.assert_array_equal(faiss_ranks(q, index, topk=50), ref)
     assert faiss_ranks(q[:1], db).shape == (5000, 1)  # topk=None: the full ranking
+
+
+def test_bench_report_paths_command_and_files(tmp_path):
+    from regattn_lib.bench_report import command_line, shown_path, write_report
+
+    assert shown_path(REPO / "benchmarks" / "search_1m.py") == "benchmarks/search_1m.py"
+    assert shown_path("/somewhere/else.py") == "/somewhere/else.py"
+    cmd = command_line(REPO / "benchmarks" / "search_1m.py", ["--n", "1000", "--name", "a b"])
+    assert cmd.endswith("benchmarks/search_1m.py --n 1000 --name 'a b'")
+
+    text = write_report(tmp_path / "out", "r", {"x": 1.5}, lambda r: f"x = {r['x']}\n")
+    assert text == "x = 1.5\n"
+    assert json.loads((tmp_path / "out" / "r.json").read_text()) == {"x": 1.5}
+    assert (tmp_path / "out" / "r.md").read_text() == text
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["r.json", "r.md"]
