@@ -13,6 +13,7 @@ import time
 import pandas as pd
 
 METHODS = ("rmac", "rmac-nowhiten", "regional", "context", "mac", "spoc", "crow")
+GLOBAL_LABELS = {"mac": "MAC", "spoc": "SPoC", "crow": "CroW"}  # the papers' spellings
 
 
 def _heads(ctx, methods, whitening):
@@ -34,7 +35,7 @@ def _heads(ctx, methods, whitening):
                 name=m, levels=ctx.profile.levels, attention=att, whitening=whitening
             )
         else:
-            heads[m.upper() if m != "spoc" else "SPoC"] = GlobalHead(name=m, pooling=m)
+            heads[GLOBAL_LABELS[m]] = GlobalHead(name=m, pooling=m)
     return heads
 
 
@@ -48,11 +49,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     whitening = P.learn_whitening(ctx, progress=not args.quiet)
     name = args.dataset or ctx.profile.datasets[0]
     ds = P.dataset(ctx, name)
-    descs = P.describe(ctx, ds, _heads(ctx, args.methods, whitening), progress=not args.quiet)
+    heads = _heads(ctx, args.methods, whitening)
+    descs = P.describe(ctx, ds, heads, progress=not args.quiet)
     rows = []
     for method, result in P.score(descs, ds, qe_k=args.qe).items():
         df = results_frame(result)
         df.insert(0, "method", method)
+        # say which rows are whitened: MAC/SPoC/CroW here are raw, unlike in notebook 05
+        w = heads[method].whitening
+        df.insert(1, "whitening", "none" if w is None else f"PCA-{w.out_dim}d")
         rows.append(df)
     table = pd.concat(rows, ignore_index=True)
     print(f"{name}: {ds.n_db} database images, {ds.n_queries} queries; profile {ctx.profile.name}, "

@@ -16,6 +16,8 @@ def test_eval_command_prints_map_for_every_protocol_and_hits_the_cache():
     rows = [ln.split() for ln in lines if ln.split()[:1] in (["MAC"], ["R-MAC"])]
     protocols = {r[-6] for r in rows}
     assert protocols == {"classic", "easy", "medium", "hard"}
+    whitening = {" ".join(r[:-7]): r[-7] for r in rows}
+    assert whitening == {"R-MAC + PCA": "PCA-256d", "MAC": "none"}
     maps = [float(r[-5]) for r in rows]
     assert all(0 < m <= 100 for m in maps)
     cache = REPO / "data" / "cache" / "smoke" / "synthetic-smoke"
