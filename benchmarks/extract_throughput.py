@@ -605,7 +605,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         "n_images_map": s.ds.n_db + s.ds.n_queries if args.map else 0,
         "batch_size": args.batch_size,
         "engine_precision": args.precision,
-        "engine_bf16": s.device.type == "cuda" and args.precision in ("auto", "bf16"),
+        "engine_bf16": args.precision == "bf16"
+        or (args.precision == "auto" and s.device.type == "cuda"),
         "repeats": args.repeats,
         "whitening": s.whitening_source,
         "whitening_dims": s.whitening.out_dim,

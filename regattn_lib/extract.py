@@ -232,7 +232,9 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
 def _use_bf16(precision: str, device: torch.device) -> bool:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    return device.type == "cuda" and precision in ("auto", "bf16")
+    # "auto" keeps fp32 on the CPU, where bf16 convolutions are slow on most machines;
+    # "bf16" forces it anywhere (the CPU run checks the accuracy of the GPU default).
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
 
 
 @torch.no_grad()
@@ -267,7 +269,8 @@ def extract_images(
     num_workers:
         DataLoader workers decoding and resizing (default: 0 on a 2-core CPU, else up to 8).
     precision:
-        ``"auto"``/``"bf16"``: bf16 autocast + channels_last on CUDA; ``"fp32"`` everywhere.
+        ``"auto"``: bf16 autocast + channels_last on CUDA, fp32 on the CPU; ``"bf16"``: bf16
+        autocast + channels_last on any device; ``"fp32"``: fp32 everywhere.
 
     Returns name -> list of per-image output tensors (on the CPU), in input order.
     """
@@ -301,7 +304,7 @@ def extract_images(
         x = backbone.preprocess(batch)
         if bf16:
             x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cuda", dtype=torch.bfloat16):
+            with torch.autocast(dev.type, dtype=torch.bfloat16):
                 feats = backbone(x)
         else:
             feats = backbone(x)

@@ -161,3 +161,23 @@ def test_zero_descriptor_is_reported(images):
 
     with pytest.warns(UserWarning, match="im0.jpg"):
         extract_images(images[:1], Dead(), {"r": RegionalHead(levels=1)}, None, progress=False)
+
+
+def test_bf16_precision_is_close_to_fp32_and_auto_is_fp32_on_cpu(images):
+    bb = ToyBackbone()
+    heads = {"ctx": RegionalHead(levels=2, attention=RegionalAttention(4, hidden=3, context=True))}
+    run = {p: extract_images(images, bb, heads, None, precision=p, progress=False)["ctx"]
+           for p in ("fp32", "auto", "bf16")}  # fmt: skip
+    for i in range(len(images)):
+        assert torch.equal(run["auto"][i], run["fp32"][i])  # the CPU default stays fp32
+        cos = float(run["bf16"][i] @ run["fp32"][i])
+        assert not torch.equal(run["bf16"][i], run["fp32"][i])  # bf16 really ran
+        assert 1 - cos < 1e-3  # the accuracy the GPU default promises
+
+
+def test_bf16_descriptors_get_their_own_cache_file(images, tmp_path):
+    ds = ToyDataset("toy", images[:3], images[3:], [[0, 0, 90, 90], [0, 0, 120, 90]])
+    heads = {"r": RegionalHead(levels=1)}
+    for p in ("fp32", "bf16"):
+        extract_dataset(ds, ToyBackbone(), heads, None, tmp_path, precision=p, progress=False)
+    assert len(list((tmp_path / "toy").glob("r-*.pt"))) == 2
