@@ -7,7 +7,7 @@ On the same images and the same backbone, attention and whitening, in one run:
     and average pooling region by region, the attention on each image's region set, whitening
     and aggregation with plain tensor code;
 (b) engine: ``regattn_lib.extract.extract_images`` with its defaults (size-bucketed batches,
-    DataLoader workers, bf16 autocast + channels_last on CUDA, fp32 on the CPU).
+    DataLoader workers, fp16 autocast + channels_last on CUDA, fp32 on the CPU).
 
 Both produce the three descriptors of the paper's ablation (R-MAC + PCA, + regional attention,
 + context awareness) from one backbone pass per image. Reported: images/s of each and their
@@ -51,7 +51,7 @@ from regattn_lib.backbones import build_backbone, default_weights_path
 from regattn_lib.bench_report import command_line, device_name, shown_path, write_report
 from regattn_lib.datasets.retrieval import RetrievalDataset, load_retrieval_dataset
 from regattn_lib.evaluate import evaluate
-from regattn_lib.extract import RegionalHead, extract_images, target_size
+from regattn_lib.extract import RegionalHead, extract_images, resolve_precision, target_size
 from regattn_lib.regions import rmac_regions
 from regattn_lib.search import cosine_ranks
 from regattn_lib.whitening import PCAWhitening
@@ -90,7 +90,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile", help="attention models / whitening source (cpu smoke, cuda paper)")
     p.add_argument("--levels", type=int, help="R-MAC levels L (default: the profile's)")
     p.add_argument("--batch-size", type=int, default=16, help="engine batch (default 16)")
-    p.add_argument("--precision", default="auto", help="engine precision: auto | fp32 | bf16")
+    p.add_argument(
+        "--precision", default="auto", help="engine precision: auto | fp32 | fp16 | bf16"
+    )
     p.add_argument(
         "--whitening", choices=("auto", "learn", "random"), default="auto",
         help="learn: the profile's PCA-whitening (pipeline.learn_whitening, cached); random: a "
@@ -297,7 +299,7 @@ def engine_extract(
     batch_size: int,
     precision: str,
 ) -> Descs:
-    """The engine (b): ``extract_images`` with its defaults (workers, bucketing, bf16 on CUDA)."""
+    """The engine (b): ``extract_images`` with its defaults (workers, bucketing, fp16 on CUDA)."""
     out = extract_images(paths, backbone, heads, image_size, bbxs, device=device,
                          batch_size=batch_size, precision=precision, progress=False)  # fmt: skip
     return {k: torch.stack(v).float() for k, v in out.items()}
@@ -605,8 +607,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         "n_images_map": s.ds.n_db + s.ds.n_queries if args.map else 0,
         "batch_size": args.batch_size,
         "engine_precision": args.precision,
-        "engine_bf16": args.precision == "bf16"
-        or (args.precision == "auto" and s.device.type == "cuda"),
+        "engine_autocast": resolve_precision(args.precision, s.device),
         "repeats": args.repeats,
         "whitening": s.whitening_source,
         "whitening_dims": s.whitening.out_dim,
@@ -644,7 +645,7 @@ def markdown(r: Mapping[str, Any]) -> str:
         f"{r['load_average_1m']['start']:.1f} at start, {r['load_average_1m']['end']:.1f} at end",
         f"- Backbone: {r['backbone']} ({r['backbone_weights']} weights); {r['image_size']} px, "
         f"L = {r['levels']}; {r['n_images']} timed images of {r['dataset']} (best of "
-        f"{r['repeats']}, alternating); engine batch {r['batch_size']}, bf16 = {r['engine_bf16']}",
+        f"{r['repeats']}, alternating); engine batch {r['batch_size']}, backbone in {r['engine_autocast']}",
         f"- Whitening: {r['whitening']}",
         "",
         f"**All three methods, one backbone pass per image**: baseline "

@@ -163,21 +163,47 @@ def test_zero_descriptor_is_reported(images):
         extract_images(images[:1], Dead(), {"r": RegionalHead(levels=1)}, None, progress=False)
 
 
-def test_bf16_precision_is_close_to_fp32_and_auto_is_fp32_on_cpu(images):
+def test_autocast_precisions_are_close_to_fp32_and_auto_is_fp32_on_cpu(images):
     bb = ToyBackbone()
     heads = {"ctx": RegionalHead(levels=2, attention=RegionalAttention(4, hidden=3, context=True))}
     run = {p: extract_images(images, bb, heads, None, precision=p, progress=False)["ctx"]
-           for p in ("fp32", "auto", "bf16")}  # fmt: skip
-    for i in range(len(images)):
-        assert torch.equal(run["auto"][i], run["fp32"][i])  # the CPU default stays fp32
-        cos = float(run["bf16"][i] @ run["fp32"][i])
-        assert not torch.equal(run["bf16"][i], run["fp32"][i])  # bf16 really ran
-        assert 1 - cos < 1e-3  # the accuracy the GPU default promises
+           for p in ("fp32", "auto", "fp16", "bf16")}  # fmt: skip
+    worst = {}
+    for p in ("fp16", "bf16"):
+        for i in range(len(images)):
+            assert not torch.equal(run[p][i], run["fp32"][i])  # the autocast really ran
+        worst[p] = max(1 - float(run[p][i] @ run["fp32"][i]) for i in range(len(images)))
+    assert all(torch.equal(a, b) for a, b in zip(run["auto"], run["fp32"], strict=True))
+    assert worst["bf16"] < 1e-3
+    assert worst["fp16"] < worst["bf16"] / 10  # 3 more mantissa bits
 
 
-def test_bf16_descriptors_get_their_own_cache_file(images, tmp_path):
+def test_resolve_precision_per_device():
+    from regattn_lib.extract import resolve_precision
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert [resolve_precision("auto", d) for d in (cpu, cuda)] == ["fp32", "fp16"]
+    assert [resolve_precision(p, cpu) for p in ("fp32", "fp16", "bf16")] == ["fp32", "fp16", "bf16"]
+
+
+def test_fp16_overflow_falls_back_to_fp32(images):
+    class Huge(ToyBackbone):
+        def forward(self, x):
+            return super().forward(x) * 1e5  # above fp16's 65504 under autocast
+
+    with pytest.warns(UserWarning, match="overflowed"):
+        out = extract_images(images[:2], Huge(), {"m": GlobalHead(name="mac", pooling="mac")},
+                             None, precision="fp16", progress=False)  # fmt: skip
+    ref = extract_images(images[:2], Huge(), {"m": GlobalHead(name="mac", pooling="mac")},
+                         None, precision="fp32", progress=False)  # fmt: skip
+    for a, b in zip(out["m"], ref["m"], strict=True):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, b)
+
+
+def test_each_precision_gets_its_own_cache_file(images, tmp_path):
     ds = ToyDataset("toy", images[:3], images[3:], [[0, 0, 90, 90], [0, 0, 120, 90]])
     heads = {"r": RegionalHead(levels=1)}
-    for p in ("fp32", "bf16"):
+    for p in ("fp32", "auto", "fp16", "bf16"):
         extract_dataset(ds, ToyBackbone(), heads, None, tmp_path, precision=p, progress=False)
-    assert len(list((tmp_path / "toy").glob("r-*.pt"))) == 2
+    assert len(list((tmp_path / "toy").glob("r-*.pt"))) == 3  # auto is fp32 on the CPU
