@@ -3,12 +3,14 @@
 ``python -m regattn_lib.preflight --profile paper`` prints one line per requirement (GPU, disk
 space, each dataset / weights file present or downloadable, ImageNet when training) and exits
 non-zero if anything required is missing, before hours are spent. Offline profiles pass
-without network.
+without network. ``--import-from DIR`` (or ``$REGATTN_IMPORT_FROM``) first copies in missing
+files found under DIR by name, once they match the manifest.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import urllib.error
@@ -45,13 +47,25 @@ def host_reachable(url: str, timeout: float = 5.0) -> tuple[bool, str]:
         return False, f"{type(e).__name__}: {e}"
 
 
+#: Folders searched for files obtained another way (``os.pathsep``-separated).
+IMPORT_ENV = "REGATTN_IMPORT_FROM"
+
+
 def paper_checks(
-    data_root: Path, device: str, train_imagenet: bool, network: bool = True
+    data_root: Path,
+    device: str,
+    train_imagenet: bool,
+    network: bool = True,
+    import_from: list[Path] | None = None,
 ) -> list[Check]:
-    """Everything the paper profile needs, checked in order."""
+    """Everything the paper profile needs, checked in order.
+
+    A missing file found under one of ``import_from`` (by its file name, verified against the
+    manifest) is copied into the data root first; see ``downloads.import_local``.
+    """
     import torch
 
-    from .datasets.downloads import load_manifest
+    from .datasets.downloads import DownloadError, import_local, load_manifest
 
     checks = []
     cuda = torch.cuda.is_available()
@@ -78,6 +92,15 @@ def paper_checks(
         if done:
             checks.append(Check(key, True, f"present: {dest}"))
             continue
+        if import_from:
+            try:
+                source = import_local(key, import_from, data_root)
+            except (DownloadError, FileNotFoundError) as err:
+                checks.append(Check(key, False, f"import failed: {err}"))
+                continue
+            if source is not None:
+                checks.append(Check(key, True, f"imported from {source} -> {dest}"))
+                continue
         host = urlparse(e["url"]).netloc
         if network and host not in hosts:
             hosts[host] = host_reachable(e["url"])
@@ -100,13 +123,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--train-imagenet", action="store_true")
     ap.add_argument("--no-network", action="store_true", help="do not probe the download hosts")
+    ap.add_argument(
+        "--import-from", action="append", type=Path, default=None, metavar="DIR",
+        help=f"folder holding files obtained another way, copied in when verified (repeatable; "
+        f"default ${IMPORT_ENV}, {os.pathsep!r}-separated)",
+    )  # fmt: skip
     args = ap.parse_args(argv)
+    if args.import_from is None:
+        env = os.environ.get(IMPORT_ENV, "")
+        args.import_from = [Path(p) for p in env.split(os.pathsep) if p]
     profile = get_profile(args.profile)
     if not profile.download:
         print(f"[preflight] profile {profile.name}: offline, nothing to download")
         return 0
     checks = paper_checks(
-        resolve_data_root(args.data_root), args.device, args.train_imagenet, not args.no_network
+        resolve_data_root(args.data_root),
+        args.device,
+        args.train_imagenet,
+        not args.no_network,
+        args.import_from,
     )
     for c in checks:
         mark = "ok " if c.ok else ("MISSING" if c.required else "note")

@@ -21,7 +21,7 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -92,6 +92,59 @@ def download_entry(key: str, data_root: str | os.PathLike | None = None, **kwarg
         size=entry.get("size"),
         **kwargs,
     )
+
+
+def import_local(
+    key: str,
+    folders: Sequence[str | os.PathLike],
+    data_root: str | os.PathLike | None = None,
+) -> Path | None:
+    """Copy manifest entry ``key`` from a local folder to ``<data_root>/<dest>``, verified.
+
+    For files obtained another way (a copy on a shared disk, a colleague's mirror, the authors'
+    weights shipped beside a checkout): the first file under ``folders`` (searched recursively,
+    in order) with the entry's file name is checked against the manifest's hash and size, then
+    copied atomically and recorded in the lock file like a download. Returns the source file,
+    or ``None`` when no folder has it. An existing destination is left alone (``None``). A
+    source that fails the check raises ``ChecksumError`` naming it and is never modified.
+    """
+    entry = manifest_entry(key)
+    root = resolve_data_root(data_root)
+    dest = root / entry["dest"]
+    if dest.exists():
+        return None
+    name = Path(entry["dest"]).name
+    source = None
+    for folder in map(Path, folders):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"import folder {folder} does not exist (for {key!r})")
+        hits = sorted(p for p in folder.rglob(name) if p.is_file())
+        if hits:
+            source = hits[0]
+            break
+    if source is None:
+        return None
+    lock = root / LOCK_NAME
+    # no hash in the manifest: an earlier download's lock record pins the file instead
+    rec = {} if entry.get("sha256") else _read_lock(lock).get(entry["url"], {})
+    exp_sha = entry.get("sha256") or rec.get("sha256") or entry.get("sha256_prefix")
+    exp_size = entry.get("size") if entry.get("size") is not None else rec.get("size")
+    actual_size = source.stat().st_size
+    digest = sha256_file(source)
+    if (exp_size is not None and actual_size != int(exp_size)) or (
+        exp_sha is not None and not _hash_matches(digest, exp_sha)
+    ):
+        raise ChecksumError(
+            f"{source} is not manifest entry {key!r}: it has sha256 {digest} ({actual_size} "
+            f"bytes), the {'lock file' if rec else 'manifest'} expects sha256 {exp_sha} "
+            f"({exp_size} bytes); nothing was copied to {dest}"
+        )
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".import")
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, dest)
+    _record(lock, entry["url"], dest, actual_size, digest)
+    return source
 
 
 # --- lock file -------------------------------------------------------------------------------
