@@ -432,3 +432,49 @@ def test_fc_where_the_weights_have_one(caffe_random, tv_random):
 def test_unknown_backbone_name():
     with pytest.raises(ValueError, match="unknown backbone"):
         B.build_backbone("resnet50", pretrained=False)
+
+
+# ---------------------------------------------------------------------------- calibration
+def test_calibrated_random_backbone_keeps_fp16_range():
+    torch.manual_seed(0)
+    bb = B.build_backbone("caffe-resnet101", pretrained=False)
+    images = torch.randint(0, 256, (2, 3, 128, 160), dtype=torch.uint8)
+    with torch.no_grad():
+        before = float(bb.features(images).abs().max())
+    assert before > 65504  # the default statistics would overflow fp16
+    B.calibrate_batchnorm(bb, images)
+
+    # every BatchNorm now normalises its own input on these images: mean 0, variance 1
+    outputs: list[torch.Tensor] = []
+    norms = [m for m in bb.modules() if isinstance(m, nn.BatchNorm2d)]
+    # clone: the ReLU after each BatchNorm works in place
+    hooks = [m.register_forward_hook(lambda m, a, out: outputs.append(out.clone())) for m in norms]
+    with torch.no_grad():
+        after = float(bb.features(images).abs().max())
+    for h in hooks:
+        h.remove()
+    assert len(outputs) == len(norms) == 104
+    for out in outputs:
+        torch.testing.assert_close(
+            out.mean((0, 2, 3)), torch.zeros(out.shape[1]), atol=1e-3, rtol=0
+        )
+        var = out.var((0, 2, 3), unbiased=False)
+        # unit variance, except below the floor (a near-dead channel is not blown up)
+        assert float(var.max()) < 1.01 and abs(float(var.median()) - 1) < 1e-2
+    assert after < 1000  # far inside fp16's range
+    assert not bb.training
+
+
+def test_calibrate_needs_batchnorm():
+    class NoNorm(nn.Module):
+        name = "nonorm"
+
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+
+        def features(self, images):
+            return self.conv(images.float())
+
+    with pytest.raises(ValueError, match="nonorm has no BatchNorm"):
+        B.calibrate_batchnorm(NoNorm(), torch.zeros(1, 3, 32, 32, dtype=torch.uint8))

@@ -77,12 +77,32 @@ def test_extract_throughput_tiny_cpu_run(smoke_root, tmp_path, restore_threads):
     assert 0 <= r["max_cosine_distance"] < 1e-3
     assert math.isfinite(r["map_delta"]) and abs(r["map_delta"]) < 0.5
     assert r["gpu_busy_share"] is None and r["compile"] is None
+    assert r["engine_autocast"] == "fp32" and r["fp16_overflow_batches"] == 0
     assert set(r["per_method"]) == {"R-MAC + PCA", "+ regional attention", "+ context awareness"}
     for m in r["per_method"].values():
         assert m["speedup"] > 0 and m["time_per_image_s"] > 0
         assert 0 <= m["map_engine"]["medium"] <= 100
         assert abs(m["map_engine"]["medium"] - m["map_baseline"]["medium"]) < 0.5
     assert r["per_method"]["+ context awareness"]["attention"].startswith("random init")
+
+
+def test_random_resnet_is_calibrated_so_fp16_does_not_overflow(
+    smoke_root, tmp_path, restore_threads
+):
+    # The GPU session's likely case: no ResNet-101 weights offline, fp16 engine.
+    bench = load_script("extract_throughput")
+    argv = [
+        "--device", "cpu", "--backbone", "caffe-resnet101", "--weights", "random",
+        "--precision", "fp16", "--n-images", "2", "--image-size", "64", "--repeats", "1",
+        "--threads", "1", "--no-map",
+        "--whitening", "random", "--attention", "random", "--data-root", str(smoke_root),
+        "--results-root", str(tmp_path / "results"), "--out-dir", str(tmp_path / "bench"),
+    ]  # fmt: skip
+    r = bench.main(argv)
+    assert r["backbone_weights"] == "random" and r["engine_autocast"] == "fp16"
+    assert r["fp16_overflow_batches"] == 0
+    # fp16 really ran, and stayed finite; a random network amplifies rounding, so a loose bound
+    assert 0 < r["max_cosine_distance"] < 0.1
 
 
 def test_baseline_pooling_matches_hand_computed_cells():
