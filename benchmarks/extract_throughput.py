@@ -443,7 +443,9 @@ def load_dataset(name: str, data_root: Path) -> RetrievalDataset:
 
     preset = name.removeprefix("synthetic-")
     if name.startswith("synthetic-") and preset in SYNTHETIC_PRESETS:
-        generate_synthetic(preset, data_root, progress=False)  # no-op when already there
+        # no-op when already there; all cores but one (the output does not depend on it)
+        workers = min(8, max(2, (os.cpu_count() or 1) - 1))
+        generate_synthetic(preset, data_root, progress=False, workers=workers)
     return load_retrieval_dataset(name, data_root)
 
 
