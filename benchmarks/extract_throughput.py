@@ -76,8 +76,8 @@ Runner = Callable[[Sequence[Path], Sequence[Sequence[float]] | None], Descs]
 
 
 # ----------------------------------------------------------------------------- options
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Command-line options; ``None`` defaults are filled per device from ``DEFAULTS``."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line options (also checked against ``gpu_session.sh`` by the tests)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default cpu")
     p.add_argument("--backbone", help="cpu: efficientnet-lite0, cuda: caffe-resnet101")
@@ -124,6 +124,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--results-root", default=None, help="where results/<profile>/ lives")
     p.add_argument("--out-dir", type=Path, default=REPO / "results" / "bench")
     p.add_argument("--name", help="output file stem (default extract_<cpu|cuda>)")
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Command-line options; ``None`` defaults are filled per device from ``DEFAULTS``."""
+    p = build_parser()
     args = p.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)

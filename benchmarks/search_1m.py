@@ -42,8 +42,8 @@ from regattn_lib.search import cosine_ranks, faiss_available, faiss_ranks
 REPO = Path(__file__).resolve().parents[1]
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Command-line options (see ``--help``)."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line options (also checked against ``gpu_session.sh`` by the tests)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=1_000_000, help="database size (default 1M)")
     p.add_argument("--dim", type=int, default=2048, help="dimensions (default 2048)")
@@ -63,6 +63,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     p.add_argument("--out-dir", type=Path, default=REPO / "results" / "bench")
     p.add_argument("--name", help="output file stem (default search_<cpu|cuda>)")
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Command-line options (see ``--help``)."""
+    p = build_parser()
     args = p.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)

@@ -185,3 +185,28 @@ def test_bench_report_paths_command_and_files(tmp_path):
     assert json.loads((tmp_path / "out" / "r.json").read_text()) == {"x": 1.5}
     assert (tmp_path / "out" / "r.md").read_text() == text
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["r.json", "r.md"]
+
+
+def test_gpu_session_script_uses_only_existing_options():
+    import re
+    import subprocess
+
+    script = REPO / "benchmarks" / "gpu_session.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    text = script.read_text().replace("\\\n", " ")
+    parsers = {
+        "$bench": load_script("extract_throughput"),
+        "search_1m.py": load_script("search_1m"),
+    }
+    seen = {key: 0 for key in parsers}
+    for line in text.splitlines():
+        if not line.startswith("step "):
+            continue
+        key = next(k for k in parsers if k in line)
+        seen[key] += 1
+        flags = re.findall(r"\s(--[a-z0-9-]+)", line)
+        parser_flags = set()
+        for action in parsers[key].build_parser()._actions:
+            parser_flags.update(action.option_strings)
+        assert set(flags) <= parser_flags, (line, set(flags) - parser_flags)
+    assert seen == {"$bench": 3, "search_1m.py": 1}
