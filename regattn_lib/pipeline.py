@@ -79,14 +79,29 @@ def setup(
     data_root: str | os.PathLike | None = None,
     results: str | os.PathLike | None = None,
     device: str = "auto",
-    **overrides: Any,
+    overrides: Mapping[str, Any] | None = None,
+    verbose: bool = False,
+    **fields: Any,
 ) -> Context:
-    """Resolve a profile (with notebook overrides) and create ``results/<profile>/`` folders."""
-    prof = get_profile(profile, **overrides)
+    """Resolve a profile and create its ``results/<profile>/`` folders: every notebook's setup.
+
+    ``overrides``: a notebook's ``overrides`` parameter (papermill ``-y``, or
+    ``./run_all.sh --overrides FILE.yaml``), a possibly nested mapping of profile fields, e.g.
+    ``{"image_size": 128, "train": {"recipe": {"iterations": 4}}}`` (see
+    ``profiles.apply_overrides``); ``fields``: top-level field overrides as keywords.
+    ``verbose=True`` prints the resolved profile, data and results folders and the device.
+    """
+    prof = get_profile(profile, overrides, **fields)
     root = resolve_data_root(data_root)
     res = Path(results).resolve() if results is not None else results_root(prof.name)
     torch.manual_seed(0)
-    return Context(prof, root, res, resolve_device(device), results_dirs(res))
+    ctx = Context(prof, root, res, resolve_device(device), results_dirs(res))
+    if verbose:
+        print(f"profile={prof.name} backbone={prof.backbone} device={ctx.device}")
+        print(f"data: {ctx.data_root}\nresults: {ctx.results}")
+        if overrides:
+            print(f"overrides: {dict(overrides)}")
+    return ctx
 
 
 # ----------------------------------------------------------------------------- data
