@@ -21,7 +21,8 @@ case "$profile" in smoke|demo|paper) ;; *) echo "run_all.sh: unknown profile '$p
 scripts/setup_env.sh
 export MPLBACKEND=Agg PYTHONUNBUFFERED=1
 PY=.venv/bin/python
-# The paper profile checks what it needs before spending hours.
+# Before any notebook: the device for every profile (--device cuda without a usable GPU stops
+# here with one line); profiles that download also check each file, the disk and memory.
 $PY -m regattn_lib.preflight --profile "$profile" --device "$device"
 results=${REGATTN_RESULTS:-results}/$profile
 mkdir -p "$results/notebooks"

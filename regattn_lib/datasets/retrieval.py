@@ -376,7 +376,7 @@ def flickr100k_dir(data_root: str | os.PathLike | None = None) -> Path:
     return resolve_data_root(data_root) / "distractors" / "flickr100k"
 
 
-def _has_images(folder: Path) -> bool:
+def has_images(folder: Path) -> bool:
     """Whether ``folder`` holds at least one image file (recursive, hidden entries skipped)."""
     for _dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
@@ -398,7 +398,7 @@ def resolve_distractors(name: str, data_root: str | os.PathLike | None = None) -
     if name != "auto":
         return name
     folder = flickr100k_dir(data_root)
-    return "flickr100k" if folder.is_dir() and _has_images(folder) else "revisitop1m"
+    return "flickr100k" if folder.is_dir() and has_images(folder) else "revisitop1m"
 
 
 def add_distractors(
