@@ -437,6 +437,16 @@ def test_mirror_failure_names_both_urls(site, tmp_path, monkeypatch):
     assert GND_URL in msg and f"{site.base}/m/{dl.mirror_path(GND_URL)}" in msg and "404" in msg
 
 
+def test_a_local_folder_serves_as_mirror(tmp_path, monkeypatch):
+    mirror = tmp_path / "mirror"
+    (mirror / dl.mirror_path(GND_URL)).parent.mkdir(parents=True)
+    (mirror / dl.mirror_path(GND_URL)).write_bytes(PAYLOAD)
+    monkeypatch.setenv("REGATTN_MIRROR", mirror.as_uri())
+    out = dl.download_entry("gnd_oxford5k", tmp_path / "data", **FAST)
+    assert out.read_bytes() == PAYLOAD
+    assert lock_record(GND_URL, tmp_path / "data" / "downloads.lock.json")["sha256"] == SHA
+
+
 @pytest.mark.parametrize(
     "content, why",
     [

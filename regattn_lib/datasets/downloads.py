@@ -23,15 +23,18 @@ Environment variables
         ``http://cmp.felk.cvut.cz/cnnimageretrieval/data/test/oxford5k/gnd_oxford5k.pkl`` is
         fetched from ``<base>/cmp.felk.cvut.cz/cnnimageretrieval/data/test/oxford5k/
         gnd_oxford5k.pkl``. A mirror is therefore a folder tree with one sub-folder per host,
-        served over http(s) (``python -m http.server`` in that folder will do) or read
-        directly (``file:///path/to/mirror``). The server should honour ``Range`` requests so
-        that interrupted downloads resume. Lock-file records stay keyed by the canonical URL,
-        so switching mirrors keeps each file's identity; errors name both URLs.
+        served over http(s) or read directly (``file:///path/to/mirror``). A server that
+        honours ``Range`` requests lets interrupted downloads resume; one that does not (e.g.
+        ``python -m http.server``) works, but an interrupted file restarts from zero. Lock-file
+        records stay keyed by the canonical URL, so switching mirrors keeps each file's
+        identity; errors name both URLs.
     ``REGATTN_MANIFEST=<file>``
         A JSON file ``{"files": {key: entry, ...}}`` whose entries replace the package's
         entries key by key (whole entries, not single fields) and may add keys; e.g. a test
-        fixture supplies the sha256 and size of its miniature files this way. A missing or
-        malformed file raises ``ManifestError`` naming it.
+        fixture supplies the sha256 and size of its miniature files this way. Give an absolute
+        path: a relative one is taken from the current folder, which differs between the
+        notebooks and the command line. A missing or malformed file raises ``ManifestError``
+        naming it.
 """
 
 from __future__ import annotations
@@ -239,7 +242,7 @@ def import_local(
         return None
     lock = root / LOCK_NAME
     sha = entry.get("sha256") or entry.get("sha256_prefix")
-    actual_size, digest, problem, full = _check(entry["url"], source, sha, entry.get("size"), lock)
+    actual_size, digest, problem, _ = _check(entry["url"], source, sha, entry.get("size"), lock)
     if problem:
         raise ChecksumError(
             f"{source} is not manifest entry {key!r}: {problem}; nothing was copied to {dest}"
