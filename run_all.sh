@@ -40,7 +40,8 @@ if [ -n "$overrides" ]; then
   $PY -m regattn_lib.profiles --profile "$profile" --overrides "$overrides" --papermill-params "$params_file" || exit 2
   params=(-f "$params_file")
 fi
-# The paper profile checks what it needs before spending hours.
+# Before any notebook: the device for every profile (--device cuda without a usable GPU stops
+# here with one line); profiles that download also check each file, the disk and memory.
 $PY -m regattn_lib.preflight --profile "$profile" --device "$device" ${overrides:+--overrides "$overrides"}
 results=${REGATTN_RESULTS:-results}/$profile
 mkdir -p "$results/notebooks"

@@ -23,10 +23,8 @@ ResNet weight files live in ``<data_root>/weights/`` and are downloaded there on
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -63,36 +61,13 @@ class WeightsNotFoundError(WeightsError, FileNotFoundError):
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class WeightsSource:
-    """Where a backbone's weights come from.
-
-    ``manifest_key`` names the entry of ``regattn_lib/datasets/manifest.json`` whose sha256 (or
-    hash prefix) and size the download is checked against. ``sha256_prefix`` is the hash prefix
-    torch hub puts in the file name; it is also checked on a file already present, where the
-    publisher is known to follow that convention (torchvision), else ``None``.
-    """
-
-    filename: str
-    url: str
-    manifest_key: str | None = None
-    sha256_prefix: str | None = None
-
-
-WEIGHTS: dict[str, WeightsSource] = {
-    "caffe-resnet101": WeightsSource(
-        filename="imagenet-caffe-resnet101-features-10a101d.pth",
-        url="http://cmp.felk.cvut.cz/cnnimageretrieval/data/networks/imagenet/"
-        "imagenet-caffe-resnet101-features-10a101d.pth",
-        manifest_key="caffe_resnet101_features",
-    ),
-    "torchvision-resnet101": WeightsSource(
-        filename="resnet101-63fe2227.pth",
-        url="https://download.pytorch.org/models/resnet101-63fe2227.pth",
-        manifest_key="torchvision_resnet101",
-        # torchvision loads this file with check_hash=True: its sha256 starts with the name's hash.
-        sha256_prefix="63fe2227",
-    ),
+#: Backbone name -> key of its weights file in ``regattn_lib/datasets/manifest.json``, the one
+#: registry of downloads (URL, destination under the data root, sha256 or hash prefix, size).
+#: A manifest ``sha256_prefix`` (the hash prefix torch hub puts in a file name; torchvision
+#: loads its files with ``check_hash=True``) is also checked on a file already present.
+WEIGHTS: dict[str, str] = {
+    "caffe-resnet101": "caffe_resnet101_features",
+    "torchvision-resnet101": "torchvision_resnet101",
 }
 
 # (resolved path, size, mtime_ns) -> sha256; hashing a 170 MB file costs ~0.5 s, once is enough.
@@ -109,33 +84,32 @@ def weights_sha256(path: str | os.PathLike) -> str:
     return _SHA256_CACHE[key]
 
 
+def _weights_entry(name: str) -> dict:
+    """The manifest entry of backbone ``name``'s weights file (``KeyError`` for Lite0)."""
+    from regattn_lib.datasets.downloads import manifest_entry
+
+    if name not in WEIGHTS:
+        raise KeyError(
+            f"no downloadable weights file for backbone {name!r}; known: {list(WEIGHTS)}"
+        )
+    return manifest_entry(WEIGHTS[name])
+
+
 def default_weights_path(name: str, data_root: str | os.PathLike | None = None) -> Path:
-    """``<data_root>/weights/<file name>`` for a ResNet backbone.
+    """``<data_root>/<dest>`` of a ResNet backbone's manifest entry (``weights/<file name>``).
 
     Args:
         name: ``'caffe-resnet101'`` or ``'torchvision-resnet101'``.
         data_root: data root; ``None`` means ``$REGATTN_DATA``, else ``<repo>/data``.
     """
-    return _data_root(data_root) / "weights" / WEIGHTS[name].filename
+    return _data_root(data_root) / _weights_entry(name)["dest"]
 
 
-def _not_found_message(source: WeightsSource, dest: Path, why: str) -> str:
+def _not_found_message(entry: dict, dest: Path, why: str) -> str:
     return (
-        f"weights file {dest} is missing ({why}). Download it from {source.url} and place it "
+        f"weights file {dest} is missing ({why}). Download it from {entry['url']} and place it "
         f"at exactly {dest} (or pass weights_path=...)."
     )
-
-
-def _manifest_checks(downloads, key: str | None) -> tuple[str | None, int | None]:
-    """(sha256 or hash prefix, size) of manifest entry ``key``; ``None`` where unknown."""
-    lookup = getattr(downloads, "manifest_entry", None)
-    if key is None or lookup is None:
-        return None, None
-    try:
-        entry = lookup(key)
-    except KeyError:  # no entry: the downloader records size and sha256 on first download
-        return None, None
-    return entry.get("sha256") or entry.get("sha256_prefix"), entry.get("size")
 
 
 def ensure_weights(
@@ -146,49 +120,41 @@ def ensure_weights(
     Args:
         name: ``'caffe-resnet101'`` or ``'torchvision-resnet101'``.
         data_root: data root (default ``$REGATTN_DATA``, else ``<repo>/data``); the file lives
-            in ``<data_root>/weights/``.
-        download: fetch the file when absent (default ``True``); when ``False`` an absent file
-            raises.
+            at its manifest destination there (``<data_root>/weights/``).
+        download: fetch the file when absent (default ``True``), through
+            ``downloads.download_entry``: checked against the manifest's hash (or prefix) and
+            size, recorded in ``<data_root>/downloads.lock.json``, fetched from
+            ``$REGATTN_MIRROR`` when set. When ``False`` an absent file raises.
 
     Raises:
         WeightsNotFoundError: the file is absent and could not be downloaded; the message gives
             the URL and the exact path to place the file at.
         WeightsError: the file's sha256 does not match its name's hash prefix.
     """
-    source = WEIGHTS[name]
+    from regattn_lib.datasets import downloads
+
+    entry = _weights_entry(name)
     dest = default_weights_path(name, data_root)
     if not dest.exists():
         if not download:
-            raise WeightsNotFoundError(_not_found_message(source, dest, "download=False"))
-        # Imported here so that this module works without the downloader (tests, offline use);
-        # import_module honours a sys.modules entry, which lets tests substitute a fake.
+            raise WeightsNotFoundError(_not_found_message(entry, dest, "download=False"))
         try:
-            downloads = importlib.import_module("regattn_lib.datasets.downloads")
-        except ImportError as e:
-            raise WeightsNotFoundError(
-                _not_found_message(source, dest, f"downloader unavailable: {e}")
-            ) from e
-        sha256, size = _manifest_checks(downloads, source.manifest_key)
-        # The downloader records size + sha256 of a first download in this data root's lock
-        # file and checks later downloads against it.
-        default_lock_file = getattr(downloads, "default_lock_file", None)
-        lock_file = default_lock_file(data_root) if default_lock_file else None
-        try:
-            downloads.download(source.url, dest, sha256=sha256, size=size, lock_file=lock_file)
+            downloads.download_entry(WEIGHTS[name], data_root)
         except Exception as e:  # DownloadError, or an OSError from the network stack
             raise WeightsNotFoundError(
-                _not_found_message(source, dest, f"download failed: {e}")
+                _not_found_message(entry, dest, f"download failed: {e}")
             ) from e
-    _check_hash_prefix(source, dest)
+    _check_hash_prefix(entry, dest)
     return dest
 
 
-def _check_hash_prefix(source: WeightsSource, path: Path) -> None:
-    if source.sha256_prefix and not weights_sha256(path).startswith(source.sha256_prefix):
+def _check_hash_prefix(entry: dict, path: Path) -> None:
+    prefix = entry.get("sha256_prefix")
+    if prefix and not weights_sha256(path).startswith(prefix):
         raise WeightsError(
             f"weights file {path} has sha256 {weights_sha256(path)}, which does not start with "
-            f"{source.sha256_prefix} as its name says: the file is corrupt or a different file. "
-            f"Delete it and download it again from {source.url}."
+            f"{prefix} as its name says: the file is corrupt or a different file. "
+            f"Delete it and download it again from {entry['url']}."
         )
 
 

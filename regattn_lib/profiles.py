@@ -54,7 +54,7 @@ class Profile:
     global_whitening_dims: int | None = None  # baselines (MAC, SPoC, CroW, CAM)
     whitening_study_dims: tuple[int | None, ...] = (None,)  # notebook 01's whitening table
     whitening_max_images: int | None = None
-    distractors: str | None = "revisitop1m"  # stands in for Flickr100k, said in the tables
+    distractors: str | None = "revisitop1m"  # "auto": local flickr100k, else revisitop1m[:n]
     n_distractors: int | None = 100_000
     scale_levels: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7)
     rpn: str = "coco"  # "coco" (torchvision Faster R-CNN weights) | "random" (code path only)
@@ -168,9 +168,11 @@ PAPER = Profile(
     datasets=("oxford5k", "paris6k"),
     revisited=("roxford5k", "rparis6k"),
     train=TrainSettings(recipe=TrainConfig(iterations=PAPER_TRAIN_ITERATIONS)),
+    # a local Flickr100k copy at <data>/distractors/flickr100k/ when present, else the first
+    # 100k revisitop1m images stand in; each table's notes say which was used
+    distractors="auto",
     notes=(
         "whitening learned on SfM-120k (cirtorch) instead of the Landmarks set (URL lists decayed)",
-        "105k/106k use the first 100k revisitop1m images in place of Flickr100k",
     ),
 )
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-import types
+import json
 from pathlib import Path
 
 import pytest
@@ -227,16 +226,19 @@ def test_missing_weights_error_gives_url_and_path(name, filename, url, tmp_path)
 
 
 def _fake_downloads(monkeypatch, behaviour):
-    fake = types.ModuleType("regattn_lib.datasets.downloads")
-    fake.calls = []
+    """Replace ``downloads.download_entry`` by ``behaviour(url, dest)``, recording each call."""
+    from regattn_lib.datasets import downloads
 
-    def download(url, dest, *, sha256=None, size=None, lock_file=None):
-        fake.calls.append((url, Path(dest), lock_file))
-        return behaviour(url, Path(dest))
+    calls = []
 
-    fake.download = download
-    monkeypatch.setitem(sys.modules, "regattn_lib.datasets.downloads", fake)
-    return fake
+    def download_entry(key, data_root=None, **kwargs):
+        entry = downloads.manifest_entry(key)
+        dest = Path(data_root) / entry["dest"]
+        calls.append((entry["url"], dest, key))
+        return behaviour(entry["url"], dest)
+
+    monkeypatch.setattr(downloads, "download_entry", download_entry)
+    return calls
 
 
 def test_failed_download_gives_url_and_path(monkeypatch, tmp_path):
@@ -259,28 +261,50 @@ def test_download_on_first_use_into_data_root(monkeypatch, tmp_path, cirtorch_st
         dest.write_bytes(source.read_bytes())
         return dest
 
-    fake = _fake_downloads(monkeypatch, copy)
+    calls = _fake_downloads(monkeypatch, copy)
     net = B.build_backbone("caffe-resnet101", data_root=tmp_path)
     dest = tmp_path / "weights" / CAFFE_FILE
-    assert fake.calls[0][:2] == (CAFFE_URL, dest)
+    assert calls == [(CAFFE_URL, dest, "caffe_resnet101_features")]
     assert net.weights_id == sha256_file(dest)
     B.build_backbone("caffe-resnet101", data_root=tmp_path)  # present now: no second download
-    assert len(fake.calls) == 1
+    assert len(calls) == 1
 
 
-def test_real_downloader_records_size_and_sha256(monkeypatch, tmp_path, cirtorch_state):
-    downloads = pytest.importorskip("regattn_lib.datasets.downloads")
+def test_real_downloader_records_size_and_sha256_in_the_data_root(
+    monkeypatch, tmp_path, cirtorch_state
+):
+    from regattn_lib.datasets import downloads
+
     _, source = cirtorch_state
-    # A file:// URL stands in for the server; no manifest key, since the random file cannot
-    # match the real file's hash.
-    url = source.as_uri()
-    monkeypatch.setitem(B.WEIGHTS, "caffe-resnet101", B.WeightsSource(CAFFE_FILE, url))
-    net = B.build_backbone("caffe-resnet101", data_root=tmp_path)
-    dest = tmp_path / "weights" / CAFFE_FILE
-    record = downloads.lock_record(url, lock_file=downloads.default_lock_file(tmp_path))
+    # A manifest override points the entry at a file:// URL standing in for the server; the
+    # random file has no published hash, so its size and sha256 get recorded.
+    override = tmp_path / "manifest.json"
+    entry = dict(downloads.manifest_entry("caffe_resnet101_features"), url=source.as_uri())
+    override.write_text(json.dumps({"files": {"caffe_resnet101_features": entry}}))
+    monkeypatch.setenv("REGATTN_MANIFEST", str(override))
+    monkeypatch.setenv("REGATTN_DATA", str(tmp_path / "elsewhere"))  # must not be used
+    root = tmp_path / "data"
+    net = B.build_backbone("caffe-resnet101", data_root=root)
+    dest = root / "weights" / CAFFE_FILE
+    record = downloads.lock_record(source.as_uri(), lock_file=root / "downloads.lock.json")
     assert record["size"] == source.stat().st_size
     assert record["sha256"] == sha256_file(source) == net.weights_id
+    assert record["path"] == str(dest.resolve())
+    assert not (tmp_path / "elsewhere").exists()
     assert torch.equal(net.conv1.weight, torch.load(dest, weights_only=True)["0.weight"])
+
+
+def test_weights_locations_come_from_the_manifest(monkeypatch, tmp_path):
+    from regattn_lib.datasets import downloads
+
+    override = tmp_path / "manifest.json"
+    entry = dict(downloads.manifest_entry("torchvision_resnet101"), dest="elsewhere/tv.pth")
+    override.write_text(json.dumps({"files": {"torchvision_resnet101": entry}}))
+    monkeypatch.setenv("REGATTN_MANIFEST", str(override))
+    assert B.default_weights_path("torchvision-resnet101", tmp_path) == (
+        tmp_path.resolve() / "elsewhere" / "tv.pth"
+    )
+    assert not hasattr(B, "WeightsSource")  # no second registry of URLs and hashes
 
 
 def test_torchvision_file_with_wrong_hash_is_rejected(tmp_path):
