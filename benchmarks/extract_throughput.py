@@ -229,12 +229,12 @@ def baseline_image(path: Path, longest: int | None, bbx: Sequence[float] | None)
         t = torch.from_numpy(rgb).permute(2, 0, 1)[None].float()
         t = F.interpolate(t, size=(nh, nw), mode="bilinear", align_corners=False)
         rgb = t[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
-        scale = nh / h
+        scale = s
     if bbx is not None:
-        x1, y1, x2, y2 = (float(v) * scale for v in bbx)
+        # the authors' crop: a float32 box times S / max(H, W), np.round, exclusive end
+        x1, y1, x2, y2 = np.round(np.asarray(bbx, dtype=np.float32) * np.float32(scale))
         rh, rw = rgb.shape[:2]
-        rgb = rgb[max(0, math.floor(y1)) : min(rh, math.ceil(y2)),
-                  max(0, math.floor(x1)) : min(rw, math.ceil(x2))]  # fmt: skip
+        rgb = rgb[max(0, int(y1)) : min(rh, int(y2)), max(0, int(x1)) : min(rw, int(x2))]
     return np.ascontiguousarray(rgb)
 
 
