@@ -8,7 +8,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -36,6 +36,7 @@ from .extract import (
     extract_dataset,
     extract_images,
     resolve_device,
+    resolve_precision,
 )
 from .io_utils import atomic_write, atomic_write_json
 from .paths import data_root as resolve_data_root
@@ -187,9 +188,10 @@ def learn_whitenings(
     """Full-dimensional whitenings of several kinds, learned in one pass over the whitening set.
 
     Each is cached under ``<data>/cache/<profile>/whitening/`` keyed by the images, backbone
-    and weights, image size and levels.
+    and weights, image size, levels and the backbone's precision (the profile's).
     """
     p = ctx.profile
+    precision = resolve_precision(p.precision, ctx.device)
     paths = _whitening_paths(ctx)
     bb = ctx.backbone
     files = {}
@@ -198,7 +200,7 @@ def learn_whitenings(
             "kind": kind, "set": p.whitening_set, "n_images": len(paths),
             "images": [x.name for x in paths[:50]], "backbone": p.backbone,
             "weights": getattr(bb, "weights_id", None), "size": p.whitening_image_size,
-            "levels": p.whitening_levels, "dims": None,
+            "levels": p.whitening_levels, "dims": None, "precision": precision,
         })  # fmt: skip
         files[kind] = ctx.cache_dir / "whitening" / f"{kind}-{key}.pt"
     missing = [k for k, f in files.items() if not f.is_file()]
@@ -211,7 +213,7 @@ def learn_whitenings(
     if missing:
         out = extract_images(
             paths, bb, {k: _whitening_head(ctx, k) for k in missing}, p.whitening_image_size,
-            device=ctx.device, batch_size=p.batch_size,
+            device=ctx.device, batch_size=p.batch_size, precision=precision,
             progress=progress and f"whitening ({', '.join(missing)})",
         )  # fmt: skip
         for kind in missing:
@@ -500,12 +502,21 @@ def ablation_heads(
 
 
 def describe(
-    ctx: Context, ds: RetrievalDataset, heads: Mapping[str, Head], progress: bool = True
+    ctx: Context,
+    ds: RetrievalDataset,
+    heads: Mapping[str, Head],
+    progress: bool = True,
+    precision: str | None = None,
 ) -> dict[str, Descriptors]:
-    """Descriptors of ``ds`` for every head (cached under ``<data>/cache/<profile>/``)."""
+    """Descriptors of ``ds`` for every head (cached under ``<data>/cache/<profile>/``).
+
+    ``precision``: the backbone's (``extract.PRECISIONS``); ``None`` (default) takes the
+    profile's (``fp32`` in the paper profile). The cache is keyed by it.
+    """
     return extract_dataset(
         ds, ctx.backbone, heads, ctx.profile.image_size, cache_dir=ctx.cache_dir,
         device=ctx.device, batch_size=ctx.profile.batch_size, progress=progress,
+        precision=ctx.profile.precision if precision is None else precision,
     )  # fmt: skip
 
 
@@ -540,32 +551,81 @@ def map_table(results: Mapping[str, Mapping[str, Any]], protocol: str, column: s
     )
 
 
-def time_per_image(
-    ctx: Context, ds: RetrievalDataset, heads: Mapping[str, Head], n_images: int = 20
-) -> dict[str, float]:
-    """Seconds per database image for each head alone (decode, resize, backbone, head).
+@dataclass(frozen=True)
+class ImageTiming:
+    """Seconds per image of one method, as the paper's time column.
 
-    Measured by the same extraction code, one head at a time on the first ``n_images``.
+    ``median_s``: median over the ``n`` timed images; ``times_s``: each image's time;
+    ``device``: the GPU's or CPU's name; ``precision``: the backbone's (``fp32``, ``fp16``,
+    ``bf16``); ``image_size``: the longest side the images were resized to.
     """
+
+    median_s: float
+    device: str
+    precision: str
+    n: int
+    image_size: int | None
+    times_s: tuple[float, ...]
+
+
+@torch.no_grad()
+def time_per_image(
+    ctx: Context,
+    ds: RetrievalDataset,
+    heads: Mapping[str, Head],
+    n_images: int = 20,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, ImageTiming]:
+    """Seconds per image of each method (backbone + its head), measured as the paper's column.
+
+    The first ``n_images`` database images (default 20) are decoded and resized to the
+    profile's ``timing_image_size`` (``None``: ``image_size``, 1024 px in the paper) and put
+    on the device before any timing, so decoding is excluded. Per method: one untimed warm-up
+    pass on each distinct image shape, then one image at a time, the device synchronised
+    before and after each; each image's time covers normalisation, the backbone in the
+    profile's ``precision`` and the head up to the descriptor on the host. Returns method ->
+    :class:`ImageTiming` (median over the images, device and precision named). ``clock`` is
+    the timer (default ``time.perf_counter``).
+    """
+    from .bench_report import device_name
+    from .extract import _backbone_features
+    from .images import prepare_image
+
+    p, dev, bb = ctx.profile, ctx.device, ctx.backbone
+    size = p.timing_image_size if p.timing_image_size is not None else p.image_size
+    precision = resolve_precision(p.precision, dev)
     paths = list(ds.db_paths)[:n_images]
+    if not paths:
+        raise ValueError(f"{ds.name}: no database images to time")
+    images = [
+        torch.from_numpy(np.ascontiguousarray(prepare_image(path, size)))
+        .permute(2, 0, 1)[None]
+        .to(dev)
+        for path in paths
+    ]
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    def step(head: Head, batch: torch.Tensor) -> torch.Tensor:
+        feats = _backbone_features(bb, bb.preprocess(batch), precision)
+        return head(feats, batch).cpu()
+
+    warmup = list({tuple(im.shape): im for im in images}.values())
     out = {}
     for name, head in heads.items():
-        extract_images(
-            paths[:2],
-            ctx.backbone,
-            {name: head},
-            ctx.profile.image_size,
-            device=ctx.device,
-            progress=False,
-        )
-        if ctx.device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        extract_images(paths, ctx.backbone, {name: head}, ctx.profile.image_size, device=ctx.device,
-                       batch_size=ctx.profile.batch_size, progress=False)  # fmt: skip
-        if ctx.device.type == "cuda":
-            torch.cuda.synchronize()
-        out[name] = (time.perf_counter() - t0) / len(paths)
+        for im in warmup:
+            step(head, im)
+        times = []
+        for im in images:
+            sync()
+            t0 = clock()
+            step(head, im)
+            sync()
+            times.append(clock() - t0)
+        out[name] = ImageTiming(float(np.median(times)), device_name(dev), precision, len(times),
+                                size, tuple(times))  # fmt: skip
     return out
 
 
@@ -577,14 +637,17 @@ def attention_for_image(
     levels: int | None = None,
     bbx: Sequence[float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(image, regions, alpha) of one image as the descriptor sees it (resized, cropped)."""
+    """(image, regions, alpha) of one image as the descriptor sees it (resized, cropped, the
+    backbone in the profile's precision)."""
     from .descriptor import pool_regions
+    from .extract import _backbone_features
     from .images import prepare_image
     from .regions import rmac_regions
 
     image = prepare_image(path, ctx.profile.image_size, bbx)
     batch = torch.from_numpy(image).permute(2, 0, 1)[None].to(ctx.device)
-    feats = ctx.backbone.features(batch).float()
+    precision = resolve_precision(ctx.profile.precision, ctx.device)
+    feats = _backbone_features(ctx.backbone, ctx.backbone.preprocess(batch), precision)
     regions = rmac_regions(image.shape[0], image.shape[1], levels or ctx.profile.levels)
     pooled = pool_regions(feats, regions)
     if attention is None:

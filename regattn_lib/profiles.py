@@ -62,6 +62,10 @@ class Profile:
     rpn_max_side: int | None = None  # run the RPN on a downsized copy (offline profiles)
     qe_k: int = 5
     batch_size: int | None = None  # extraction batch; None: 16 on CUDA, 1 on the CPU
+    # backbone precision of every extraction (extract.PRECISIONS): "auto" = fp16 autocast on
+    # CUDA, fp32 on the CPU; "fp32" everywhere is the authors' setting (paper profile)
+    precision: str = "auto"
+    timing_image_size: int | None = None  # the time column's image size; None: image_size
     download: bool = True
     needs_gpu: bool = True
     train: TrainSettings = field(default_factory=TrainSettings)
@@ -171,6 +175,7 @@ PAPER = Profile(
     # a local Flickr100k copy at <data>/distractors/flickr100k/ when present, else the first
     # 100k revisitop1m images stand in; each table's notes say which was used
     distractors="auto",
+    precision="fp32",
     notes=(
         "whitening learned on SfM-120k (cirtorch) instead of the Landmarks set (URL lists decayed)",
     ),
