@@ -106,6 +106,16 @@ def setup(
     return ctx
 
 
+def backbone_note(ctx: Context) -> str:
+    """One table note naming the backbone, its weights and the input convention in use."""
+    m = ctx.backbone.input_metadata()
+    weights = str(m.get("weights_id"))[:12]
+    return (
+        f"backbone {m.get('backbone')} (weights sha256 {weights}...), input convention "
+        f"{m.get('input_convention')} ({m.get('convention_source')}), precision {ctx.profile.precision}"
+    )
+
+
 # ----------------------------------------------------------------------------- data
 def prepare_data(ctx: Context, progress: bool = True) -> dict[str, Any]:
     """Generate (offline profiles) or download and check the profile's test and whitening data.
