@@ -56,7 +56,7 @@ def compare_to_paper(
     ours = ours.set_index("method").reindex(methods).reset_index()
     if WEIGHTS in ours.columns:
         ours[WEIGHTS] = ours[WEIGHTS].fillna(PAPER_ONLY)
-    cols = list(datasets) + [c for c in extra if c in ours.columns]
+    cols = list(datasets) + [c for c in extra if c in ours.columns and c != WEIGHTS]
     if all(d in paper.columns for d in datasets):
         return _with_weights(side_by_side(ours, paper, cols), ours), []
     base = baseline if baseline is not None else methods[0]

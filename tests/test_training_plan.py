@@ -102,3 +102,17 @@ def test_tables_label_every_row_and_keep_paper_only_rows(tmp_path):
     assert by.loc["+ regional attention", "weights"] == S.PAPER_ONLY  # not computed here
     assert by.loc["+ context awareness", "weights"] == P.RELEASED
     assert by.loc["+ context awareness", "oxford5k diff"] == pytest.approx(75.0 - 76.8)
+
+
+def test_weights_column_is_carried_not_compared_on_other_datasets():
+    ours = pd.DataFrame({
+        "method": ["R-MAC + PCA", "+ context awareness"],
+        "weights": [P.NO_ATTENTION, P.TRAINED],
+        "synthetic": [40.0, 42.0], "time_s": [0.1, 0.2],
+    })  # fmt: skip
+    table, notes = S.compare_to_paper(
+        ours, PAPER_ABLATION, ["synthetic"], extra=["weights", "time_s"]
+    )
+    assert list(table["weights"][:2]) == [P.NO_ATTENTION, P.TRAINED] and len(notes) == 1
+    assert "weights ours" not in table.columns and "time_s ours" in table.columns
+    assert table.set_index("method").loc["+ context awareness", "synthetic ours gain"] == 2.0
