@@ -33,6 +33,7 @@ from .extract import (
     RegionalVectorsHead,
     accumulate_images,
     cache_key,
+    env_number,
     extract_dataset,
     extract_images,
     list_digest,
@@ -213,7 +214,7 @@ def learn_whitenings(
     kinds: Sequence[str],
     progress: bool = True,
     cached_only: bool = False,
-    checkpoint_s: float = 300.0,
+    checkpoint_s: float | None = None,
 ) -> dict[str, PCAWhitening]:
     """Full-dimensional whitenings of several kinds, learned in one pass over the whitening set.
 
@@ -223,7 +224,8 @@ def learn_whitenings(
     original shorter side is under ``whitening_min_side(profile)`` (authors: 200 px) and
     unreadable ones are skipped and listed in ``meta["skipped"]``; a truncated file is used as
     far as it decodes. The pass checkpoints its statistics every ``checkpoint_s`` seconds
-    (default 300, at group boundaries of ``WHITENING_GROUP`` images) under
+    (default ``$REGATTN_CHECKPOINT_S``, else 300; checked at the end of each group of
+    ``$REGATTN_SHARD_IMAGES``, else ``WHITENING_GROUP`` = 1000, images) under
     ``<data>/cache/<profile>/whitening/``, so an interrupted pass resumes where it stopped.
     Each whitening is cached there too, keyed by every image name, the backbone and weights,
     image size, levels, the size rule and the backbone's precision.
@@ -239,6 +241,9 @@ def learn_whitenings(
             "--only 01) learns the regional one, notebook 05 the others"
         )
     if missing:
+        if checkpoint_s is None:
+            checkpoint_s = env_number("REGATTN_CHECKPOINT_S", 300.0, float)
+        group = env_number("REGATTN_SHARD_IMAGES", WHITENING_GROUP)
         checkpoint = (
             ctx.cache_dir
             / "whitening"
@@ -246,7 +251,7 @@ def learn_whitenings(
         )
         accs, skipped = accumulate_images(
             paths, ctx.backbone, {k: _whitening_head(ctx, k) for k in missing},
-            p.whitening_image_size, group_size=WHITENING_GROUP, checkpoint=checkpoint,
+            p.whitening_image_size, group_size=group, checkpoint=checkpoint,
             checkpoint_s=checkpoint_s, min_original_side=common["min_side"], device=ctx.device,
             batch_size=p.batch_size, precision=common["precision"],
             progress=progress and f"whitening ({', '.join(missing)})",
@@ -258,6 +263,8 @@ def learn_whitenings(
                     "skipped": [s.to_dict() for s in skipped]}  # fmt: skip
             learn_pca_whitening(accs[kind], meta=meta).save(files[kind])
         checkpoint.unlink(missing_ok=True)
+        for stale in checkpoint.parent.glob(f".{checkpoint.name}.*.tmp"):
+            stale.unlink(missing_ok=True)  # a save cut short by a kill (atomic_write's temp)
     return {k: PCAWhitening.load(f) for k, f in files.items()}
 
 

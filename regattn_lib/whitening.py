@@ -109,19 +109,18 @@ class CovarianceAccumulator:
         self._n = 0  # rows merged into _mean and _scatter
         self._mean: torch.Tensor | None = None  # (C,) fp64
         self._scatter: torch.Tensor | None = None  # (C, C) fp64, sum of centred outer products
-        self._pending: list[torch.Tensor] = []
-        self._pending_rows = 0
+        self._dim: int | None = None
+        self._buf: torch.Tensor | None = None  # (block_rows, C) fp64, filled then merged
+        self._fill = 0
 
     @property
     def n(self) -> int:
         """Rows added so far (merged and buffered)."""
-        return self._n + self._pending_rows
+        return self._n + self._fill
 
     @property
     def dim(self) -> int | None:
-        if self._mean is not None:
-            return int(self._mean.shape[0])
-        return int(self._pending[0].shape[1]) if self._pending else None
+        return self._dim
 
     @property
     def mean(self) -> torch.Tensor | None:
@@ -140,29 +139,32 @@ class CovarianceAccumulator:
         x = torch.as_tensor(batch).detach()
         if x.dim() != 2:
             raise ValueError(f"expected a (B, C) batch of row vectors, got shape {tuple(x.shape)}")
-        dim = self.dim
-        if dim is not None and x.shape[1] != dim:
-            raise ValueError(f"batch has {x.shape[1]}-d rows, earlier batches {dim}-d")
+        if self._dim is not None and x.shape[1] != self._dim:
+            raise ValueError(f"batch has {x.shape[1]}-d rows, earlier batches {self._dim}-d")
         if x.shape[0] == 0:
             return
-        x = x.to("cpu", torch.float64)
-        for s in range(0, x.shape[0], self.block_rows):
-            part = x[s : s + self.block_rows]
-            self._pending.append(part)
-            self._pending_rows += part.shape[0]
-            if self._pending_rows >= self.block_rows:
+        self._dim = int(x.shape[1])
+        if self._buf is None:
+            # one preallocated block: no list of pieces, no concatenation, centred in place
+            self._buf = torch.empty(self.block_rows, self._dim, dtype=torch.float64)
+        s = 0
+        while s < x.shape[0]:
+            take = min(self.block_rows - self._fill, x.shape[0] - s)
+            self._buf[self._fill : self._fill + take] = x[s : s + take]  # converts to fp64
+            self._fill += take
+            s += take
+            if self._fill == self.block_rows:
                 self.flush()
 
     def flush(self) -> None:
         """Merge the buffered rows into the totals."""
-        if not self._pending:
+        if not self._fill:
             return
-        block = self._pending[0] if len(self._pending) == 1 else torch.cat(self._pending)
-        self._pending, self._pending_rows = [], 0
+        block = self._buf[: self._fill]
+        self._fill = 0
         mean_b = block.mean(0)
-        xc = block - mean_b
-        del block
-        self._merge(xc.shape[0], mean_b, xc.T @ xc)
+        block.sub_(mean_b)  # the buffer is ours: centre in place
+        self._merge(block.shape[0], mean_b, block.T @ block)
 
     def _merge(self, n_b: int, mean_b: torch.Tensor, scatter_b: torch.Tensor) -> None:
         if self._n == 0:
@@ -181,8 +183,9 @@ class CovarianceAccumulator:
         other.flush()
         if other.n == 0:
             return
-        if self.dim is not None and other.dim != self.dim:
-            raise ValueError(f"cannot merge {other.dim}-d statistics into {self.dim}-d ones")
+        if self._dim is not None and other.dim != self._dim:
+            raise ValueError(f"cannot merge {other.dim}-d statistics into {self._dim}-d ones")
+        self._dim = other.dim
         self._merge(other.n, other.mean, other.scatter)
 
     def covariance(self) -> torch.Tensor:
@@ -202,6 +205,7 @@ class CovarianceAccumulator:
     def from_state_dict(cls, state: dict[str, Any]) -> CovarianceAccumulator:
         acc = cls(int(state.get("block_rows", 4096)))
         acc._n, acc._mean, acc._scatter = int(state["n"]), state["mean"], state["scatter"]
+        acc._dim = None if acc._mean is None else int(acc._mean.shape[0])
         return acc
 
 
@@ -253,6 +257,8 @@ def learn_pca_whitening(
         acc = CovarianceAccumulator(block_rows=max(1, x.shape[0]))
         acc.update(x)
         del x
+        acc.flush()
+        acc._buf = None  # the stacked copy is no longer needed
     elif isinstance(vectors, CovarianceAccumulator):
         acc = vectors
     else:
@@ -268,11 +274,11 @@ def learn_pca_whitening(
     eigvals, eigvecs = torch.linalg.eigh(acc.covariance())
     order = torch.argsort(eigvals, descending=True)[:d]
     eigvals = eigvals[order].clamp_min(eps)
-    comps = eigvecs[:, order].T  # (D, C)
+    comps = eigvecs[:, order].T  # (D, C), a copy
     del eigvecs
     sign = torch.sign(comps.gather(1, comps.abs().argmax(1, keepdim=True)))
-    comps = comps * sign
-    projection = comps / eigvals.sqrt()[:, None]
+    # in place: at C = 2048 every extra copy is 32 MB
+    projection = comps.mul_(sign).div_(eigvals.sqrt()[:, None])
     info = {"n_vectors": m, "in_dim": c, "out_dim": d}
     info.update(meta or {})
     return PCAWhitening(mean.float(), projection.float(), eigvals.float(), info)

@@ -8,7 +8,7 @@ from PIL import Image
 from torch import nn
 
 from regattn_lib.attention import RegionalAttention
-from regattn_lib.descriptor import RegionalDescriptor
+from regattn_lib.descriptor import RegionalDescriptor, pool_regions
 from regattn_lib.extract import (
     GlobalHead,
     RegionalHead,
@@ -19,6 +19,7 @@ from regattn_lib.extract import (
     target_size,
 )
 from regattn_lib.images import ImageError, prepare_image
+from regattn_lib.regions import rmac_regions
 
 
 class ToyBackbone(nn.Module):
@@ -96,6 +97,9 @@ def test_regional_vectors_head_returns_all_regions(images):
         images[:1], ToyBackbone(), {"v": RegionalVectorsHead(levels=2)}, None, progress=False
     )
     assert out["v"][0].shape == (8, 4)  # 96x128: 2 + 6 regions
+    feats = torch.rand(2, 5, 19, 25)  # max pooling alone equals pool_regions' max pooling
+    ref = pool_regions(feats, rmac_regions(600, 800, 3)).max_pooled
+    assert torch.equal(RegionalVectorsHead(levels=3)(feats, torch.zeros(2, 3, 600, 800)), ref)
 
 
 def test_dataset_cache_hit_and_invalidation(images, tmp_path, monkeypatch):
@@ -444,3 +448,18 @@ def test_whitening_cache_key_covers_every_image_name(tmp_path):
     fa, _ = P._whitening_files(ctx, ["regional"], a)
     fb, _ = P._whitening_files(ctx, ["regional"], b)
     assert fa["regional"] != fb["regional"]
+
+
+def test_shard_size_from_the_environment(images, tmp_path, monkeypatch):
+    ds = ToyDataset("toy", images[:4], images[4:], [None])
+    monkeypatch.setenv("REGATTN_SHARD_IMAGES", "1")
+    with pytest.raises(RuntimeError, match="killed"):
+        extract_dataset(ds, CountingBackbone(fail_after=3), {"r": RegionalHead(levels=1)}, None,
+                        tmp_path, progress=False)  # fmt: skip
+    assert len(list(tmp_path.rglob("*.parts/db/*.pt"))) == 3  # one shard per finished image
+    bb = CountingBackbone()
+    extract_dataset(ds, bb, {"r": RegionalHead(levels=1)}, None, tmp_path, progress=False)
+    assert bb.images == 1 + 1
+    monkeypatch.setenv("REGATTN_SHARD_IMAGES", "many")
+    with pytest.raises(ValueError, match="REGATTN_SHARD_IMAGES"):
+        extract_dataset(ds, bb, {"r": RegionalHead(levels=2)}, None, tmp_path, progress=False)
