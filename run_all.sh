@@ -1,28 +1,48 @@
 #!/usr/bin/env bash
 # Run the notebook series end to end with papermill.
 #   ./run_all.sh [--profile smoke|demo|paper] [--device auto|cpu|cuda] [--from NN] [--only NN]
+#                [--overrides FILE.yaml]
 # Executed notebooks go to results/<profile>/notebooks/, tables and figures beside them.
 # Stops at the first failing notebook, naming it and its failing cell; earlier results stay,
-# and --from NN resumes there.
+# and --from NN resumes there. --overrides: a YAML mapping of profile fields (nested allowed,
+# e.g. "train: {recipe: {iterations: 4}}") handed to every notebook's `overrides` parameter.
+# REGATTN_SKIP_SETUP=1 uses the existing .venv (or $REGATTN_PYTHON) without installing anything.
 set -euo pipefail
 cd "$(dirname "$0")"
-profile=smoke device=auto from=01 only=""
+profile=smoke device=auto from=01 only="" overrides=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --profile) profile=$2; shift 2 ;;
     --device) device=$2; shift 2 ;;
     --from) from=$2; shift 2 ;;
     --only) only=$2; shift 2 ;;
-    -h|--help) sed -n 2,6p "$0"; exit 0 ;;
+    --overrides) overrides=$2; shift 2 ;;
+    -h|--help) sed -n 2,10p "$0"; exit 0 ;;
     *) echo "run_all.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
 case "$profile" in smoke|demo|paper) ;; *) echo "run_all.sh: unknown profile '$profile' (smoke, demo, paper)" >&2; exit 2 ;; esac
-scripts/setup_env.sh
+if [ "${REGATTN_SKIP_SETUP:-0}" = 1 ]; then
+  PY=${REGATTN_PYTHON:-.venv/bin/python}
+  command -v "$PY" >/dev/null || { echo "run_all.sh: REGATTN_SKIP_SETUP=1 but no Python at $PY" >&2; exit 2; }
+else
+  scripts/setup_env.sh
+  PY=.venv/bin/python
+fi
 export MPLBACKEND=Agg PYTHONUNBUFFERED=1
-PY=.venv/bin/python
-# The paper profile checks what it needs before spending hours.
-$PY -m regattn_lib.preflight --profile "$profile" --device "$device"
+params=()
+if [ -n "$overrides" ]; then
+  [ -f "$overrides" ] || { echo "run_all.sh: overrides file '$overrides' not found" >&2; exit 2; }
+  # Checked against the profile now (a typo fails here, not hours later), then wrapped as the
+  # notebooks' `overrides` parameter in a papermill parameters file.
+  params_file=$(mktemp "${TMPDIR:-/tmp}/regattn-params.XXXXXX.yaml")
+  trap 'rm -f "$params_file"' EXIT
+  $PY -m regattn_lib.profiles --profile "$profile" --overrides "$overrides" --papermill-params "$params_file" || exit 2
+  params=(-f "$params_file")
+fi
+# Before any notebook: the device for every profile (--device cuda without a usable GPU stops
+# here with one line); profiles that download also check each file, the disk and memory.
+$PY -m regattn_lib.preflight --profile "$profile" --device "$device" ${overrides:+--overrides "$overrides"}
 results=${REGATTN_RESULTS:-results}/$profile
 mkdir -p "$results/notebooks"
 status=0
@@ -32,7 +52,7 @@ for nb in notebooks/[0-9][0-9]_*.ipynb; do
   if [ -z "$only" ] && [ "$num" \< "$from" ]; then continue; fi
   out="$results/notebooks/$name.ipynb"
   start=$(date +%s)
-  if $PY -m papermill "$nb" "$out" -p profile "$profile" -p device "$device" \
+  if $PY -m papermill "$nb" "$out" -p profile "$profile" -p device "$device" "${params[@]}" \
       --cwd notebooks --log-level WARNING > "$results/notebooks/$name.log" 2>&1; then
     echo "[run_all] $name ok ($(( $(date +%s) - start )) s)"
   else

@@ -2,6 +2,8 @@
 
 ``eval``: generate/check the profile's data, learn the whitening, extract descriptors (cached)
 and print mAP under the classic and Easy/Medium/Hard protocols for the chosen methods.
+``--precision fp32 fp16`` compares backbone precisions on the same data: mAP of each, and the
+cosine distance between their descriptors.
 """
 
 from __future__ import annotations
@@ -39,9 +41,42 @@ def _heads(ctx, methods, whitening):
     return heads
 
 
+def _scores_table(P, descs, ds, heads, qe: int) -> pd.DataFrame:
+    from .evaluate import results_frame
+
+    rows = []
+    for method, result in P.score(descs, ds, qe_k=qe).items():
+        df = results_frame(result)
+        df.insert(0, "method", method)
+        # say which rows are whitened: MAC/SPoC/CroW here are raw, unlike in notebook 05
+        w = heads[method].whitening
+        df.insert(1, "whitening", "none" if w is None else f"PCA-{w.out_dim}d")
+        rows.append(df)
+    return pd.concat(rows, ignore_index=True)
+
+
+def precision_differences(reference, other, ref_table, other_table) -> pd.DataFrame:
+    """Per method: cosine distance between the two precisions' descriptors (database and
+    queries; max and median over vectors) and the largest mAP change over the protocols."""
+    import torch
+
+    rows = []
+    for method in reference:
+        a = torch.cat([reference[method].db, reference[method].queries]).double()
+        b = torch.cat([other[method].db, other[method].queries]).double()
+        cos = torch.nn.functional.cosine_similarity(a, b, dim=1)
+        dist = (1 - cos).clamp_min(0)
+        r = ref_table[ref_table["method"] == method].set_index("protocol")["mAP"]
+        o = other_table[other_table["method"] == method].set_index("protocol")["mAP"]
+        rows.append({"method": method, "max cos distance": float(dist.max()),
+                     "median cos distance": float(dist.median()),
+                     "max |mAP change|": float((o - r).abs().max())})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from . import pipeline as P
-    from .evaluate import results_frame
+    from .extract import resolve_precision
 
     t0 = time.perf_counter()
     ctx = P.setup(args.profile, data_root=args.data_root, device=args.device)
@@ -50,19 +85,28 @@ def cmd_eval(args: argparse.Namespace) -> int:
     name = args.dataset or ctx.profile.datasets[0]
     ds = P.dataset(ctx, name)
     heads = _heads(ctx, args.methods, whitening)
-    descs = P.describe(ctx, ds, heads, progress=not args.quiet)
-    rows = []
-    for method, result in P.score(descs, ds, qe_k=args.qe).items():
-        df = results_frame(result)
-        df.insert(0, "method", method)
-        # say which rows are whitened: MAC/SPoC/CroW here are raw, unlike in notebook 05
-        w = heads[method].whitening
-        df.insert(1, "whitening", "none" if w is None else f"PCA-{w.out_dim}d")
-        rows.append(df)
-    table = pd.concat(rows, ignore_index=True)
+    precisions = [
+        resolve_precision(p, ctx.device) for p in args.precision or [ctx.profile.precision]
+    ]
+    descs, tables = {}, {}
+    for prec in dict.fromkeys(precisions):
+        descs[prec] = P.describe(ctx, ds, heads, progress=not args.quiet, precision=prec)
+        tables[prec] = _scores_table(P, descs[prec], ds, heads, args.qe)
     print(f"{name}: {ds.n_db} database images, {ds.n_queries} queries; profile {ctx.profile.name}, "
           f"backbone {ctx.profile.backbone}{f', AQE top-{args.qe}' if args.qe else ''}")  # fmt: skip
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    fmt = {"float_format": lambda v: f"{v:.2f}", "index": False}
+    for prec, table in tables.items():
+        if len(tables) > 1:
+            print(f"\nbackbone precision {prec}:")
+        print(table.to_string(**fmt))
+    ref = next(iter(tables))
+    for prec in list(tables)[1:]:
+        whitening_precision = resolve_precision(ctx.profile.precision, ctx.device)
+        print(f"\n{prec} against {ref} (whitening learned in {whitening_precision} for both):")
+        diff = precision_differences(descs[ref], descs[prec], tables[ref], tables[prec])
+        print(diff.to_string(index=False, formatters={
+            "max cos distance": "{:.2e}".format, "median cos distance": "{:.2e}".format,
+            "max |mAP change|": "{:.2f}".format}))  # fmt: skip
     print(f"({time.perf_counter() - t0:.1f} s; descriptors cached in {ctx.cache_dir})")
     return 0
 
@@ -79,6 +123,12 @@ def main(argv: list[str] | None = None) -> int:
         "--qe", type=int, default=0, help="average query expansion with the top-k (0: off)"
     )
     ev.add_argument("--device", default="auto")
+    ev.add_argument(
+        "--precision", nargs="+", default=None, choices=("auto", "fp32", "fp16", "bf16"),
+        help="backbone precision (default: the profile's; paper fp32). Two or more, e.g. "
+        "'fp32 fp16': scores each and prints the cosine distance between their descriptors "
+        "and the mAP change against the first",
+    )  # fmt: skip
     ev.add_argument("--data-root", default=None)
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     ev.set_defaults(func=cmd_eval)

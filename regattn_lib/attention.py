@@ -3,6 +3,9 @@
 alpha_i = softplus(W_c * tanh(W_r * z_i + b_r) + b_c), with z_i = k_i (regional attention) or
 z_i = [k_i ; g] (context-aware attention), k_i the region's average-pooled vector and g the
 global average pool. The layers are 1x1 ``Conv1d`` so that the authors' state dict loads as is.
+
+The authors' released weights are the manifest entry ``official_attention``
+(``datasets/manifest.json``): URL, destination, size and sha256 come from there only.
 """
 
 from __future__ import annotations
@@ -16,13 +19,15 @@ from torch import nn
 
 from .io_utils import sha256_file
 
-OFFICIAL_SHA256 = "038e6a852e3b64a9b3b9dc6b105047e04b65cf36f4b1df99fbb9d692ec704f8e"
-OFFICIAL_SIZE = 1_049_729
-OFFICIAL_URL = (
-    "https://github.com/jaeyoon1603/Retrieval-RegionalAttention/raw/"
-    "59211f53ede705d1d3f03f73e3a46b9f52b7841b/weights/ContextAwareRegionalAttention_weights.pth"
-)
-OFFICIAL_RELPATH = "weights/ContextAwareRegionalAttention_weights.pth"
+#: Manifest key of the authors' released context-aware attention weights.
+OFFICIAL_KEY = "official_attention"
+# Old module constants, now read from the manifest (the one registry of downloads).
+_OFFICIAL_FIELDS = {
+    "OFFICIAL_URL": "url",
+    "OFFICIAL_SHA256": "sha256",
+    "OFFICIAL_SIZE": "size",
+    "OFFICIAL_RELPATH": "dest",
+}
 #: Shapes of the authors' released context-aware attention (ResNet-101, 2048 channels).
 OFFICIAL_SHAPES = {
     "conv_att_1.weight": (64, 4096, 1),
@@ -109,15 +114,26 @@ class AttentionFileError(ValueError):
     """An attention weights file that is corrupt or of the wrong shape."""
 
 
+def official_entry() -> dict:
+    """The manifest entry of the authors' weights (``url``, ``dest``, ``sha256``, ``size``)."""
+    from .datasets.downloads import manifest_entry
+
+    return manifest_entry(OFFICIAL_KEY)
+
+
+def __getattr__(name: str):
+    # OFFICIAL_URL / OFFICIAL_SHA256 / OFFICIAL_SIZE / OFFICIAL_RELPATH, from the manifest
+    if name in _OFFICIAL_FIELDS:
+        return official_entry()[_OFFICIAL_FIELDS[name]]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _fetch_official(data_root: str | os.PathLike | None) -> Path:
-    from .paths import data_root as resolve_root
+    """Download (or verify) the authors' weights into ``<data_root>/<dest>``; the lock file
+    of that same data root records them."""
+    from .datasets.downloads import download_entry
 
-    dest = resolve_root(data_root) / OFFICIAL_RELPATH
-    if dest.exists():
-        return dest
-    from .datasets.downloads import download
-
-    return download(OFFICIAL_URL, dest, sha256=OFFICIAL_SHA256, size=OFFICIAL_SIZE)
+    return download_entry(OFFICIAL_KEY, data_root)
 
 
 def load_official_attention(
@@ -128,19 +144,24 @@ def load_official_attention(
 ) -> RegionalAttention:
     """Load the authors' released context-aware attention (2048 channels, hidden 64, tanh).
 
-    ``path=None`` takes ``<data_root>/weights/ContextAwareRegionalAttention_weights.pth``,
-    downloading it from the authors' commit URL when absent. The file's sha256 is checked
-    before it is unpickled (``weights_only=True``), then every tensor's shape.
+    ``path=None`` takes the manifest entry ``official_attention`` in ``data_root`` (default
+    ``paths.data_root()``): ``<data_root>/weights/ContextAwareRegionalAttention_weights.pth``,
+    downloaded from the authors' commit URL (or ``$REGATTN_MIRROR``) when absent and checked
+    against the manifest's size and sha256. A given ``path`` is checked against the
+    manifest's sha256 (``check_sha256=True``, default) before it is unpickled
+    (``weights_only=True``); then every tensor's shape is checked.
     """
+    entry = official_entry()
     path = Path(path) if path is not None else _fetch_official(data_root)
     if not path.is_file():
-        raise FileNotFoundError(f"attention weights not found: {path} (URL: {OFFICIAL_URL})")
-    if check_sha256:
+        raise FileNotFoundError(f"attention weights not found: {path} (URL: {entry['url']})")
+    expected = entry.get("sha256")
+    if check_sha256 and expected:
         digest = sha256_file(path)
-        if digest != OFFICIAL_SHA256:
+        if digest != expected:
             raise AttentionFileError(
-                f"{path}: sha256 {digest} differs from the authors' release {OFFICIAL_SHA256}; "
-                f"the file is corrupt or not the official one (URL: {OFFICIAL_URL})"
+                f"{path}: sha256 {digest} differs from the authors' release {expected}; "
+                f"the file is corrupt or not the official one (URL: {entry['url']})"
             )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)

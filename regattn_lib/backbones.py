@@ -5,8 +5,12 @@ Three backbones share one interface (:class:`Backbone`):
 ``caffe-resnet101``
     The paper's network: ResNet-101 with the Caffe (MSRA) weights in the Caffe layout (stride 2
     on the 1x1 ``conv1`` of the first bottleneck of layer2-4, stem max-pool with ``ceil_mode``
-    and no padding). Input BGR 0-255 minus the Caffe mean. Weights: cirtorch's converted file,
-    which has no classifier, so ``fc`` is ``None``.
+    and no padding). Weights: cirtorch's converted file (keys ``0.weight``, ``4.0.conv1...``,
+    no classifier, so ``fc`` is ``None``) or the authors' ``resnet101_caffeProto.pth`` (keys
+    ``conv1.weight``, ``layer1.0...``, with the ImageNet ``fc.weight``/``fc.bias``, kept as a
+    frozen ``fc``). The input convention (``caffe-bgr``: BGR 0-255 minus the Caffe mean, as
+    the authors feed their file; or ``rgb-imagenet``: RGB / 255 with the ImageNet mean and std,
+    as cirtorch feeds its file) is read off the file: see :mod:`regattn_lib.conventions`.
 ``torchvision-resnet101``
     torchvision's ResNet-101 (stride on the 3x3 ``conv2``) with its ImageNet weights; input
     RGB / 255 normalised by the ImageNet mean and std. Keeps its ``fc`` (2048 -> 1000).
@@ -23,29 +27,34 @@ ResNet weight files live in ``<data_root>/weights/`` and are downloaded there on
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torchvision
 
+from regattn_lib.conventions import (  # noqa: F401  (re-exported: the backbones' preprocessing)
+    CAFFE_CONVENTIONS,
+    CAFFE_MEAN_BGR,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    LITE_MEAN,
+    LITE_STD,
+    MATCH_THRESHOLD,
+    PREPROCESS,
+    choose_convention,
+    convention_scores,
+    fold_caffe_to_rgb,
+    preprocess_caffe,
+    preprocess_imagenet,
+    preprocess_lite,
+)
 from regattn_lib.io_utils import sha256_file
 from regattn_lib.paths import data_root as _data_root
 
 BACKBONES: tuple[str, ...] = ("caffe-resnet101", "torchvision-resnet101", "efficientnet-lite0")
-
-#: Caffe (MSRA) ResNet mean, in BGR order, 0-255 scale; the Caffe models use no std scaling.
-CAFFE_MEAN_BGR: tuple[float, float, float] = (103.939, 116.779, 123.68)
-#: torchvision's ImageNet normalisation, RGB order, 0-1 scale.
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-#: EfficientNet-Lite normalisation (TF reference: MEAN_RGB = 127, STDDEV_RGB = 128).
-LITE_MEAN: float = 127.0
-LITE_STD: float = 128.0
 
 _CHANNELS = {"caffe-resnet101": 2048, "torchvision-resnet101": 2048, "efficientnet-lite0": 1280}
 
@@ -63,36 +72,13 @@ class WeightsNotFoundError(WeightsError, FileNotFoundError):
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class WeightsSource:
-    """Where a backbone's weights come from.
-
-    ``manifest_key`` names the entry of ``regattn_lib/datasets/manifest.json`` whose sha256 (or
-    hash prefix) and size the download is checked against. ``sha256_prefix`` is the hash prefix
-    torch hub puts in the file name; it is also checked on a file already present, where the
-    publisher is known to follow that convention (torchvision), else ``None``.
-    """
-
-    filename: str
-    url: str
-    manifest_key: str | None = None
-    sha256_prefix: str | None = None
-
-
-WEIGHTS: dict[str, WeightsSource] = {
-    "caffe-resnet101": WeightsSource(
-        filename="imagenet-caffe-resnet101-features-10a101d.pth",
-        url="http://cmp.felk.cvut.cz/cnnimageretrieval/data/networks/imagenet/"
-        "imagenet-caffe-resnet101-features-10a101d.pth",
-        manifest_key="caffe_resnet101_features",
-    ),
-    "torchvision-resnet101": WeightsSource(
-        filename="resnet101-63fe2227.pth",
-        url="https://download.pytorch.org/models/resnet101-63fe2227.pth",
-        manifest_key="torchvision_resnet101",
-        # torchvision loads this file with check_hash=True: its sha256 starts with the name's hash.
-        sha256_prefix="63fe2227",
-    ),
+#: Backbone name -> key of its weights file in ``regattn_lib/datasets/manifest.json``, the one
+#: registry of downloads (URL, destination under the data root, sha256 or hash prefix, size).
+#: A manifest ``sha256_prefix`` (the hash prefix torch hub puts in a file name; torchvision
+#: loads its files with ``check_hash=True``) is also checked on a file already present.
+WEIGHTS: dict[str, str] = {
+    "caffe-resnet101": "caffe_resnet101_features",
+    "torchvision-resnet101": "torchvision_resnet101",
 }
 
 # (resolved path, size, mtime_ns) -> sha256; hashing a 170 MB file costs ~0.5 s, once is enough.
@@ -109,33 +95,32 @@ def weights_sha256(path: str | os.PathLike) -> str:
     return _SHA256_CACHE[key]
 
 
+def _weights_entry(name: str) -> dict:
+    """The manifest entry of backbone ``name``'s weights file (``KeyError`` for Lite0)."""
+    from regattn_lib.datasets.downloads import manifest_entry
+
+    if name not in WEIGHTS:
+        raise KeyError(
+            f"no downloadable weights file for backbone {name!r}; known: {list(WEIGHTS)}"
+        )
+    return manifest_entry(WEIGHTS[name])
+
+
 def default_weights_path(name: str, data_root: str | os.PathLike | None = None) -> Path:
-    """``<data_root>/weights/<file name>`` for a ResNet backbone.
+    """``<data_root>/<dest>`` of a ResNet backbone's manifest entry (``weights/<file name>``).
 
     Args:
         name: ``'caffe-resnet101'`` or ``'torchvision-resnet101'``.
         data_root: data root; ``None`` means ``$REGATTN_DATA``, else ``<repo>/data``.
     """
-    return _data_root(data_root) / "weights" / WEIGHTS[name].filename
+    return _data_root(data_root) / _weights_entry(name)["dest"]
 
 
-def _not_found_message(source: WeightsSource, dest: Path, why: str) -> str:
+def _not_found_message(entry: dict, dest: Path, why: str) -> str:
     return (
-        f"weights file {dest} is missing ({why}). Download it from {source.url} and place it "
+        f"weights file {dest} is missing ({why}). Download it from {entry['url']} and place it "
         f"at exactly {dest} (or pass weights_path=...)."
     )
-
-
-def _manifest_checks(downloads, key: str | None) -> tuple[str | None, int | None]:
-    """(sha256 or hash prefix, size) of manifest entry ``key``; ``None`` where unknown."""
-    lookup = getattr(downloads, "manifest_entry", None)
-    if key is None or lookup is None:
-        return None, None
-    try:
-        entry = lookup(key)
-    except KeyError:  # no entry: the downloader records size and sha256 on first download
-        return None, None
-    return entry.get("sha256") or entry.get("sha256_prefix"), entry.get("size")
 
 
 def ensure_weights(
@@ -146,49 +131,41 @@ def ensure_weights(
     Args:
         name: ``'caffe-resnet101'`` or ``'torchvision-resnet101'``.
         data_root: data root (default ``$REGATTN_DATA``, else ``<repo>/data``); the file lives
-            in ``<data_root>/weights/``.
-        download: fetch the file when absent (default ``True``); when ``False`` an absent file
-            raises.
+            at its manifest destination there (``<data_root>/weights/``).
+        download: fetch the file when absent (default ``True``), through
+            ``downloads.download_entry``: checked against the manifest's hash (or prefix) and
+            size, recorded in ``<data_root>/downloads.lock.json``, fetched from
+            ``$REGATTN_MIRROR`` when set. When ``False`` an absent file raises.
 
     Raises:
         WeightsNotFoundError: the file is absent and could not be downloaded; the message gives
             the URL and the exact path to place the file at.
         WeightsError: the file's sha256 does not match its name's hash prefix.
     """
-    source = WEIGHTS[name]
+    from regattn_lib.datasets import downloads
+
+    entry = _weights_entry(name)
     dest = default_weights_path(name, data_root)
     if not dest.exists():
         if not download:
-            raise WeightsNotFoundError(_not_found_message(source, dest, "download=False"))
-        # Imported here so that this module works without the downloader (tests, offline use);
-        # import_module honours a sys.modules entry, which lets tests substitute a fake.
+            raise WeightsNotFoundError(_not_found_message(entry, dest, "download=False"))
         try:
-            downloads = importlib.import_module("regattn_lib.datasets.downloads")
-        except ImportError as e:
-            raise WeightsNotFoundError(
-                _not_found_message(source, dest, f"downloader unavailable: {e}")
-            ) from e
-        sha256, size = _manifest_checks(downloads, source.manifest_key)
-        # The downloader records size + sha256 of a first download in this data root's lock
-        # file and checks later downloads against it.
-        default_lock_file = getattr(downloads, "default_lock_file", None)
-        lock_file = default_lock_file(data_root) if default_lock_file else None
-        try:
-            downloads.download(source.url, dest, sha256=sha256, size=size, lock_file=lock_file)
+            downloads.download_entry(WEIGHTS[name], data_root)
         except Exception as e:  # DownloadError, or an OSError from the network stack
             raise WeightsNotFoundError(
-                _not_found_message(source, dest, f"download failed: {e}")
+                _not_found_message(entry, dest, f"download failed: {e}")
             ) from e
-    _check_hash_prefix(source, dest)
+    _check_hash_prefix(entry, dest)
     return dest
 
 
-def _check_hash_prefix(source: WeightsSource, path: Path) -> None:
-    if source.sha256_prefix and not weights_sha256(path).startswith(source.sha256_prefix):
+def _check_hash_prefix(entry: dict, path: Path) -> None:
+    prefix = entry.get("sha256_prefix")
+    if prefix and not weights_sha256(path).startswith(prefix):
         raise WeightsError(
             f"weights file {path} has sha256 {weights_sha256(path)}, which does not start with "
-            f"{source.sha256_prefix} as its name says: the file is corrupt or a different file. "
-            f"Delete it and download it again from {source.url}."
+            f"{prefix} as its name says: the file is corrupt or a different file. "
+            f"Delete it and download it again from {entry['url']}."
         )
 
 
@@ -264,41 +241,6 @@ def map_cirtorch_keys(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch
 
 
 # --------------------------------------------------------------------------------------------
-# Preprocessing: pure functions, uint8 RGB (N, 3, H, W) -> float32 on the same device
-# --------------------------------------------------------------------------------------------
-
-
-def _as_float_batch(images: torch.Tensor) -> torch.Tensor:
-    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(
-            "expected uint8 RGB images of shape (N, 3, H, W), got "
-            f"dtype {images.dtype} and shape {tuple(images.shape)}"
-        )
-    return images.float()  # preserve_format: channels_last input stays channels_last
-
-
-def _per_channel(values, like: torch.Tensor) -> torch.Tensor:
-    return torch.tensor(values, dtype=like.dtype, device=like.device).view(1, 3, 1, 1)
-
-
-def preprocess_caffe(images: torch.Tensor) -> torch.Tensor:
-    """RGB uint8 -> BGR float 0-255 minus :data:`CAFFE_MEAN_BGR`, no std (Caffe ResNet)."""
-    x = _as_float_batch(images).flip(1)  # RGB -> BGR
-    return x - _per_channel(CAFFE_MEAN_BGR, x)
-
-
-def preprocess_imagenet(images: torch.Tensor) -> torch.Tensor:
-    """RGB uint8 -> RGB ``(x / 255 - IMAGENET_MEAN) / IMAGENET_STD`` (torchvision models)."""
-    x = _as_float_batch(images) / 255.0
-    return (x - _per_channel(IMAGENET_MEAN, x)) / _per_channel(IMAGENET_STD, x)
-
-
-def preprocess_lite(images: torch.Tensor) -> torch.Tensor:
-    """RGB uint8 -> RGB ``(x - 127) / 128`` (EfficientNet-Lite)."""
-    return (_as_float_batch(images) - LITE_MEAN) / LITE_STD
-
-
-# --------------------------------------------------------------------------------------------
 # Feature-map size arithmetic
 # --------------------------------------------------------------------------------------------
 
@@ -365,7 +307,14 @@ class Backbone(nn.Module):
         name: one of :data:`BACKBONES`.
         channels: channels of the feature map (2048 or 1280).
         stride: 32.
-        weights_id: sha256 of the weights file, ``'random'`` when not pretrained; for cache keys.
+        weights_id: sha256 of the weights file, ``'random'`` when not pretrained.
+        input_convention: how pixels are normalised (a :data:`conventions.PREPROCESS` name):
+            ``caffe-bgr`` or ``rgb-imagenet`` for ``caffe-resnet101`` (read off the file),
+            ``rgb-imagenet`` for torchvision's ResNet, ``rgb-lite`` for EfficientNet-Lite0.
+        convention_source: ``'detected'`` (read off the file), ``'forced'`` (the caller's
+            ``input_convention``), ``'fixed'`` (the only one this network has) or ``'random'``.
+        convention_scores: convention -> score of the file's ``conv1``/``bn1`` statistics under
+            it (:func:`conventions.convention_scores`) where they were measured, else ``None``.
         fc: the frozen ImageNet classifier (fc1000) where the weights have one, else ``None``.
     """
 
@@ -373,14 +322,39 @@ class Backbone(nn.Module):
     channels: int
     stride: int = 32
     weights_id: str
+    input_convention: str
+    convention_source: str
+    convention_scores: dict[str, float] | None
     fc: nn.Linear | None
 
-    def __init__(self, name: str, weights_id: str) -> None:
+    def __init__(self, name: str, weights_id: str, input_convention: str) -> None:
         super().__init__()
+        if input_convention not in PREPROCESS:
+            raise ValueError(
+                f"unknown input convention {input_convention!r}; choose one of {tuple(PREPROCESS)}"
+            )
         self.name = name
         self.channels = _CHANNELS[name]
         self.weights_id = weights_id
+        self.input_convention = input_convention
+        self.convention_source = "fixed" if weights_id != "random" else "random"
+        self.convention_scores = None
         self.fc = None
+
+    @property
+    def cache_id(self) -> str:
+        """``'<weights_id>|<input_convention>'``: what changes the features, for cache keys."""
+        return f"{self.weights_id}|{self.input_convention}"
+
+    def input_metadata(self) -> dict[str, object]:
+        """The input convention for results metadata: convention, source, scores, weights."""
+        return {
+            "backbone": self.name,
+            "weights_id": self.weights_id,
+            "input_convention": self.input_convention,
+            "convention_source": self.convention_source,
+            "convention_scores": self.convention_scores,
+        }
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 RGB (N, 3, H, W) on any device -> float32 normalised input, same device."""
@@ -406,14 +380,19 @@ class Backbone(nn.Module):
         return self.eval()
 
     def extra_repr(self) -> str:
-        return f"name={self.name!r}, channels={self.channels}, weights_id={self.weights_id!r}"
+        return (
+            f"name={self.name!r}, channels={self.channels}, weights_id={self.weights_id!r}, "
+            f"input_convention={self.input_convention!r}"
+        )
 
 
 class _ResNetTrunk(Backbone):
     """conv1 / bn1 / relu / maxpool / layer1-4 of a torchvision ResNet-101, avgpool dropped."""
 
-    def __init__(self, name: str, weights_id: str, net: torchvision.models.ResNet) -> None:
-        super().__init__(name, weights_id)
+    def __init__(
+        self, name: str, weights_id: str, net: torchvision.models.ResNet, input_convention: str
+    ) -> None:
+        super().__init__(name, weights_id, input_convention)
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = (
             net.layer1,
@@ -444,16 +423,30 @@ def caffe_resnet101_layout(net: torchvision.models.ResNet) -> torchvision.models
 
 
 class CaffeResNet101(_ResNetTrunk):
-    """The paper's backbone: Caffe-layout ResNet-101, BGR input minus the Caffe mean."""
+    """The paper's backbone: Caffe-layout ResNet-101.
 
-    def __init__(self, weights_id: str = "random") -> None:
+    ``input_convention``: ``'caffe-bgr'`` (default: BGR 0-255 minus the Caffe mean, the
+    authors' setting) or ``'rgb-imagenet'`` (a file with the conversion folded into conv1);
+    :func:`build_backbone` reads it off the weights file.
+    """
+
+    def __init__(self, weights_id: str = "random", input_convention: str = "caffe-bgr") -> None:
+        if input_convention not in CAFFE_CONVENTIONS:
+            raise ValueError(
+                f"caffe-resnet101: input convention must be one of {CAFFE_CONVENTIONS}, "
+                f"got {input_convention!r}"
+            )
         super().__init__(
-            "caffe-resnet101", weights_id, caffe_resnet101_layout(torchvision.models.resnet101())
+            "caffe-resnet101",
+            weights_id,
+            caffe_resnet101_layout(torchvision.models.resnet101()),
+            input_convention,
         )
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 RGB -> BGR 0-255 minus :data:`CAFFE_MEAN_BGR` (see :func:`preprocess_caffe`)."""
-        return preprocess_caffe(images)
+        """uint8 RGB -> the input of :attr:`input_convention` (``caffe-bgr``: BGR 0-255 minus
+        :data:`CAFFE_MEAN_BGR`; ``rgb-imagenet``: ImageNet mean/std normalised RGB)."""
+        return PREPROCESS[self.input_convention](images)
 
 
 class TorchvisionResNet101(_ResNetTrunk):
@@ -461,7 +454,7 @@ class TorchvisionResNet101(_ResNetTrunk):
 
     def __init__(self, weights_id: str = "random") -> None:
         net = torchvision.models.resnet101()
-        super().__init__("torchvision-resnet101", weights_id, net)
+        super().__init__("torchvision-resnet101", weights_id, net, "rgb-imagenet")
         self.fc = net.fc
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
@@ -490,7 +483,7 @@ class EfficientNetLite0(Backbone):
     def __init__(self, weights_id: str = "random") -> None:
         from efficientnet_lite_pytorch import EfficientNet
 
-        super().__init__("efficientnet-lite0", weights_id)
+        super().__init__("efficientnet-lite0", weights_id, "rgb-lite")
         net = EfficientNet.from_name("efficientnet-lite0", image_size=None)
         self.stem = nn.Sequential(net._conv_stem, net._bn0, nn.ReLU6())
         self.blocks = net._blocks
@@ -531,6 +524,166 @@ class EfficientNetLite0(Backbone):
 
 
 # --------------------------------------------------------------------------------------------
+# Caffe ResNet-101 files: key layouts, classifier, input convention
+# --------------------------------------------------------------------------------------------
+
+
+class InputConventionError(WeightsError):
+    """A Caffe ResNet file whose ``bn1`` statistics match no known input convention."""
+
+
+def detect_input_convention(
+    conv1: nn.Module,
+    bn1: nn.modules.batchnorm._BatchNorm,
+    source: str,
+    threshold: float = MATCH_THRESHOLD,
+) -> tuple[str, dict[str, float]]:
+    """The input convention a Caffe ResNet's ``conv1``/``bn1`` were trained with, and the scores.
+
+    Runs ``conv1`` on the scikit-image photos under each of :data:`CAFFE_CONVENTIONS` and
+    compares the per-channel output statistics with ``bn1``'s running statistics
+    (:func:`conventions.statistics_score`); the one convention scoring below ``threshold``
+    (default :data:`conventions.MATCH_THRESHOLD`) is returned.
+
+    Raises:
+        InputConventionError: no convention, or more than one, scores below ``threshold``;
+            the message names ``source`` (the file), the scores and how to force one.
+    """
+    scores = convention_scores(conv1, bn1)
+    chosen = choose_convention(scores, threshold)
+    if chosen is None:
+        shown = ", ".join(f"{k}: {v:.2f}" for k, v in scores.items())
+        raise InputConventionError(
+            f"weights file {source}: cannot tell which input convention it expects. conv1's "
+            f"output statistics on natural photos against bn1's running statistics score {shown} "
+            f"(a match is below {threshold}; exactly one must match). The file may not be a "
+            "trained Caffe ResNet-101, or its bn1 statistics were changed. If you know its "
+            "convention, pass input_convention='caffe-bgr' (BGR 0-255 minus the Caffe mean) or "
+            "'rgb-imagenet' (RGB / 255, ImageNet mean and std) to build_backbone."
+        )
+    return chosen, scores
+
+
+def _caffe_fc(state_dict: dict[str, torch.Tensor], source: str) -> nn.Linear | None:
+    """Pop ``fc.weight``/``fc.bias`` (the authors' file) into a frozen ``nn.Linear(2048, 1000)``."""
+    keys = [k for k in ("fc.weight", "fc.bias") if k in state_dict]
+    if not keys:
+        return None
+    if len(keys) != 2:
+        raise WeightsError(f"weights from {source} have {keys[0]} but not its pair")
+    weight, bias = state_dict.pop("fc.weight"), state_dict.pop("fc.bias")
+    if tuple(weight.shape) != (1000, 2048) or tuple(bias.shape) != (1000,):
+        raise WeightsError(
+            f"weights from {source}: fc.weight {tuple(weight.shape)} and fc.bias "
+            f"{tuple(bias.shape)} are not an ImageNet classifier (1000, 2048) and (1000,)"
+        )
+    fc = nn.Linear(2048, 1000)
+    with torch.no_grad():
+        fc.weight.copy_(weight)
+        fc.bias.copy_(bias)
+    return fc
+
+
+def load_caffe_resnet101(
+    state_dict: Mapping[str, torch.Tensor],
+    source: str,
+    weights_id: str,
+    input_convention: str = "auto",
+) -> CaffeResNet101:
+    """A :class:`CaffeResNet101` from a state dict in cirtorch's or the authors' key layout.
+
+    cirtorch's keys (``0.weight``, ``1.*``, ``4.*``..``7.*``) are renamed
+    (:func:`map_cirtorch_keys`); the authors' named keys (``conv1.weight``, ``layer1.0...``) are
+    used as they are, their ``fc.weight``/``fc.bias`` becoming the frozen ``fc``. Every other
+    key must match the network (:func:`load_strict`). ``input_convention='auto'`` reads it off
+    the file (:func:`detect_input_convention`), else the given one is used as ``'forced'``.
+    """
+    state = dict(state_dict)
+    fc = _caffe_fc(state, source) if "conv1.weight" in state else None
+    if "conv1.weight" not in state:
+        state = map_cirtorch_keys(state)
+    model = CaffeResNet101(weights_id)
+    load_strict(model, state, source)
+    model.fc = fc
+    if input_convention == "auto":
+        model.input_convention, model.convention_scores = detect_input_convention(
+            model.conv1, model.bn1, source
+        )
+        model.convention_source = "detected"
+    else:
+        model.input_convention, model.convention_source = input_convention, "forced"
+    return model
+
+
+def caffe_keys(state_dict: Mapping[str, torch.Tensor], layout: str) -> dict[str, torch.Tensor]:
+    """A named-layout Caffe ResNet state dict (``conv1.weight``, ...) in another key layout.
+
+    ``layout``: ``'cirtorch'`` (``0.weight``, ``4.0.conv1...``; inverse of
+    :func:`map_cirtorch_keys`; ``fc.*`` dropped, cirtorch's file has none) or ``'authors'``
+    (the named keys as they are, without ``num_batches_tracked``, as PyTorch 0.3 saved them).
+    """
+    if layout == "authors":
+        return {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
+    if layout != "cirtorch":
+        raise ValueError(f"layout must be 'cirtorch' or 'authors', got {layout!r}")
+    back = {v: k for k, v in _CIRTORCH_PREFIXES.items()}
+    out = {}
+    for key, value in state_dict.items():
+        head, sep, rest = key.partition(".")
+        if head != "fc":
+            out[back[head] + sep + rest] = value
+    return out
+
+
+def random_caffe_state_dict(
+    layout: str = "cirtorch",
+    convention: str = "caffe-bgr",
+    seed: int = 0,
+    image_size: int = 96,
+    with_fc: bool = False,
+    residual_scale: float = 0.2,
+) -> dict[str, torch.Tensor]:
+    """A random Caffe ResNet-101 state dict whose BatchNorm statistics fit natural images.
+
+    For tests and rehearsals that need a weights file without the real one: random weights
+    (``torch.manual_seed(seed)``), every BatchNorm calibrated (:func:`calibrate_batchnorm`) on
+    the scikit-image photos center-cropped to ``image_size`` px (default 96: fast) under the
+    ``caffe-bgr`` convention, so that :func:`detect_input_convention` recognises it.
+    The last BatchNorm scale (``bn3.weight``) of every bottleneck is multiplied by
+    ``residual_scale`` (default 0.2) before calibrating: a plain random ResNet-101 is chaotic
+    (a +-1 grey-level noise moved its R-MAC descriptors to cosine 0.93), with damped residual
+    branches it is about as stable as a trained one (0.997 under the same noise).
+    ``convention='rgb-imagenet'`` then folds it (:func:`conventions.fold_caffe_to_rgb`).
+    ``layout``: ``'cirtorch'`` or ``'authors'`` (:func:`caffe_keys`); ``with_fc`` adds a random
+    ``fc.weight`` (1000, 2048) and ``fc.bias`` (authors' layout only).
+    """
+    from regattn_lib.conventions import natural_images
+
+    if convention not in CAFFE_CONVENTIONS:
+        raise ValueError(f"convention must be one of {CAFFE_CONVENTIONS}, got {convention!r}")
+    if with_fc and layout != "authors":
+        raise ValueError("only the authors' layout has an fc")
+    torch.manual_seed(seed)
+    model = CaffeResNet101()
+    with torch.no_grad():
+        for block in model.modules():
+            if isinstance(block, torchvision.models.resnet.Bottleneck):
+                block.bn3.weight.mul_(residual_scale)
+    photos = []
+    for im in natural_images(image_size):
+        h, w = im.shape[-2:]
+        top, left = (h - image_size) // 2, (w - image_size) // 2
+        photos.append(im[..., top : top + image_size, left : left + image_size])
+    calibrate_batchnorm(model, torch.cat(photos))
+    state = model.state_dict()
+    if with_fc:
+        fc = nn.Linear(2048, 1000)
+        state = {**state, "fc.weight": fc.weight.detach(), "fc.bias": fc.bias.detach()}
+    state = caffe_keys(state, layout)
+    return fold_caffe_to_rgb(state) if convention == "rgb-imagenet" else state
+
+
+# --------------------------------------------------------------------------------------------
 # Factory
 # --------------------------------------------------------------------------------------------
 
@@ -542,19 +695,27 @@ def build_backbone(
     data_root: str | os.PathLike | None = None,
     download: bool = True,
     weights_path: str | os.PathLike | None = None,
+    input_convention: str = "auto",
 ) -> Backbone:
     """Build a frozen backbone in eval mode.
 
     Args:
         name: one of :data:`BACKBONES`.
         pretrained: load the ImageNet weights (default ``True``); ``False`` leaves the random
-            initialisation (``weights_id='random'``), for tests.
+            initialisation (``weights_id='random'``, ``caffe-bgr`` for the Caffe ResNet), for
+            tests.
         data_root: data root for the ResNet weight files (default ``$REGATTN_DATA``, else
             ``<repo>/data``); they live in ``<data_root>/weights/``.
         download: download an absent ResNet weight file (default ``True``).
         weights_path: use this weights file instead of the default one (default ``None``). For
-            ``caffe-resnet101`` it is in cirtorch's key format, for ``torchvision-resnet101`` in
-            torchvision's, for ``efficientnet-lite0`` in the package's.
+            ``caffe-resnet101`` it is in cirtorch's key format (``0.weight``, ...) or the
+            authors' (``conv1.weight``, ..., optionally ``fc.weight``/``fc.bias``, kept as the
+            frozen ``fc``), for ``torchvision-resnet101`` in torchvision's, for
+            ``efficientnet-lite0`` in the package's.
+        input_convention: ``'auto'`` (default) reads a Caffe ResNet file's input convention off
+            the file (:func:`detect_input_convention`); ``'caffe-bgr'`` or ``'rgb-imagenet'``
+            forces one without checking (for a file known to need it). The other backbones have
+            one convention each; ``'auto'`` or that one is accepted.
 
     Returns:
         The backbone, on the CPU, in eval mode, every parameter with ``requires_grad=False``.
@@ -563,16 +724,25 @@ def build_backbone(
         ValueError: unknown name.
         WeightsNotFoundError: weights absent and not downloadable (message has URL and path).
         WeightsError: weights file corrupt or not matching the network (message names it).
+        InputConventionError: ``'auto'`` and the Caffe file matches neither input convention.
     """
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONES}")
+    fixed = {"torchvision-resnet101": "rgb-imagenet", "efficientnet-lite0": "rgb-lite"}
+    allowed = ("auto", *CAFFE_CONVENTIONS) if name == "caffe-resnet101" else ("auto", fixed[name])
+    if input_convention not in allowed:
+        raise ValueError(
+            f"{name}: input_convention must be one of {allowed}, got {input_convention!r}"
+        )
     if not pretrained:
+        if name == "caffe-resnet101":
+            conv = "caffe-bgr" if input_convention == "auto" else input_convention
+            return CaffeResNet101(input_convention=conv).freeze()
         model = {
-            "caffe-resnet101": CaffeResNet101,
             "torchvision-resnet101": TorchvisionResNet101,
             "efficientnet-lite0": EfficientNetLite0,
-        }[name]()
-        return model.freeze()
+        }
+        return model[name]().freeze()
 
     if weights_path is not None:
         path = Path(weights_path)
@@ -583,8 +753,7 @@ def build_backbone(
     state_dict = load_weights_file(path)
     weights_id = weights_sha256(path)
     if name == "caffe-resnet101":
-        model = CaffeResNet101(weights_id)
-        load_strict(model, map_cirtorch_keys(state_dict), str(path))
+        model = load_caffe_resnet101(state_dict, str(path), weights_id, input_convention)
     elif name == "torchvision-resnet101":
         model = TorchvisionResNet101(weights_id)
         load_strict(model, state_dict, str(path))

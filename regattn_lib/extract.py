@@ -240,7 +240,7 @@ def _image_sizes(
         raise ImageError(f"cannot read image {path}: {e}") from e
     if longest is not None:
         h2, w2 = scaled_size(h, w, longest)
-        scale = h2 / h
+        scale = longest / max(h, w)  # the ratio prepare_image scales the box by (crop_box)
     else:
         h2, w2, scale = h, w, 1.0
     if bbx is None:

@@ -7,7 +7,6 @@ normalisation (BGR / mean / std) in ``Backbone.preprocess``.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import threading
 import warnings
@@ -111,8 +110,10 @@ def scaled_size(height: int, width: int, longest: int) -> tuple[int, int]:
 def resize_longest(image: np.ndarray, longest: int | None) -> tuple[np.ndarray, float]:
     """Resize uint8 RGB so its longest side is ``longest`` (bilinear); ``None`` keeps it.
 
-    Returns the resized image and the scale factor applied. Bilinear without antialiasing
-    matches OpenCV's default ``INTER_LINEAR`` used by the authors.
+    Returns the resized image and the ratio ``longest / max(H, W)`` (1.0 when not resized): the
+    authors' ``ratio``, by which they scale a query box (:func:`crop_box`); the sides are
+    ``round(H * ratio)`` and ``round(W * ratio)``. Bilinear without antialiasing matches
+    OpenCV's default ``INTER_LINEAR`` used by the authors.
     """
     h, w = image.shape[:2]
     if longest is None or max(h, w) == longest:
@@ -121,21 +122,30 @@ def resize_longest(image: np.ndarray, longest: int | None) -> tuple[np.ndarray, 
     t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
     t = F.interpolate(t, size=(nh, nw), mode="bilinear", align_corners=False, antialias=False)
     out = t[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
-    return out, nh / h
+    return out, longest / max(h, w)
 
 
 def crop_box(image: np.ndarray, bbx: Sequence[float], scale: float = 1.0) -> np.ndarray:
     """Crop ``image`` to ``bbx`` = [x1, y1, x2, y2] given in original pixels times ``scale``.
 
-    As the authors do for queries: the full image is resized first, then cropped to the box
-    scaled by the same factor. Coordinates are floored/ceiled outward and clipped to the image.
+    As the authors' test script crops a query: the full image is resized first (``scale`` =
+    S / max(H, W), see :func:`resize_longest`), then ``roi = np.round(bbx * scale)`` and
+    ``image[roi[1]:roi[3], roi[0]:roi[2]]``: each coordinate rounded half to even (numpy's
+    rule: 10.5 -> 10, 11.5 -> 12), the end exclusive. The product is taken in float32, as
+    theirs was (a float32 box array times a scalar stays float32 in the numpy of the time).
+    Unlike their code the box is clipped to the image, so a box reaching past the border
+    cannot wrap around as numpy's negative indices would (inside the image nothing changes).
+
+    Raises ``ImageError`` for an empty box or one that lies outside the image.
     """
     h, w = image.shape[:2]
-    x1, y1, x2, y2 = (float(v) * scale for v in bbx)
-    if not (x2 > x1 and y2 > y1):
+    box = np.asarray(bbx, dtype=np.float32)
+    if box.shape != (4,) or not np.isfinite(box).all():
+        raise ImageError(f"query box must be 4 finite numbers [x1, y1, x2, y2], got {list(bbx)}")
+    if not (box[2] > box[0] and box[3] > box[1]):
         raise ImageError(f"empty query box {list(bbx)}")
-    c0, r0 = max(0, math.floor(x1)), max(0, math.floor(y1))
-    c1, r1 = min(w, math.ceil(x2)), min(h, math.ceil(y2))
+    x1, y1, x2, y2 = (int(v) for v in np.round(box * np.float32(scale)))
+    c0, r0, c1, r1 = max(0, x1), max(0, y1), min(w, x2), min(h, y2)
     if c1 - c0 < 1 or r1 - r0 < 1:
         raise ImageError(f"query box {list(bbx)} lies outside the {w}x{h} image")
     return image[r0:r1, c0:c1]

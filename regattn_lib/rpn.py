@@ -1,23 +1,22 @@
 """Region proposals from the RPN of torchvision's Faster R-CNN, as an alternative region source.
 
 The paper's RPN ablation replaces the R-MAC grid by the top-N proposals of a region proposal
-network. ``weights="coco"`` loads torchvision's COCO Faster R-CNN (downloaded into
-``<data>/weights/``); ``weights="random"`` builds it randomly initialised so that the code path
+network. ``weights="coco"`` loads torchvision's COCO Faster R-CNN (manifest entry
+``rpn_fasterrcnn_coco``, downloaded into ``<data>/weights/``); ``weights="random"`` builds it randomly initialised so that the code path
 runs offline. Tables made with random weights must say so (``RPNRegions.label``).
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
 from torchvision.models.detection import fasterrcnn_resnet50_fpn
 from torchvision.models.detection.image_list import ImageList
 
-COCO_URL = "https://download.pytorch.org/models/fasterrcnn_resnet50_fpn_coco-258fb6c6.pth"
-COCO_FILE = "weights/fasterrcnn_resnet50_fpn_coco-258fb6c6.pth"
+#: Manifest key of torchvision's COCO Faster R-CNN weights (URL, destination, hash prefix).
+COCO_KEY = "rpn_fasterrcnn_coco"
 RPN_WEIGHTS = ("coco", "random")
 
 
@@ -95,18 +94,21 @@ class RPNRegions:
         )
 
     @staticmethod
-    def _coco_state(data_root, download: bool) -> dict:
+    def _coco_state(data_root: str | os.PathLike | None, download: bool) -> dict:
+        """The COCO weights from ``<data_root>/<dest>``, downloaded (and recorded in that data
+        root's lock file) when absent and ``download`` is true."""
+        from .datasets import downloads as dl
         from .paths import data_root as resolve_root
 
-        dest = resolve_root(data_root) / COCO_FILE
+        root = resolve_root(data_root)
+        entry = dl.manifest_entry(COCO_KEY)
+        dest = root / entry["dest"]
         if not dest.is_file():
             if not download:
                 raise FileNotFoundError(
-                    f"RPN weights missing: put {COCO_URL} at {dest} (or use weights='random')"
+                    f"RPN weights missing: put {entry['url']} at {dest} (or use weights='random')"
                 )
-            from .datasets.downloads import download as fetch
-
-            fetch(COCO_URL, Path(dest), sha256="258fb6c6")
+            dl.download_entry(COCO_KEY, root)
         return torch.load(dest, map_location="cpu", weights_only=True)
 
     @torch.no_grad()

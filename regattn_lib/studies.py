@@ -7,6 +7,7 @@ extraction engine evaluates many heads on one feature map) and reuses the descri
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,9 @@ from .reports import side_by_side
 from .whitening import PCAWhitening
 
 SOTA_POOLINGS = {"MAC": "mac", "SPoC": "spoc", "CroW": "crow", "CAM": "cam"}
+#: Column naming where each row's attention weights came from (``pipeline.provenance``).
+WEIGHTS = "weights"
+PAPER_ONLY = "paper only"
 
 
 def dataset_statistics(ctx: P.Context) -> pd.DataFrame:
@@ -50,9 +54,11 @@ def compare_to_paper(
     """
     methods = list(ours["method"]) + [m for m in paper["method"] if m not in set(ours["method"])]
     ours = ours.set_index("method").reindex(methods).reset_index()
+    if WEIGHTS in ours.columns:
+        ours[WEIGHTS] = ours[WEIGHTS].fillna(PAPER_ONLY)
     cols = list(datasets) + [c for c in extra if c in ours.columns]
     if all(d in paper.columns for d in datasets):
-        return side_by_side(ours, paper, cols), []
+        return _with_weights(side_by_side(ours, paper, cols), ours), []
     base = baseline if baseline is not None else methods[0]
     ref = paper.set_index("method").reindex(methods)
     out = pd.DataFrame({"method": methods})
@@ -69,7 +75,19 @@ def compare_to_paper(
         f"Ours is measured on {', '.join(datasets)}, not on the paper's datasets: the paper's "
         f"values are shown for reference, and 'gain' columns compare each side to its own {base} row."
     )
-    return out, [note]
+    return _with_weights(out, ours), [note]
+
+
+def _with_weights(table: pd.DataFrame, ours: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with ours' ``weights`` column (where each row's attention came from) second."""
+    if WEIGHTS in ours.columns:
+        table.insert(1, WEIGHTS, ours[WEIGHTS].to_numpy())
+    return table
+
+
+def head_weights(head: Head) -> str:
+    """Provenance label of a head's attention (``pipeline.provenance``)."""
+    return P.provenance(getattr(head, "attention", None))
 
 
 def _classic_maps(
@@ -87,10 +105,15 @@ def ablation(
     """R-MAC + PCA, + regional attention, + context awareness on each test set, with s/image.
 
     Columns: one classic mAP per test set, ``<set> medium`` / ``<set> hard`` where the set has
-    revisited labels, and ``time_s`` (seconds per database image, same extraction code).
+    revisited labels, and ``time_s``: the median seconds per image of each method over
+    ``n_timing`` database images of the first test set (:func:`pipeline.time_per_image`: warm
+    model, one image at a time, decoding excluded). ``table.attrs["notes"]`` says how, on which
+    device and in which precision; ``table.attrs["timing"]`` holds the measurements.
     """
     heads = P.ablation_heads(ctx, whitening)
-    table = pd.DataFrame({"method": list(heads)})
+    table = pd.DataFrame(
+        {"method": list(heads), WEIGHTS: [head_weights(h) for h in heads.values()]}
+    )
     for name in ctx.profile.datasets:
         ds, descs, maps = _classic_maps(ctx, name, heads)
         table[name] = [maps[m] for m in heads]
@@ -103,7 +126,14 @@ def ablation(
     if timing:
         ds = P.dataset(ctx, ctx.profile.datasets[0])
         t = P.time_per_image(ctx, ds, heads, n_timing)
-        table["time_s"] = [t[m] for m in heads]
+        table["time_s"] = [t[m].median_s for m in heads]
+        first = next(iter(t.values()))
+        table.attrs["notes"] = [
+            f"time_s: median seconds per image over {first.n} images of {ds.name}, one at a time "
+            f"at {first.image_size or 'original'} px, warm model, decoding excluded; "
+            f"{first.device}, {first.precision}"
+        ]
+        table.attrs["timing"] = {m: asdict(v) for m, v in t.items()}
     return table
 
 
@@ -116,7 +146,9 @@ def rpn_ablation(ctx: P.Context, whitening: PCAWhitening) -> tuple[pd.DataFrame,
     heads = P.ablation_heads(
         ctx, whitening, region_fn=rpn, region_source=f"rpn-{rpn.weights}-{rpn.top_n}"
     )
-    table = pd.DataFrame({"method": list(heads)})
+    table = pd.DataFrame(
+        {"method": list(heads), WEIGHTS: [head_weights(h) for h in heads.values()]}
+    )
     for name in ctx.profile.datasets:
         _, _, maps = _classic_maps(ctx, name, heads)
         table[name] = [maps[m] for m in heads]
@@ -142,7 +174,7 @@ def scale_study(
         scores = P.score(descs, ds, protocols=["classic"])
         for key, s in scores.items():
             label, lv = key.split("|L=")
-            rows.append({"dataset": name, "method": label, "levels": int(lv),
+            rows.append({"dataset": name, "method": label, WEIGHTS: head_weights(heads[key]), "levels": int(lv),
                          "regions_4x3": len(rmac_regions(768, 1024, int(lv))), "mAP": s["protocols"]["classic"]["map"]})  # fmt: skip
     return pd.DataFrame(rows)
 
@@ -190,7 +222,8 @@ def sota(ctx: P.Context, whitening: PCAWhitening) -> tuple[pd.DataFrame, list[st
         columns[col].update({f"{m}+QE": qe[m]["protocols"]["classic"]["map"] for m in heads})
         notes += [n for n in ds.notes if n not in notes]
     methods = list(heads) + [f"{m}+QE" for m in heads]
-    table = pd.DataFrame({"method": methods})
+    labels = [head_weights(h) for h in heads.values()]
+    table = pd.DataFrame({"method": methods, WEIGHTS: labels + labels})
     for col, vals in columns.items():
         table[col] = [vals[m] for m in methods]
     if "CAM" not in heads:
@@ -211,7 +244,8 @@ def revisited(ctx: P.Context, whitening: PCAWhitening) -> pd.DataFrame:
             for method, r in P.score(
                 descs, ds, qe_k=qe_k, protocols=["easy", "medium", "hard"]
             ).items():
-                row = {"dataset": name, "method": method + ("+QE" if qe_k else "")}
+                row = {"dataset": name, "method": method + ("+QE" if qe_k else ""),
+                       WEIGHTS: head_weights(heads[method])}  # fmt: skip
                 for proto, v in r["protocols"].items():
                     row[f"{proto} mAP"] = v["map"]
                     row[f"{proto} mP@10"] = v["mp"][10]

@@ -726,7 +726,7 @@ def _features_key(model: AttentionClassifier, paths, val_paths, cfg: TrainConfig
         "paths": [str(p) for p in paths], "val": [str(p) for p in val_paths],
         "views": cfg.feature_cache_views, "seed": cfg.seed, "resize": [cfg.resize_min, cfg.resize_max],
         "crop": cfg.crop, "val_resize": cfg.val_resize, "val_crop": cfg.val_crop, "levels": cfg.levels,
-        "backbone": getattr(model.backbone, "name", None), "weights": getattr(model.backbone, "weights_id", None),
+        "backbone": getattr(model.backbone, "name", None), "weights": getattr(model.backbone, "cache_id", getattr(model.backbone, "weights_id", None)),
     }  # fmt: skip
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 

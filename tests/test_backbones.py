@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-import types
+import json
 from pathlib import Path
 
 import pytest
@@ -45,15 +44,9 @@ def lite() -> B.Backbone:
 @pytest.fixture(scope="module")
 def cirtorch_state(tmp_path_factory) -> tuple[dict[str, torch.Tensor], Path]:
     """A state dict in cirtorch's key format (``0.weight``, ``4.0.conv1.weight``...), random
-    values everywhere, saved to a file."""
-    torch.manual_seed(0)
-    seq = nn.Sequential(*list(torchvision.models.resnet101().children())[:-2])
-    state = seq.state_dict()
-    for key, value in state.items():
-        if key.endswith("running_var"):
-            value.uniform_(0.5, 2.0)
-        elif value.is_floating_point():
-            value.normal_()
+    weights with BatchNorm statistics calibrated on photos under the caffe-bgr convention (so
+    that the file's input convention can be read off it), saved to a file."""
+    state = B.random_caffe_state_dict("cirtorch", seed=0)
     path = tmp_path_factory.mktemp("weights") / CAFFE_FILE
     torch.save(state, path)
     return state, path
@@ -166,6 +159,9 @@ def test_map_cirtorch_keys_renames_prefixes():
 
 def test_cirtorch_keys_cover_caffe_layout_exactly(cirtorch_state):
     state, _ = cirtorch_state
+    # the fixture has exactly the keys of cirtorch's nn.Sequential(*resnet101.children()[:-2])
+    seq = nn.Sequential(*list(torchvision.models.resnet101().children())[:-2])
+    assert set(state) == set(seq.state_dict())
     assert set(B.map_cirtorch_keys(state)) == set(B.CaffeResNet101().state_dict())
 
 
@@ -227,16 +223,19 @@ def test_missing_weights_error_gives_url_and_path(name, filename, url, tmp_path)
 
 
 def _fake_downloads(monkeypatch, behaviour):
-    fake = types.ModuleType("regattn_lib.datasets.downloads")
-    fake.calls = []
+    """Replace ``downloads.download_entry`` by ``behaviour(url, dest)``, recording each call."""
+    from regattn_lib.datasets import downloads
 
-    def download(url, dest, *, sha256=None, size=None, lock_file=None):
-        fake.calls.append((url, Path(dest), lock_file))
-        return behaviour(url, Path(dest))
+    calls = []
 
-    fake.download = download
-    monkeypatch.setitem(sys.modules, "regattn_lib.datasets.downloads", fake)
-    return fake
+    def download_entry(key, data_root=None, **kwargs):
+        entry = downloads.manifest_entry(key)
+        dest = Path(data_root) / entry["dest"]
+        calls.append((entry["url"], dest, key))
+        return behaviour(entry["url"], dest)
+
+    monkeypatch.setattr(downloads, "download_entry", download_entry)
+    return calls
 
 
 def test_failed_download_gives_url_and_path(monkeypatch, tmp_path):
@@ -259,28 +258,50 @@ def test_download_on_first_use_into_data_root(monkeypatch, tmp_path, cirtorch_st
         dest.write_bytes(source.read_bytes())
         return dest
 
-    fake = _fake_downloads(monkeypatch, copy)
+    calls = _fake_downloads(monkeypatch, copy)
     net = B.build_backbone("caffe-resnet101", data_root=tmp_path)
     dest = tmp_path / "weights" / CAFFE_FILE
-    assert fake.calls[0][:2] == (CAFFE_URL, dest)
+    assert calls == [(CAFFE_URL, dest, "caffe_resnet101_features")]
     assert net.weights_id == sha256_file(dest)
     B.build_backbone("caffe-resnet101", data_root=tmp_path)  # present now: no second download
-    assert len(fake.calls) == 1
+    assert len(calls) == 1
 
 
-def test_real_downloader_records_size_and_sha256(monkeypatch, tmp_path, cirtorch_state):
-    downloads = pytest.importorskip("regattn_lib.datasets.downloads")
+def test_real_downloader_records_size_and_sha256_in_the_data_root(
+    monkeypatch, tmp_path, cirtorch_state
+):
+    from regattn_lib.datasets import downloads
+
     _, source = cirtorch_state
-    # A file:// URL stands in for the server; no manifest key, since the random file cannot
-    # match the real file's hash.
-    url = source.as_uri()
-    monkeypatch.setitem(B.WEIGHTS, "caffe-resnet101", B.WeightsSource(CAFFE_FILE, url))
-    net = B.build_backbone("caffe-resnet101", data_root=tmp_path)
-    dest = tmp_path / "weights" / CAFFE_FILE
-    record = downloads.lock_record(url, lock_file=downloads.default_lock_file(tmp_path))
+    # A manifest override points the entry at a file:// URL standing in for the server; the
+    # random file has no published hash, so its size and sha256 get recorded.
+    override = tmp_path / "manifest.json"
+    entry = dict(downloads.manifest_entry("caffe_resnet101_features"), url=source.as_uri())
+    override.write_text(json.dumps({"files": {"caffe_resnet101_features": entry}}))
+    monkeypatch.setenv("REGATTN_MANIFEST", str(override))
+    monkeypatch.setenv("REGATTN_DATA", str(tmp_path / "elsewhere"))  # must not be used
+    root = tmp_path / "data"
+    net = B.build_backbone("caffe-resnet101", data_root=root)
+    dest = root / "weights" / CAFFE_FILE
+    record = downloads.lock_record(source.as_uri(), lock_file=root / "downloads.lock.json")
     assert record["size"] == source.stat().st_size
     assert record["sha256"] == sha256_file(source) == net.weights_id
+    assert record["path"] == str(dest.resolve())
+    assert not (tmp_path / "elsewhere").exists()
     assert torch.equal(net.conv1.weight, torch.load(dest, weights_only=True)["0.weight"])
+
+
+def test_weights_locations_come_from_the_manifest(monkeypatch, tmp_path):
+    from regattn_lib.datasets import downloads
+
+    override = tmp_path / "manifest.json"
+    entry = dict(downloads.manifest_entry("torchvision_resnet101"), dest="elsewhere/tv.pth")
+    override.write_text(json.dumps({"files": {"torchvision_resnet101": entry}}))
+    monkeypatch.setenv("REGATTN_MANIFEST", str(override))
+    assert B.default_weights_path("torchvision-resnet101", tmp_path) == (
+        tmp_path.resolve() / "elsewhere" / "tv.pth"
+    )
+    assert not hasattr(B, "WeightsSource")  # no second registry of URLs and hashes
 
 
 def test_torchvision_file_with_wrong_hash_is_rejected(tmp_path):
@@ -478,3 +499,164 @@ def test_calibrate_needs_batchnorm():
 
     with pytest.raises(ValueError, match="nonorm has no BatchNorm"):
         B.calibrate_batchnorm(NoNorm(), torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+
+
+# ---------------------------------------------------------------------------- input convention
+
+
+def _other_photos(side: int = 112) -> torch.Tensor:
+    """Photos the convention is not detected on (detection uses astronaut, coffee, chelsea,
+    rocket), as uint8 (N, 3, side, side)."""
+    from skimage import data
+
+    photos = [data.stereo_motorcycle()[0], data.immunohistochemistry(), data.coffee()[::-1]]
+    out = []
+    for im in photos:
+        x = _resize_short(im.copy(), side)
+        h, w = x.shape[-2:]
+        out.append(x[..., (h - side) // 2 : (h - side) // 2 + side, (w - side) // 2 :][..., :side])
+    return torch.cat(out)
+
+
+def _rmac(net: B.Backbone, images: torch.Tensor) -> torch.Tensor:
+    from regattn_lib.extract import RegionalHead
+
+    with torch.no_grad():
+        return RegionalHead(levels=2)(net.features(images), images)
+
+
+@pytest.fixture(scope="module")
+def folded_file(cirtorch_state, tmp_path_factory) -> Path:
+    state, _ = cirtorch_state
+    path = tmp_path_factory.mktemp("folded") / "folded-rgb.pth"
+    torch.save(B.fold_caffe_to_rgb(state), path)
+    return path
+
+
+def test_fold_is_exact_away_from_the_border():
+    # conv1 + bn1 of a Caffe file on Caffe input == folded conv1 + bn1 on ImageNet input,
+    # wherever the 7x7 window does not reach the zero padding.
+    torch.manual_seed(1)
+    conv = nn.Conv2d(3, 5, 7, stride=2, padding=3, bias=False)
+    state = {
+        "0.weight": conv.weight.detach().clone(),
+        "1.running_mean": torch.randn(5) * 10,
+        "1.running_var": torch.rand(5) * 100 + 1,
+        "1.weight": torch.ones(5),
+        "1.bias": torch.zeros(5),
+        "4.0.conv1.weight": torch.ones(1),
+    }
+    before = {k: v.clone() for k, v in state.items()}
+    folded = B.fold_caffe_to_rgb(state)
+    for k in state:  # pure: the input is untouched; only conv1 and bn1's mean change
+        assert torch.equal(state[k], before[k]), k
+        changed = k in ("0.weight", "1.running_mean")
+        assert torch.equal(folded[k], state[k]) != changed, k
+    # channel reversal and 255 * std, hand-checked on one weight: RGB input channel 0 (red)
+    # takes the Caffe filter of BGR channel 2 times 255 * 0.229
+    assert folded["0.weight"][3, 0, 2, 4].item() == pytest.approx(
+        state["0.weight"][3, 2, 2, 4].item() * 255 * 0.229, rel=1e-6
+    )
+    images = torch.randint(0, 256, (2, 3, 40, 52), dtype=torch.uint8)
+    conv_f = nn.Conv2d(3, 5, 7, stride=2, padding=3, bias=False)
+    with torch.no_grad():
+        conv_f.weight.copy_(folded["0.weight"])
+        caffe = conv(B.preprocess_caffe(images)) - state["1.running_mean"].view(1, 5, 1, 1)
+        rgb = conv_f(B.preprocess_imagenet(images)) - folded["1.running_mean"].view(1, 5, 1, 1)
+    inner = (slice(None), slice(None), slice(2, -2), slice(2, -2))
+    torch.testing.assert_close(rgb[inner], caffe[inner], rtol=1e-4, atol=1e-3)
+    # named layout (the authors' keys) folds the same way
+    named = B.fold_caffe_to_rgb({"conv1.weight": state["0.weight"],
+                                 "bn1.running_mean": state["1.running_mean"]})  # fmt: skip
+    assert torch.equal(named["conv1.weight"], folded["0.weight"])
+    assert torch.equal(named["bn1.running_mean"], folded["1.running_mean"])
+
+
+def test_convention_read_off_the_file_and_fold_gives_same_descriptors(cirtorch_state, folded_file):
+    _, path = cirtorch_state
+    caffe = B.build_backbone("caffe-resnet101", weights_path=path)
+    rgb = B.build_backbone("caffe-resnet101", weights_path=folded_file)
+    assert (caffe.input_convention, caffe.convention_source) == ("caffe-bgr", "detected")
+    assert (rgb.input_convention, rgb.convention_source) == ("rgb-imagenet", "detected")
+    # measured: the right convention scores about 0.2, the wrong one above 8
+    assert caffe.convention_scores["caffe-bgr"] < 1 < 8 < caffe.convention_scores["rgb-imagenet"]
+    assert rgb.convention_scores["rgb-imagenet"] < 1 < 8 < rgb.convention_scores["caffe-bgr"]
+    assert caffe.cache_id == f"{sha256_file(path)}|caffe-bgr"
+    assert rgb.cache_id == f"{sha256_file(folded_file)}|rgb-imagenet"
+    assert rgb.input_metadata()["input_convention"] == "rgb-imagenet"
+    images = _other_photos()
+    a, b = _rmac(caffe, images), _rmac(rgb, images)
+    cos = (a * b).sum(1)  # R-MAC descriptors are L2-normalised
+    assert cos.min() >= 0.99, cos
+    # what the pipeline did before: the cirtorch file fed BGR 0-255 minus the Caffe mean
+    wrong = B.build_backbone(
+        "caffe-resnet101", weights_path=folded_file, input_convention="caffe-bgr"
+    )
+    assert wrong.convention_source == "forced" and wrong.convention_scores is None
+    assert (a * _rmac(wrong, images)).sum(1).min() < 0.9
+
+
+def test_file_matching_no_convention_is_refused(cirtorch_state, tmp_path):
+    state, _ = cirtorch_state
+    bad = dict(state)
+    bad["1.running_var"] = state["1.running_var"] * 100  # bn1 statistics of neither convention
+    bad["1.running_mean"] = state["1.running_mean"] * 10
+    path = tmp_path / "odd-stats.pth"
+    torch.save(bad, path)
+    with pytest.raises(B.InputConventionError, match="odd-stats.pth") as err:
+        B.build_backbone("caffe-resnet101", weights_path=path)
+    assert isinstance(err.value, B.WeightsError)
+    assert "caffe-bgr" in str(err.value) and "input_convention=" in str(err.value)
+    forced = B.build_backbone("caffe-resnet101", weights_path=path, input_convention="caffe-bgr")
+    assert (forced.input_convention, forced.convention_source) == ("caffe-bgr", "forced")
+    with pytest.raises(ValueError, match="input_convention"):
+        B.build_backbone("caffe-resnet101", weights_path=path, input_convention="bgr")
+    with pytest.raises(ValueError, match="input_convention"):
+        B.build_backbone("efficientnet-lite0", input_convention="caffe-bgr")
+
+
+def test_detection_on_real_pretrained_weights(lite):
+    # The method on a trained network: EfficientNet-Lite0's stem conv + BatchNorm pick its own
+    # (x - 127) / 128 over the Caffe convention (measured scores 0.8 and 37).
+    from regattn_lib import conventions as C
+
+    scores = C.convention_scores(lite.stem[0], lite.stem[1], ("rgb-lite", "caffe-bgr"))
+    assert scores["rgb-lite"] < 1.0 and scores["caffe-bgr"] > 20
+    assert C.choose_convention(scores) == "rgb-lite"
+    assert (lite.input_convention, lite.convention_source) == ("rgb-lite", "fixed")
+
+
+def test_authors_file_with_fc_loads(cirtorch_state, tmp_path):
+    # resnet101_caffeProto.pth: named keys (conv1.weight, layer1.0...) as the authors'
+    # Resnet.py, no num_batches_tracked (PyTorch 0.3), plus the ImageNet fc.weight / fc.bias.
+    state, _ = cirtorch_state
+    named = B.caffe_keys(B.map_cirtorch_keys(state), "authors")
+    assert "conv1.weight" in named and not any("num_batches" in k for k in named)
+    torch.manual_seed(3)
+    fc_w, fc_b = torch.randn(1000, 2048) * 0.01, torch.randn(1000)
+    path = tmp_path / "resnet101_caffeProto.pth"
+    torch.save({**named, "fc.weight": fc_w, "fc.bias": fc_b}, path)
+    net = B.build_backbone("caffe-resnet101", weights_path=path)
+    assert (net.input_convention, net.convention_source) == ("caffe-bgr", "detected")
+    assert isinstance(net.fc, nn.Linear) and (net.fc.in_features, net.fc.out_features) == (
+        2048,
+        1000,
+    )
+    assert torch.equal(net.fc.weight, fc_w) and torch.equal(net.fc.bias, fc_b)
+    assert not net.fc.weight.requires_grad and not net.fc.training
+    assert torch.equal(net.layer3[22].conv2.weight, state["6.22.conv2.weight"])
+    torch.save({**named, "fc.weight": fc_w}, path)
+    with pytest.raises(B.WeightsError, match="fc.weight but not its pair"):
+        B.build_backbone("caffe-resnet101", weights_path=path)
+    torch.save({**named, "fc.weight": fc_w[:10], "fc.bias": fc_b[:10]}, path)
+    with pytest.raises(B.WeightsError, match="resnet101_caffeProto.pth"):
+        B.build_backbone("caffe-resnet101", weights_path=path)
+    torch.save({**named, "fc.weight": fc_w, "fc.bias": fc_b, "extra.weight": fc_b}, path)
+    with pytest.raises(B.WeightsError, match=r"unexpected keys \['extra\.weight'\]"):
+        B.build_backbone("caffe-resnet101", weights_path=path)
+
+
+def test_preprocess_follows_the_convention():
+    net = B.build_backbone("caffe-resnet101", pretrained=False, input_convention="rgb-imagenet")
+    torch.testing.assert_close(net.preprocess(PIXELS), B.preprocess_imagenet(PIXELS))
+    assert net.input_convention == "rgb-imagenet"

@@ -26,6 +26,7 @@ from regattn_lib.datasets.retrieval import (
     load_retrieval_dataset,
     parse_queries_file,
     remove_images,
+    resolve_distractors,
     whitening_images,
 )
 
@@ -266,9 +267,46 @@ def test_distractor_errors_and_flickr100k(tmp_path):
     out = add_distractors(ds, "flickr100k", n=2, data_root=tmp_path)
     f = tmp_path.resolve() / "distractors" / "flickr100k"
     assert out.distractors == [f / "a" / "1.jpg", f / "a" / "2.jpg"]
-    assert out.notes == [] and out.distractor_source == "flickr100k[:2]"
+    assert out.distractor_source == f"flickr100k[:2] (local copy at {f})"
+    assert out.notes == [f"distractors: 2 Flickr100k images from the local copy at {f}"]
     with pytest.raises(ValueError, match="unknown distractor"):
         add_distractors(ds, "flickr1m", data_root=tmp_path)
+
+
+def test_auto_distractors_use_a_flickr100k_copy_when_present(tmp_path):
+    ds = small_set(tmp_path)
+    base = tmp_path / "distractors" / "revisitop1m"
+    base.mkdir(parents=True)
+    (base / "revisitop1m.txt").write_text("0/a.jpg\n0/b.jpg\n0/c.jpg\n")
+    for n in ("0/a.jpg", "0/b.jpg"):
+        jpg(base / "jpg" / n)
+    flickr = tmp_path.resolve() / "distractors" / "flickr100k"
+    # no copy, then a folder without images (a README, a hidden file): the stand-in is used
+    for step in ("absent", "no images"):
+        if step == "no images":
+            (flickr / ".hidden").mkdir(parents=True)
+            jpg(flickr / ".hidden" / "x.jpg")
+            (flickr / "README.txt").write_text("put Flickr100k here")
+        assert resolve_distractors("auto", tmp_path) == "revisitop1m"
+        out = add_distractors(ds, "auto", n=2, data_root=tmp_path)
+        assert out.distractor_source == "revisitop1m[:2] standing in for Flickr100k"
+        assert out.label == "synthetic-smoke+revisitop1m[:2] standing in for Flickr100k"
+        assert out.distractors == [base.resolve() / "jpg" / "0" / n for n in ("a.jpg", "b.jpg")]
+        (note,) = out.notes
+        assert "first 2 revisitop1m images stand in for Flickr100k" in note
+        assert str(flickr) in note
+    # one image of a local copy, in a sub-folder: it is used, and the shortfall is said
+    jpg(flickr / "sub" / "1.jpg")
+    assert resolve_distractors("auto", tmp_path) == "flickr100k"
+    out = add_distractors(ds, "auto", n=2, data_root=tmp_path)
+    assert out.distractors == [flickr / "sub" / "1.jpg"]
+    assert out.distractor_source == f"flickr100k[:2] (local copy at {flickr})"
+    assert out.notes == [
+        f"distractors: 1 Flickr100k images from the local copy at {flickr}, fewer than the 2 asked"
+    ]
+    assert resolve_distractors("revisitop1m", tmp_path) == "revisitop1m"
+    with pytest.raises(ValueError, match="unknown distractor set 'flickr1m'"):
+        resolve_distractors("flickr1m", tmp_path)
 
 
 # --- user folders --------------------------------------------------------------------------------

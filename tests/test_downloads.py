@@ -14,6 +14,7 @@ import threading
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -60,14 +61,23 @@ def make_handler(site: Site):
         def log_message(self, *args):  # keep pytest output clean
             pass
 
-        def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None):
+        def _send(self, status, body: bytes, headers: dict[str, str] | None = None, head=False):
             site.statuses.append(status)
             self.send_response(status)
             for k, v in (headers or {}).items():
                 self.send_header(k, v)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            if not head:
+                self.wfile.write(body)
+
+        def do_HEAD(self):
+            site.requests.append((self.path, "HEAD"))
+            if self.path not in site.files:
+                return self._send(404, b"", head=True)
+            if "nohead" in site.modes[self.path]:
+                return self._send(405, b"", head=True)
+            return self._send(200, site.files[self.path], head=True)
 
         def do_GET(self):
             rng = self.headers.get("Range")
@@ -91,11 +101,13 @@ def make_handler(site: Site):
                 self.close_connection = True
                 return None
             if rng and "norange" not in modes:
-                start = int(re.fullmatch(r"bytes=(\d+)-", rng).group(1))
+                m = re.fullmatch(r"bytes=(\d+)-(\d*)", rng)
+                start = int(m.group(1))
+                end = min(int(m.group(2) or len(data) - 1), len(data) - 1)
                 if start >= len(data):
                     return self._send(416, b"", {"Content-Range": f"bytes */{len(data)}"})
-                cr = f"bytes {start}-{len(data) - 1}/{len(data)}"
-                return self._send(206, data[start:], {"Content-Range": cr})
+                cr = f"bytes {start}-{end}/{len(data)}"
+                return self._send(206, data[start : end + 1], {"Content-Range": cr})
             return self._send(200, data)
 
     return Handler
@@ -270,6 +282,191 @@ def test_manifest_entries():
         assert not Path(e["dest"]).is_absolute() and ".." not in Path(e["dest"]).parts
     with pytest.raises(KeyError, match="gnd_oxford5k"):
         manifest_entry("nope")
+
+
+def test_prefix_only_download_records_the_full_hash(site, tmp_path):
+    url = site.add("/p.pth", PAYLOAD)
+    lock = tmp_path / "lock.json"
+    download(url, tmp_path / "p.pth", sha256=SHA[:8], lock_file=lock, **FAST)
+    first = lock_record(url, lock)
+    assert first["sha256"] == SHA and first["size"] == len(PAYLOAD)
+    download(url, tmp_path / "p.pth", sha256=SHA[:8], lock_file=lock, **FAST)
+    assert lock_record(url, lock) == first  # verified again, the record left as it was
+    # a file with the right prefix but another full hash is caught by the record
+    (tmp_path / "p.pth").write_bytes(b"other")
+    with pytest.raises(ChecksumError, match="lock file"):
+        download(url, tmp_path / "p.pth", sha256=hashlib.sha256(b"other").hexdigest()[:8],
+                 lock_file=lock, **FAST)  # fmt: skip
+
+
+# --- mirror and manifest override --------------------------------------------------------------
+
+GND_URL = "http://cmp.felk.cvut.cz/cnnimageretrieval/data/test/oxford5k/gnd_oxford5k.pkl"
+
+
+def test_mirror_path_and_resolve_url(monkeypatch):
+    monkeypatch.delenv("REGATTN_MIRROR", raising=False)
+    assert dl.mirror_path(GND_URL) == (
+        "cmp.felk.cvut.cz/cnnimageretrieval/data/test/oxford5k/gnd_oxford5k.pkl"
+    )
+    assert dl.mirror_path("https://h.org:8443/a/b.tgz?x=1") == "h.org:8443/a/b.tgz?x=1"
+    assert dl.resolve_url(GND_URL) == GND_URL  # no mirror: the canonical URL
+    monkeypatch.setenv("REGATTN_MIRROR", "http://127.0.0.1:9/base/")
+    assert dl.resolve_url(GND_URL) == (
+        "http://127.0.0.1:9/base/cmp.felk.cvut.cz/cnnimageretrieval/data/test/oxford5k/"
+        "gnd_oxford5k.pkl"
+    )
+    for e in dl.load_manifest().values():  # every entry is redirected, host first
+        parts = urlsplit(e["url"])
+        assert dl.resolve_url(e["url"]) == f"http://127.0.0.1:9/base/{parts.netloc}{parts.path}"
+    assert dl.resolve_url("file:///tmp/x.pth") == "file:///tmp/x.pth"  # local files stay
+    with pytest.raises(ValueError, match="http"):
+        dl.mirror_path("file:///tmp/x.pth")
+    monkeypatch.setenv("REGATTN_MIRROR", "ftp.example.org/mirror")
+    with pytest.raises(ValueError, match="REGATTN_MIRROR"):
+        dl.resolve_url(GND_URL)
+
+
+def write_manifest(path: Path, files: dict) -> Path:
+    path.write_text(json.dumps({"files": files}))
+    return path
+
+
+def tiny_attention_file(path: Path) -> bytes:
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    state = {
+        "conv_att_1.weight": torch.randn(4, 8, 1, generator=g),
+        "conv_att_1.bias": torch.randn(4, generator=g),
+        "conv_att_2.weight": torch.randn(1, 4, 1, generator=g),
+        "conv_att_2.bias": torch.randn(1, generator=g),
+    }
+    torch.save(state, path)
+    return path.read_bytes()
+
+
+def test_every_download_goes_through_the_mirror_into_the_data_root_in_use(
+    site, tmp_path, monkeypatch
+):
+    """Attention, RPN, ResNet weights and datasets: fetched from <mirror>/<host><path>, checked
+    against the override manifest, recorded in the lock file of the data root passed in."""
+    from regattn_lib import backbones
+    from regattn_lib.attention import load_official_attention
+    from regattn_lib.rpn import RPNRegions
+
+    monkeypatch.setenv("REGATTN_DATA", str(tmp_path / "default-root"))  # must stay untouched
+    monkeypatch.setenv("REGATTN_MIRROR", site.base + "/mirror")
+    att = tiny_attention_file(tmp_path / "att.pth")
+    import torch
+
+    torch.save({"w": torch.arange(3)}, tmp_path / "rpn.pth")
+    rpn = (tmp_path / "rpn.pth").read_bytes()
+    served = {
+        "official_attention": (att, {"sha256": hashlib.sha256(att).hexdigest(), "size": len(att)}),
+        "rpn_fasterrcnn_coco": (rpn, {"sha256_prefix": hashlib.sha256(rpn).hexdigest()[:8]}),
+        "torchvision_resnet101": (
+            PAYLOAD, {"sha256": None, "sha256_prefix": SHA[:8], "size": len(PAYLOAD)}
+        ),
+        "gnd_oxford5k": (b"gnd bytes", {}),
+    }  # fmt: skip
+    files = {}
+    for key, (data, fields) in served.items():
+        entry = {**manifest_entry(key), **fields}
+        del entry["key"]
+        files[key] = entry
+        site.add("/mirror/" + dl.mirror_path(entry["url"]), data)
+    monkeypatch.setenv("REGATTN_MANIFEST", str(write_manifest(tmp_path / "m.json", files)))
+    root = tmp_path / "root"
+
+    module = load_official_attention(data_root=root)
+    assert module.hidden == 4 and module.in_channels == 4
+    assert torch.equal(RPNRegions._coco_state(root, True)["w"], torch.arange(3))
+    tv = backbones.ensure_weights("torchvision-resnet101", data_root=root)
+    gnd = dl.download_entry("gnd_oxford5k", root, **FAST)
+
+    assert tv.read_bytes() == PAYLOAD and gnd.read_bytes() == b"gnd bytes"
+    wanted = sorted("/mirror/" + dl.mirror_path(e["url"]) for e in files.values())
+    assert sorted(p for p, _ in site.requests) == wanted  # each once, each from the mirror
+    lock = json.loads((root / "downloads.lock.json").read_text())
+    # keyed by the canonical URLs; the attention's full hash is known, so it is not recorded
+    assert sorted(lock) == sorted(files[k]["url"] for k in files if k != "official_attention")
+    assert lock[files["gnd_oxford5k"]["url"]]["sha256"] == hashlib.sha256(b"gnd bytes").hexdigest()
+    assert not (tmp_path / "default-root").exists()
+    # Another mirror later: the files are the same files (records keyed by canonical URL).
+    monkeypatch.setenv("REGATTN_MIRROR", site.base + "/elsewhere")
+    assert dl.download_entry("gnd_oxford5k", root, **FAST) == gnd
+    assert len(site.requests) == len(wanted)
+
+
+def test_manifest_override_supplies_hashes_and_a_wrong_one_is_quarantined(
+    site, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("REGATTN_MIRROR", site.base)
+    mirror_url = site.add("/" + dl.mirror_path(GND_URL), PAYLOAD)
+    package = dl.load_manifest()
+    gnd = {**package["gnd_oxford5k"], "sha256": SHA, "size": len(PAYLOAD)}
+    extra = {"url": "https://example.org/x.bin", "dest": "x/x.bin"}
+    override = write_manifest(tmp_path / "m.json", {"gnd_oxford5k": gnd, "fixture_x": extra})
+    monkeypatch.setenv("REGATTN_MANIFEST", str(override))
+    merged = dl.load_manifest()
+    assert merged["gnd_oxford5k"] == gnd and merged["fixture_x"] == extra
+    assert {k: v for k, v in merged.items() if k not in ("gnd_oxford5k", "fixture_x")} == {
+        k: v for k, v in package.items() if k != "gnd_oxford5k"
+    }
+    ok = dl.download_entry("gnd_oxford5k", tmp_path / "a", **FAST)
+    assert ok.read_bytes() == PAYLOAD
+    assert not (tmp_path / "a" / "downloads.lock.json").exists()  # the override's hash is known
+
+    write_manifest(override, {"gnd_oxford5k": {**gnd, "sha256": "0" * 64}})
+    dest = tmp_path / "b" / gnd["dest"]
+    with pytest.raises(ChecksumError) as e:
+        dl.download_entry("gnd_oxford5k", tmp_path / "b", **FAST)
+    msg = str(e.value)
+    assert GND_URL in msg and mirror_url in msg and "0" * 64 in msg and SHA in msg
+    assert not dest.exists()
+    (moved,) = dest.with_name(dest.name + ".quarantine").iterdir()
+    assert moved.read_bytes() == PAYLOAD
+
+
+def test_mirror_failure_names_both_urls(site, tmp_path, monkeypatch):
+    monkeypatch.setenv("REGATTN_MIRROR", site.base + "/m")
+    with pytest.raises(DownloadError) as e:
+        dl.download_entry("gnd_oxford5k", tmp_path, **FAST)
+    msg = str(e.value)
+    assert GND_URL in msg and f"{site.base}/m/{dl.mirror_path(GND_URL)}" in msg and "404" in msg
+
+
+def test_a_local_folder_serves_as_mirror(tmp_path, monkeypatch):
+    mirror = tmp_path / "mirror"
+    (mirror / dl.mirror_path(GND_URL)).parent.mkdir(parents=True)
+    (mirror / dl.mirror_path(GND_URL)).write_bytes(PAYLOAD)
+    monkeypatch.setenv("REGATTN_MIRROR", mirror.as_uri())
+    out = dl.download_entry("gnd_oxford5k", tmp_path / "data", **FAST)
+    assert out.read_bytes() == PAYLOAD
+    assert lock_record(GND_URL, tmp_path / "data" / "downloads.lock.json")["sha256"] == SHA
+
+
+@pytest.mark.parametrize(
+    "content, why",
+    [
+        (None, "does not exist"),
+        ("{not json", "cannot read"),
+        ('{"entries": {}}', "files"),
+        ('{"files": {"k": {"url": "http://h/x", "dest": "../x"}}}', "inside the data root"),
+        ('{"files": {"k": {"url": "http://h/x", "dest": "x", "sha256": "xyz"}}}', "hex"),
+        ('{"files": {"k": {"dest": "x"}}}', "url"),
+        ('{"files": {"k": {"url": "http://h/x", "dest": "x", "size": "12"}}}', "byte count"),
+    ],
+)
+def test_malformed_manifest_override_is_named(tmp_path, monkeypatch, content, why):
+    path = tmp_path / "override.json"
+    if content is not None:
+        path.write_text(content)
+    monkeypatch.setenv("REGATTN_MANIFEST", str(path))
+    with pytest.raises(dl.ManifestError, match=why) as e:
+        dl.load_manifest()
+    assert str(path) in str(e.value)
 
 
 # --- archives ----------------------------------------------------------------------------------

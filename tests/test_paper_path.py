@@ -1,23 +1,21 @@
 """The paper profile's descriptor path end to end, offline: Caffe ResNet-101 + the authors'
 context-aware attention + whitening, on a few local images. A randomly initialised state dict
-with cirtorch's keys stands in for the downloaded features file, placed where a user would put
-it; the attention file is the authors' real release (shared/official)."""
+with cirtorch's keys (BatchNorm calibrated) stands in for the downloaded features file, placed
+where a user would put it; the attention file is the authors' real release (shared/official)."""
 
 import numpy as np
 import torch
-import torchvision
 from PIL import Image
-from torch import nn
 
 from regattn_lib.attention import load_official_attention
-from regattn_lib.backbones import build_backbone, default_weights_path
+from regattn_lib.backbones import build_backbone, default_weights_path, random_caffe_state_dict
 from regattn_lib.extract import RegionalHead, RegionalVectorsHead, extract_images
 from regattn_lib.whitening import learn_pca_whitening
 
 
 def test_caffe_backbone_official_attention_descriptor_end_to_end(tmp_path, official_weights):
-    torch.manual_seed(0)
-    state = nn.Sequential(*list(torchvision.models.resnet101().children())[:-2]).state_dict()
+    # random weights, BatchNorm calibrated on photos so that the input convention is readable
+    state = random_caffe_state_dict("cirtorch", seed=0)
     dest = default_weights_path("caffe-resnet101", tmp_path)
     dest.parent.mkdir(parents=True)
     torch.save(state, dest)

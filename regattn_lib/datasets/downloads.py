@@ -1,9 +1,40 @@
 """Resumable, verified downloads; safe archive extraction; checksummed, restricted unpickling.
 
-No project in the field publishes checksums (spec section 5), so a file whose hash is not in the
-manifest is recorded (size + sha256) in a local lock file on its first complete download and
+Every remote file of the project is an entry of ``manifest.json`` (``load_manifest``) and is
+fetched with ``download_entry(key, data_root)``. No project in the field publishes checksums
+(spec section 5), so a file whose hash is not in the manifest is recorded (size + sha256) in the
+data root's lock file ``<data_root>/downloads.lock.json`` on its first complete download and
 checked against that record from then on. A file that fails a check is moved aside to a
 quarantine folder, never silently used or overwritten.
+
+Manifest entry fields
+    ``url`` (canonical address), ``dest`` (path relative to the data root), ``sha256`` and
+    ``size`` (``null`` = unknown: recorded in the lock file), ``sha256_prefix`` (the hash prefix
+    a torch-hub style file name carries), ``extract_to`` (archives: folder they are extracted
+    into), ``keep_archive`` (archives: whether the code keeps the archive after extracting it;
+    default true), ``approx_bytes`` and ``extracted_bytes`` (approximate download size and
+    size once extracted, used by the preflight's disk estimate), ``note`` (what the file is
+    and where the sizes come from).
+
+Environment variables
+    ``REGATTN_MIRROR=<base url>``
+        Fetch every http(s) file from a mirror instead of its canonical host: the URL fetched
+        is ``<base>/<host><path>`` of the canonical URL (``mirror_path``), e.g. canonical
+        ``http://cmp.felk.cvut.cz/cnnimageretrieval/data/test/oxford5k/gnd_oxford5k.pkl`` is
+        fetched from ``<base>/cmp.felk.cvut.cz/cnnimageretrieval/data/test/oxford5k/
+        gnd_oxford5k.pkl``. A mirror is therefore a folder tree with one sub-folder per host,
+        served over http(s) or read directly (``file:///path/to/mirror``). A server that
+        honours ``Range`` requests lets interrupted downloads resume; one that does not (e.g.
+        ``python -m http.server``) works, but an interrupted file restarts from zero. Lock-file
+        records stay keyed by the canonical URL, so switching mirrors keeps each file's
+        identity; errors name both URLs.
+    ``REGATTN_MANIFEST=<file>``
+        A JSON file ``{"files": {key: entry, ...}}`` whose entries replace the package's
+        entries key by key (whole entries, not single fields) and may add keys; e.g. a test
+        fixture supplies the sha256 and size of its miniature files this way. Give an absolute
+        path: a relative one is taken from the current folder, which differs between the
+        notebooks and the command line. A missing or malformed file raises ``ManifestError``
+        naming it.
 """
 
 from __future__ import annotations
@@ -24,6 +55,7 @@ import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..io_utils import atomic_write_json, sha256_file
 from ..paths import data_root as resolve_data_root
@@ -31,9 +63,14 @@ from ..paths import data_root as resolve_data_root
 #: Name of the lock file kept at the data root.
 LOCK_NAME = "downloads.lock.json"
 MANIFEST_PATH = Path(__file__).with_name("manifest.json")
+#: Environment variable: base URL of a mirror of every remote file (see the module docstring).
+MIRROR_ENV = "REGATTN_MIRROR"
+#: Environment variable: a JSON manifest whose entries replace the package's, key by key.
+MANIFEST_ENV = "REGATTN_MANIFEST"
 #: HTTP statuses worth retrying (server-side or rate limiting); every other 4xx is final.
 RETRY_STATUSES = frozenset({408, 425, 429})
 CHUNK = 1 << 16
+_URL_SCHEMES = ("http", "https", "file")
 
 
 class DownloadError(RuntimeError):
@@ -42,6 +79,10 @@ class DownloadError(RuntimeError):
 
 class ChecksumError(DownloadError):
     """A file whose size or sha256 differs from the manifest or the lock file record."""
+
+
+class ManifestError(ValueError):
+    """A manifest file (the package's or ``$REGATTN_MANIFEST``) that cannot be used."""
 
 
 class UnsafePickleError(ValueError):
@@ -59,11 +100,64 @@ class _ShortRead(OSError):
 # --- manifest --------------------------------------------------------------------------------
 
 
+def _check_entry(source: Path, key: str, entry: Any) -> None:
+    """Raise ``ManifestError`` naming ``source`` and ``key`` for an unusable entry."""
+    where = f"{source}: entry {key!r}"
+    if not isinstance(entry, dict):
+        raise ManifestError(f"{where} must be an object, got {type(entry).__name__}")
+    url, dest = entry.get("url"), entry.get("dest")
+    if not isinstance(url, str) or urlsplit(url).scheme not in _URL_SCHEMES:
+        raise ManifestError(f"{where}: 'url' must be an http(s) or file URL, got {url!r}")
+    if not isinstance(dest, str) or not dest:
+        raise ManifestError(f"{where}: 'dest' must be a path relative to the data root")
+    parts = PurePosixPath(dest).parts
+    if PurePosixPath(dest).is_absolute() or ".." in parts:
+        raise ManifestError(f"{where}: 'dest' {dest!r} must stay inside the data root")
+    for field in ("sha256", "sha256_prefix"):
+        v = entry.get(field)
+        if v is not None and not (isinstance(v, str) and re.fullmatch(r"[0-9a-fA-F]{6,64}", v)):
+            raise ManifestError(f"{where}: {field!r} must be null or a hex digest, got {v!r}")
+    for field in ("size", "approx_bytes", "extracted_bytes"):
+        v = entry.get(field)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+            raise ManifestError(f"{where}: {field!r} must be null or a byte count, got {v!r}")
+
+
+def _read_manifest_file(path: Path) -> dict[str, dict[str, Any]]:
+    """The checked ``files`` mapping of one manifest file."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise ManifestError(f"manifest file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ManifestError(f"cannot read manifest file {path}: {e}") from e
+    files = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(files, dict):
+        raise ManifestError(f'{path}: expected a JSON object {{"files": {{key: entry, ...}}}}')
+    for key, entry in files.items():
+        _check_entry(path, key, entry)
+    return files
+
+
+def manifest_override() -> Path | None:
+    """The file named by ``$REGATTN_MANIFEST``, or ``None`` when it is unset or empty."""
+    value = os.environ.get(MANIFEST_ENV, "").strip()
+    return Path(value).expanduser() if value else None
+
+
 def load_manifest() -> dict[str, dict[str, Any]]:
     """All manifest entries: key -> {'url', 'dest' (relative to the data root), 'sha256',
-    'size', ...}; unknown hashes and sizes are ``None``."""
-    with open(MANIFEST_PATH) as f:
-        return json.load(f)["files"]
+    'size', ...}; unknown hashes and sizes are ``None``.
+
+    The package's ``manifest.json``, with the entries of ``$REGATTN_MANIFEST`` (when set)
+    replacing it key by key; raises ``ManifestError`` naming a missing or malformed file.
+    """
+    files = _read_manifest_file(MANIFEST_PATH)
+    override = manifest_override()
+    if override is not None:
+        files.update(_read_manifest_file(override))
+    return files
 
 
 def manifest_entry(key: str) -> dict[str, Any]:
@@ -75,12 +169,18 @@ def manifest_entry(key: str) -> dict[str, Any]:
     return dict(files[key], key=key)
 
 
+def entry_path(key: str, data_root: str | os.PathLike | None = None) -> Path:
+    """``<data_root>/<dest>`` of manifest entry ``key``."""
+    return resolve_data_root(data_root) / manifest_entry(key)["dest"]
+
+
 def download_entry(key: str, data_root: str | os.PathLike | None = None, **kwargs: Any) -> Path:
     """Download manifest entry ``key`` to ``<data_root>/<dest>`` with its known hash and size.
 
     A ``sha256_prefix`` (the hash prefix that torch hub style file names carry) is checked when
-    no full hash is known. The lock file defaults to ``<data_root>/downloads.lock.json``; other
-    keyword arguments go to ``download``.
+    no full hash is known. The lock file is ``<data_root>/downloads.lock.json`` of the same
+    data root (default ``paths.data_root()``); the URL goes through ``$REGATTN_MIRROR`` when
+    set. Other keyword arguments go to ``download``.
     """
     entry = manifest_entry(key)
     root = resolve_data_root(data_root)
@@ -94,6 +194,20 @@ def download_entry(key: str, data_root: str | os.PathLike | None = None, **kwarg
     )
 
 
+def checksum_source(key: str, data_root: str | os.PathLike | None = None) -> str | None:
+    """What a file of entry ``key`` is checked against: ``'manifest'`` (a full sha256),
+    ``'lock file'`` (a record of an earlier download or import), ``'hash prefix'`` (only the
+    name's prefix), or ``None`` (nothing: the first copy's hash gets recorded)."""
+    entry = manifest_entry(key)
+    if _is_full(entry.get("sha256")):
+        return "manifest"
+    if lock_record(entry["url"], resolve_data_root(data_root) / LOCK_NAME) is not None:
+        return "lock file"
+    if entry.get("sha256") or entry.get("sha256_prefix"):
+        return "hash prefix"
+    return None
+
+
 def import_local(
     key: str,
     folders: Sequence[str | os.PathLike],
@@ -103,9 +217,11 @@ def import_local(
 
     For files obtained another way (a copy on a shared disk, a colleague's mirror, the authors'
     weights shipped beside a checkout): the first file under ``folders`` (searched recursively,
-    in order) with the entry's file name is checked against the manifest's hash and size, then
-    copied atomically and recorded in the lock file like a download. Returns the source file,
-    or ``None`` when no folder has it. An existing destination is left alone (``None``). A
+    in order) with the entry's file name is checked against the manifest's hash and size (or,
+    without them, the lock file's record of an earlier copy), then copied atomically and
+    recorded in the lock file like a download: a file without any known hash has its sha256
+    recorded there (``checksum_source`` tells beforehand). Returns the source file, or
+    ``None`` when no folder has it. An existing destination is left alone (``None``). A
     source that fails the check raises ``ChecksumError`` naming it and is never modified.
     """
     entry = manifest_entry(key)
@@ -125,19 +241,11 @@ def import_local(
     if source is None:
         return None
     lock = root / LOCK_NAME
-    # no hash in the manifest: an earlier download's lock record pins the file instead
-    rec = {} if entry.get("sha256") else _read_lock(lock).get(entry["url"], {})
-    exp_sha = entry.get("sha256") or rec.get("sha256") or entry.get("sha256_prefix")
-    exp_size = entry.get("size") if entry.get("size") is not None else rec.get("size")
-    actual_size = source.stat().st_size
-    digest = sha256_file(source)
-    if (exp_size is not None and actual_size != int(exp_size)) or (
-        exp_sha is not None and not _hash_matches(digest, exp_sha)
-    ):
+    sha = entry.get("sha256") or entry.get("sha256_prefix")
+    actual_size, digest, problem, _ = _check(entry["url"], source, sha, entry.get("size"), lock)
+    if problem:
         raise ChecksumError(
-            f"{source} is not manifest entry {key!r}: it has sha256 {digest} ({actual_size} "
-            f"bytes), the {'lock file' if rec else 'manifest'} expects sha256 {exp_sha} "
-            f"({exp_size} bytes); nothing was copied to {dest}"
+            f"{source} is not manifest entry {key!r}: {problem}; nothing was copied to {dest}"
         )
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".import")
@@ -145,6 +253,51 @@ def import_local(
     os.replace(tmp, dest)
     _record(lock, entry["url"], dest, actual_size, digest)
     return source
+
+
+# --- mirror ----------------------------------------------------------------------------------
+
+
+def mirror_path(url: str) -> str:
+    """The path ``<host><path>`` under which a mirror serves the canonical ``url``.
+
+    E.g. ``'https://www.robots.ox.ac.uk/~vgg/data/oxbuildings/oxbuild_images-v1.tgz'`` ->
+    ``'www.robots.ox.ac.uk/~vgg/data/oxbuildings/oxbuild_images-v1.tgz'``. A port, when the
+    URL has one, stays part of the host (``host:port``); a query string is kept.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"only http(s) URLs with a host can be mirrored, not {url!r}")
+    host = parts.netloc.rsplit("@", 1)[-1]  # never carry credentials into a mirror path
+    return host + (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+
+def mirror_base() -> str | None:
+    """``$REGATTN_MIRROR`` without trailing slashes, or ``None`` when unset or empty."""
+    base = os.environ.get(MIRROR_ENV, "").strip().rstrip("/")
+    if not base:
+        return None
+    if urlsplit(base).scheme not in _URL_SCHEMES:
+        raise ValueError(
+            f"{MIRROR_ENV}={base!r} is not an http(s) or file URL (e.g. http://host:8000 or "
+            "file:///srv/mirror)"
+        )
+    return base
+
+
+def resolve_url(url: str) -> str:
+    """The URL actually fetched for the canonical ``url``: ``<$REGATTN_MIRROR>/<host><path>``
+    when a mirror is set and ``url`` is http(s), else ``url`` itself."""
+    base = mirror_base()
+    if base is None or urlsplit(url).scheme not in ("http", "https"):
+        return url
+    return f"{base}/{mirror_path(url)}"
+
+
+def describe_url(url: str, fetched: str | None = None) -> str:
+    """``url``, plus the mirror URL it is fetched from when that differs (for messages)."""
+    fetched = resolve_url(url) if fetched is None else fetched
+    return url if fetched == url else f"{url} (via mirror {fetched})"
 
 
 # --- lock file -------------------------------------------------------------------------------
@@ -203,6 +356,10 @@ def lock_record_for_path(
 def _record(lock_file: Path, url: str, path: Path, size: int, digest: str) -> None:
     with _locked(lock_file):
         data = _read_lock(lock_file)
+        old = data.get(url, {})
+        same = (old.get("path"), old.get("size"), old.get("sha256"))
+        if same == (str(path.resolve()), size, digest):
+            return  # already recorded: keep the first date
         data[url] = {
             "path": str(path.resolve()),
             "size": size,
@@ -215,12 +372,46 @@ def _record(lock_file: Path, url: str, path: Path, size: int, digest: str) -> No
 # --- verification ----------------------------------------------------------------------------
 
 
+def _is_full(digest: str | None) -> bool:
+    return digest is not None and len(digest) == 64
+
+
 def _hash_matches(actual: str, expected: str) -> bool:
     """Full digests must be equal; a shorter expected value is a prefix (torch hub names)."""
     expected = expected.lower()
     if len(expected) < 6 or not re.fullmatch(r"[0-9a-f]+", expected):
         raise ValueError(f"not a sha256 hex digest or prefix (>= 6 hex digits): {expected!r}")
     return actual.startswith(expected) if len(expected) < 64 else actual == expected
+
+
+def _check(
+    url: str, path: Path, sha256: str | None, size: int | None, lock_file: Path
+) -> tuple[int, str, str | None, bool]:
+    """Check ``path`` against the caller's hash (full or prefix) and size, and, unless that
+    hash is a full digest, against the lock record of ``url`` too.
+
+    Returns (size, sha256, problem or ``None``, whether a full digest was checked).
+    """
+    rec = None if _is_full(sha256) else _read_lock(lock_file).get(url)
+    expected = [(sha256, "the manifest")] if sha256 else []
+    if rec:
+        expected.append((rec["sha256"], f"the lock file {lock_file}"))
+    exp_size, size_source = size, "the manifest"
+    if exp_size is None and rec:
+        exp_size, size_source = rec.get("size"), f"the lock file {lock_file}"
+    actual_size = path.stat().st_size
+    actual_sha = sha256_file(path)
+    problems = [
+        f"{source} expects sha256 {sha}"
+        for sha, source in expected
+        if not _hash_matches(actual_sha, sha)
+    ]
+    if exp_size is not None and actual_size != int(exp_size):
+        problems.insert(0, f"{size_source} expects {exp_size} bytes")
+    problem = None
+    if problems:
+        problem = f"it has sha256 {actual_sha} ({actual_size} bytes) but " + " and ".join(problems)
+    return actual_size, actual_sha, problem, any(_is_full(s) for s, _ in expected)
 
 
 def quarantine(path: str | os.PathLike, dest: str | os.PathLike | None = None) -> Path:
@@ -247,29 +438,21 @@ def _verify(
     size: int | None,
     lock_file: Path,
 ) -> tuple[int, str, bool]:
-    """Check ``path`` against the given hash/size, else the lock record.
+    """Check ``path`` against the given hash/size and the lock record (see ``_check``).
 
-    Returns (size, sha256, known) where ``known`` says whether any expectation existed. On a
-    mismatch the file is quarantined and ``ChecksumError`` raised.
+    Returns (size, sha256, known) where ``known`` says whether a full sha256 was checked (else
+    the caller records the file). On a mismatch the file is quarantined and ``ChecksumError``
+    raised.
     """
-    rec = None if sha256 else _read_lock(lock_file).get(url)
-    exp_sha = sha256 or (rec or {}).get("sha256")
-    exp_size = size if size is not None else (rec or {}).get("size")
-    source = f"the lock file {lock_file}" if rec else "the caller (manifest)"
-    actual_size = path.stat().st_size
-    actual_sha = sha256_file(path)
-    bad = (exp_size is not None and actual_size != int(exp_size)) or (
-        exp_sha is not None and not _hash_matches(actual_sha, exp_sha)
-    )
-    if bad:
+    actual_size, actual_sha, problem, known = _check(url, path, sha256, size, lock_file)
+    if problem:
         moved = quarantine(path, dest)
         raise ChecksumError(
-            f"checksum mismatch for {url}: file {dest} has sha256 {actual_sha} "
-            f"({actual_size} bytes) but {source} expects sha256 {exp_sha} ({exp_size} bytes); "
+            f"checksum mismatch for {describe_url(url)}: file {dest}: {problem}; "
             f"the file was moved to {moved}. Run again to fetch a fresh copy; if the server's "
             f"file really changed, delete its entry from {lock_file}."
         )
-    return actual_size, actual_sha, exp_sha is not None
+    return actual_size, actual_sha, known
 
 
 # --- download --------------------------------------------------------------------------------
@@ -287,8 +470,9 @@ def _content_range(value: str | None) -> tuple[int | None, int | None]:
     return start, total
 
 
-def _fetch_once(url: str, part: Path, timeout: float, progress: bool) -> None:
-    """One HTTP request appending to (or restarting) ``part``."""
+def _fetch_once(url: str, part: Path, timeout: float, progress: bool, label: str) -> None:
+    """One HTTP request for ``url`` appending to (or restarting) ``part``; ``label`` names
+    the file in messages (the canonical URL, and the mirror's)."""
     offset = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": "regattn/0.1 (+urllib)"}
     if offset:
@@ -318,7 +502,7 @@ def _fetch_once(url: str, part: Path, timeout: float, progress: bool) -> None:
             # The server ignored Range (or none was sent): start from byte zero.
             offset, mode, total = 0, "wb", length
         else:
-            raise DownloadError(f"{url}: unexpected HTTP status {status}")
+            raise DownloadError(f"{label}: unexpected HTTP status {status}")
         got = 0
         from tqdm.auto import tqdm
 
@@ -343,28 +527,38 @@ def _fetch_once(url: str, part: Path, timeout: float, progress: bool) -> None:
         raise _ShortRead(f"connection closed after {got} of {length} bytes")
 
 
-def _fetch(url: str, part: Path, retries: int, backoff: float, timeout: float, progress: bool):
-    """Fetch into ``part``, resuming and retrying transient failures with exponential backoff."""
+def _fetch(
+    url: str,
+    part: Path,
+    retries: int,
+    backoff: float,
+    timeout: float,
+    progress: bool,
+    label: str | None = None,
+) -> None:
+    """Fetch ``url`` into ``part``, resuming and retrying transient failures with exponential
+    backoff. ``label`` names the file in messages (default ``url``)."""
+    label = label or url
     attempt, restarts = 0, 0
     while True:
         try:
-            _fetch_once(url, part, timeout, progress)
+            _fetch_once(url, part, timeout, progress, label)
             return
         except _Restart:
             part.unlink(missing_ok=True)
             restarts += 1
             if restarts > retries + 1:
-                raise DownloadError(f"{url}: the server keeps refusing to resume") from None
+                raise DownloadError(f"{label}: the server keeps refusing to resume") from None
             continue
         except urllib.error.HTTPError as e:
             if not (e.code >= 500 or e.code in RETRY_STATUSES):
-                raise DownloadError(f"download of {url} failed: HTTP {e.code} {e.reason}") from e
+                raise DownloadError(f"download of {label} failed: HTTP {e.code} {e.reason}") from e
             err: Exception = e
         except (OSError, http.client.HTTPException) as e:  # URLError, timeouts, resets
             err = e
         if attempt >= retries:
             raise DownloadError(
-                f"download of {url} failed after {attempt + 1} attempts: {err}; "
+                f"download of {label} failed after {attempt + 1} attempts: {err}; "
                 f"the partial file {part} is kept and a rerun resumes it"
             ) from err
         time.sleep(backoff * 2**attempt)
@@ -388,13 +582,15 @@ def download(
     Parameters
     ----------
     url:
-        http(s) (or file) URL.
+        Canonical http(s) (or file) URL. With ``$REGATTN_MIRROR`` set, an http(s) URL is
+        fetched from ``resolve_url(url)`` instead; the lock record stays keyed by ``url``.
     dest:
         Final path. Bytes go to ``<dest>.part`` first; an existing ``.part`` is resumed with an
         HTTP Range request (a server answering 200 instead of 206 restarts it from zero).
     sha256:
-        Expected hex digest, or a prefix of at least 6 hex digits; ``None``: check against the
-        lock file record, or create that record on the first complete download.
+        Expected hex digest, or a prefix of at least 6 hex digits. Unless it is a full digest,
+        the file is also checked against the lock file record of ``url``, and the first
+        complete download creates that record (size and full sha256).
     size:
         Expected size in bytes, ``None`` if unknown.
     lock_file:
@@ -411,7 +607,7 @@ def download(
 
     An existing ``dest`` that verifies is returned without any network access. A failed check
     moves the file to ``<dest>.quarantine/`` and raises ``ChecksumError`` (a ``DownloadError``)
-    naming the URL, the file and both hashes.
+    naming the URL (and the mirror's), the file and both hashes.
     """
     dest = Path(dest)
     lock = Path(lock_file) if lock_file is not None else default_lock_file()
@@ -423,7 +619,8 @@ def download(
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    _fetch(url, part, retries, backoff, timeout, progress)
+    fetched = resolve_url(url)
+    _fetch(fetched, part, retries, backoff, timeout, progress, describe_url(url, fetched))
     n, digest, known = _verify(url, part, dest, sha256, size, lock)
     os.replace(part, dest)
     if not known:

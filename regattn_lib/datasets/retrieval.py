@@ -6,7 +6,9 @@ Layout (``<data_root>`` as in ``paths.data_root``)::
     <data_root>/test/<name>/jpg/<image>.jpg    (roxford5k / rparis6k fall back to the jpg/ of
                                                 oxford5k / paris6k: the same photos)
     <data_root>/distractors/revisitop1m/{revisitop1m.txt, jpg/}
-    <data_root>/distractors/flickr100k/**/*.jpg
+    <data_root>/distractors/flickr100k/**/*.jpg  a local copy of Flickr100k (no longer published);
+                                                with distractors="auto" it is used when present,
+                                                else revisitop1m's first images stand in
     <data_root>/train/retrieval-SfM-120k/{ims/, retrieval-SfM-120k*.pkl}
     <data_root>/train/<name>/jpg/              any other whitening set
 """
@@ -23,7 +25,7 @@ from typing import Any
 from ..evaluate import protocol_gnd, supported_protocols
 from ..paths import data_root as resolve_data_root
 from . import downloads as dl
-from .imagenet import list_images
+from .imagenet import IMAGE_EXTENSIONS, list_images
 
 #: The 20 Paris6k images the authors' code leaves out (corrupt files), spec section 5.
 PARIS_BLACKLIST = (
@@ -65,6 +67,8 @@ INDEX_KEYS = ("ok", "good", "junk", "easy", "hard")
 #: Suffixes accepted by ``load_folder_dataset`` (case-insensitive).
 FOLDER_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 SFM_NAME = "retrieval-SfM-120k"
+#: Distractor sets ``add_distractors`` accepts; "auto" picks Flickr100k's local copy if present.
+DISTRACTOR_SETS = ("auto", "flickr100k", "revisitop1m")
 
 
 @dataclass
@@ -366,6 +370,37 @@ def _revisitop1m(base: Path, root: Path, n: int | None, download: bool) -> list[
     return paths
 
 
+def flickr100k_dir(data_root: str | os.PathLike | None = None) -> Path:
+    """``<data_root>/distractors/flickr100k/``: where a local copy of Flickr100k goes (any
+    image files, in any sub-folders); the set is no longer distributed."""
+    return resolve_data_root(data_root) / "distractors" / "flickr100k"
+
+
+def has_images(folder: Path) -> bool:
+    """Whether ``folder`` holds at least one image file (recursive, hidden entries skipped)."""
+    for _dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        if any(
+            not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS
+            for f in filenames
+        ):
+            return True
+    return False
+
+
+def resolve_distractors(name: str, data_root: str | os.PathLike | None = None) -> str:
+    """The distractor set ``name`` stands for: ``'auto'`` is ``'flickr100k'`` when a local copy
+    exists at ``flickr100k_dir(data_root)`` (any image file, recursive), else
+    ``'revisitop1m'`` (whose first ``n`` images then stand in for Flickr100k); other names are
+    returned unchanged. Raises ``ValueError`` for a name not in ``DISTRACTOR_SETS``."""
+    if name not in DISTRACTOR_SETS:
+        raise ValueError(f"unknown distractor set {name!r}; use one of {DISTRACTOR_SETS}")
+    if name != "auto":
+        return name
+    folder = flickr100k_dir(data_root)
+    return "flickr100k" if folder.is_dir() and has_images(folder) else "revisitop1m"
+
+
 def add_distractors(
     dataset: RetrievalDataset,
     name: str = "revisitop1m",
@@ -383,7 +418,10 @@ def add_distractors(
         ``'flickr100k'``: a local copy only, at ``<data_root>/distractors/flickr100k/`` (any
         image files, recursive, sorted; it is no longer distributed). ``'revisitop1m'``: the
         names of ``<data_root>/distractors/revisitop1m/revisitop1m.txt``, images in its
-        ``jpg/``; with ``n`` it stands in for Flickr100k, which ``notes`` records.
+        ``jpg/``; with ``n`` it stands in for Flickr100k, which ``notes`` records. ``'auto'``
+        (the paper's +100k): the Flickr100k copy when present, else the first ``n``
+        revisitop1m images (``resolve_distractors``). ``distractor_source`` and ``notes`` say
+        which set was used.
     n:
         Keep the first ``n`` distractors (default all).
     data_root:
@@ -392,29 +430,40 @@ def add_distractors(
         revisitop1m only: fetch the list and as many image archives as needed (default False).
     """
     root = resolve_data_root(data_root)
-    base = root / "distractors" / name
+    chosen = resolve_distractors(name, root)
+    base = root / "distractors" / chosen
     notes = list(dataset.notes)
-    if name == "flickr100k":
-        if not base.is_dir() or not list_images(base):
+    if chosen == "flickr100k":
+        paths = list_images(base) if base.is_dir() else []
+        if not paths:
             raise FileNotFoundError(
                 f"no Flickr100k images in {base}/: the set is no longer distributed, so only a "
                 "local copy can be used. Put the images there, or use "
-                "add_distractors(ds, 'revisitop1m', n=100_000) as a stand-in (and say so)."
+                "add_distractors(ds, 'revisitop1m', n=100_000) as a stand-in (and say so), or "
+                "'auto' to take the local copy when present and the stand-in otherwise."
             )
-        paths = list_images(base)
         if n is not None:
             paths = paths[:n]
-        source = f"flickr100k[:{n}]" if n is not None else "flickr100k"
-    elif name == "revisitop1m":
+        head = f"flickr100k[:{n}]" if n is not None else "flickr100k"
+        source = f"{head} (local copy at {base})"
+        short = f", fewer than the {n} asked" if n is not None and len(paths) < n else ""
+        notes.append(
+            f"distractors: {len(paths)} Flickr100k images from the local copy at {base}{short}"
+        )
+    else:
         paths = _revisitop1m(base, root, n, download)
         source = f"revisitop1m[:{n}]" if n is not None else "revisitop1m"
-        if n is not None:
+        if name == "auto":
+            source += " standing in for Flickr100k"
+            notes.append(
+                f"distractors: the first {len(paths)} revisitop1m images stand in for Flickr100k, "
+                f"which is no longer distributed (no local copy at {flickr100k_dir(root)})"
+            )
+        elif n is not None:
             notes.append(
                 f"distractors: the first {len(paths)} revisitop1m images stand in for "
                 "Flickr100k, which is no longer distributed"
             )
-    else:
-        raise ValueError(f"unknown distractor set {name!r}; use 'revisitop1m' or 'flickr100k'")
     prev = dataset.distractor_source
     return dataclasses.replace(
         dataset,

@@ -1,0 +1,104 @@
+"""The paper profile's attention: released context weights, the regional model trained here
+(fc first when the backbone has none), labelled rows, and a plan said before training."""
+
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from regattn_lib import pipeline as P
+from regattn_lib import studies as S
+from regattn_lib.attention import RegionalAttention
+from regattn_lib.reports import PAPER_ABLATION
+
+
+class _TinyBackbone(nn.Module):
+    name = "tiny"
+    channels = 8
+
+    def __init__(self, with_fc: bool):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, stride=32, padding=1)
+        self.fc = nn.Linear(8, 1000) if with_fc else None
+        self.calls = 0
+
+    def features(self, x):
+        self.calls += 1
+        return self.conv(x.float())
+
+
+def _ctx(tmp_path, profile="paper", with_fc=False, **overrides):
+    ctx = P.setup(profile, data_root=tmp_path / "data", results=tmp_path / "res", device="cpu",
+                  overrides=overrides)  # fmt: skip
+    ctx.__dict__["backbone"] = _TinyBackbone(with_fc)  # skip building ResNet-101
+    return ctx
+
+
+def _place_official(ctx, official_weights):
+    dest = ctx.data_root / "weights" / official_weights.name
+    dest.parent.mkdir(parents=True)
+    shutil.copyfile(official_weights, dest)
+
+
+def test_paper_trains_only_the_regional_model(tmp_path):
+    ctx = _ctx(tmp_path)
+    assert P.kinds_to_train(ctx) == ["regional"]
+    with pytest.raises(ValueError, match="released context weights|released context"):
+        P.training_plan(ctx, ["context"])
+    smoke = _ctx(tmp_path, "smoke")
+    assert P.kinds_to_train(smoke) == ["regional", "context"]
+
+
+def test_route_a_without_fc_and_route_b_with_it(tmp_path):
+    plan_a = P.training_plan(_ctx(tmp_path, with_fc=False, train={"recipe": {"crop": 64}}))
+    assert plan_a.fc_iterations == plan_a.iterations == 16_000
+    assert len(plan_a.deviations) == 1 and "no ImageNet classifier" in plan_a.deviations[0]
+    assert plan_a.seconds_per_iteration is not None and plan_a.seconds_per_iteration > 0
+    assert plan_a.estimated_seconds == pytest.approx(32_000 * plan_a.seconds_per_iteration)
+    plan_b = P.training_plan(_ctx(tmp_path, with_fc=True, train={"recipe": {"crop": 64}}))
+    assert plan_b.fc_iterations == 0 and plan_b.deviations == []
+    assert plan_b.estimated_seconds == pytest.approx(16_000 * plan_b.seconds_per_iteration)
+    assert "regional attention for 16000 iterations" in plan_b.describe(torch.device("cpu"))
+
+
+def test_released_weights_are_never_replaced_by_a_trained_file(tmp_path, official_weights):
+    ctx = _ctx(tmp_path)
+    _place_official(ctx, official_weights)
+    # a stray trained context file in models/ must not shadow the authors' weights
+    trained = RegionalAttention(2048, 64, context=True)
+    torch.save({"state_dict": trained.state_dict()}, P.attention_file(ctx, "context"))
+    att = P.load_attention(ctx, "context")
+    assert P.provenance(att) == P.RELEASED
+    official = torch.load(official_weights, map_location="cpu", weights_only=True)
+    assert torch.equal(att.state_dict()["conv_att_1.weight"].flatten(),
+                       official["conv_att_1.weight"].flatten())  # fmt: skip
+    with pytest.raises(FileNotFoundError, match="released only the context-aware"):
+        P.load_attention(ctx, "regional")
+    assert P.provenance(None) == P.NO_ATTENTION
+
+
+def test_notebook_training_without_imagenet_says_so_and_trains_nothing(tmp_path, capsys,
+                                                                       official_weights):  # fmt: skip
+    ctx = _ctx(tmp_path)
+    _place_official(ctx, official_weights)
+    assert not P.can_train(ctx)
+    assert P.notebook_training(ctx) == {}
+    out = capsys.readouterr().out
+    assert "not training" in out and "released context-aware" in out
+    assert ctx.backbone.calls == 0 and P.training_notes(ctx) == []
+
+
+def test_tables_label_every_row_and_keep_paper_only_rows(tmp_path):
+    ours = pd.DataFrame({
+        "method": ["R-MAC + PCA", "+ context awareness"],
+        "weights": [P.NO_ATTENTION, P.RELEASED],
+        "oxford5k": [70.0, 75.0], "paris6k": [85.0, 86.0],
+    })  # fmt: skip
+    table, notes = S.compare_to_paper(ours, PAPER_ABLATION, ["oxford5k", "paris6k"])
+    assert list(table.columns[:2]) == ["method", "weights"] and notes == []
+    by = table.set_index("method")
+    assert by.loc["+ regional attention", "weights"] == S.PAPER_ONLY  # not computed here
+    assert by.loc["+ context awareness", "weights"] == P.RELEASED
+    assert by.loc["+ context awareness", "oxford5k diff"] == pytest.approx(75.0 - 76.8)
