@@ -6,14 +6,17 @@ normalisation (BGR / mean / std) in ``Backbone.preprocess``.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 #: Smallest side the stride-32 backbones accept: below it the feature map would be empty.
 MIN_SIDE = 32
@@ -23,19 +26,59 @@ class ImageError(ValueError):
     """An image that cannot be used, with the file or the reason named."""
 
 
-def load_rgb(path: str | os.PathLike) -> np.ndarray:
+_TRUNCATED_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _truncated_images_allowed():
+    """PIL decodes truncated files as far as they go (grey after the end) inside the block.
+
+    PIL reads ``ImageFile.LOAD_TRUNCATED_IMAGES`` at decode time, so it is set only for the
+    duration of one decode and restored after, under a lock, instead of once at import (which
+    would make every caller in the process lenient).
+    """
+    with _TRUNCATED_LOCK:
+        before = ImageFile.LOAD_TRUNCATED_IMAGES
+        ImageFile.LOAD_TRUNCATED_IMAGES = True
+        try:
+            yield
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = before
+
+
+def _decode(path: Path) -> Image.Image:
+    with Image.open(path) as im:
+        im.load()
+        return im.convert("RGB")
+
+
+def load_rgb(path: str | os.PathLike, allow_truncated: bool = False) -> np.ndarray:
     """Read an image file as uint8 RGB (H, W, 3); grey and CMYK files are converted.
 
-    Raises ``ImageError`` naming the file when it is missing, truncated or not an image.
+    ``allow_truncated=True`` decodes a truncated file as far as it goes, as revisitop does for
+    its distractors (the missing part is grey), with a warning naming the file; default False.
+    Raises ``ImageError`` naming the file when it is missing, undecodable, or truncated
+    (unless allowed).
     """
     path = Path(path)
     try:
-        with Image.open(path) as im:
-            im.load()
-            rgb = im.convert("RGB")
+        try:
+            rgb = _decode(path)
+        except OSError as e:
+            if not allow_truncated or isinstance(e, FileNotFoundError | UnidentifiedImageError):
+                raise
+            with _truncated_images_allowed():
+                rgb = _decode(path)
+            warnings.warn(f"{path}: truncated image file decoded partially ({e})", stacklevel=2)
     except FileNotFoundError as e:
         raise ImageError(f"image file not found: {path}") from e
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+    except (
+        UnidentifiedImageError,
+        Image.DecompressionBombError,
+        OSError,
+        SyntaxError,
+        ValueError,
+    ) as e:
         raise ImageError(f"cannot read image {path}: {e}") from e
     return np.array(rgb, dtype=np.uint8)  # writable: torch.from_numpy warns on read-only arrays
 
@@ -109,10 +152,16 @@ def crop_box(image: np.ndarray, bbx: Sequence[float], scale: float = 1.0) -> np.
 
 
 def prepare_image(
-    path: str | os.PathLike, longest: int | None, bbx: Sequence[float] | None = None
+    path: str | os.PathLike,
+    longest: int | None,
+    bbx: Sequence[float] | None = None,
+    allow_truncated: bool = False,
 ) -> np.ndarray:
-    """Load, resize to ``longest`` and, for a query, crop to its box (spec section 2)."""
-    image = load_rgb(path)
+    """Load, resize to ``longest`` and, for a query, crop to its box (spec section 2).
+
+    ``allow_truncated``: as for ``load_rgb`` (default False).
+    """
+    image = load_rgb(path, allow_truncated)
     image, scale = resize_longest(image, longest)
     if bbx is not None:
         image = crop_box(image, bbx, scale)

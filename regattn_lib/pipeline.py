@@ -32,9 +32,11 @@ from .extract import (
     Head,
     RegionalHead,
     RegionalVectorsHead,
+    accumulate_images,
     cache_key,
+    env_number,
     extract_dataset,
-    extract_images,
+    list_digest,
     resolve_device,
     resolve_precision,
 )
@@ -192,27 +194,70 @@ def _whitening_head(ctx: Context, kind: str) -> Head:
     return GlobalHead(name=kind, pooling=kind, fc_weight=fc)
 
 
+#: The authors skip whitening images whose original shorter side is under 200 px (spec 2).
+WHITENING_MIN_SIDE = 200
+#: Images per group of the whitening pass: merge point of the statistics and checkpoint unit.
+WHITENING_GROUP = 1000
+
+
+def whitening_min_side(profile: Profile) -> int:
+    """Shortest original side a whitening image needs (smaller ones are skipped).
+
+    The profile's ``whitening_min_side`` when it has one; else the authors' 200 px at their
+    800 px whitening size, scaled to the profile's ``whitening_image_size`` (paper: 200;
+    smoke, 256 px: 64; demo, 512 px: 128), so the synthetic sets keep every image.
+    """
+    value = getattr(profile, "whitening_min_side", None)
+    if value is not None:
+        return int(value)
+    return round(WHITENING_MIN_SIDE * profile.whitening_image_size / 800)
+
+
+def _whitening_files(
+    ctx: Context, kinds: Sequence[str], paths: Sequence[Path]
+) -> tuple[dict[str, Path], dict[str, Any]]:
+    """Cache file of each kind's whitening, and the settings the keys cover."""
+    p = ctx.profile
+    bb = ctx.backbone
+    common = {
+        "set": p.whitening_set, "n_images": len(paths),
+        # every name, not a prefix: two lists that differ anywhere get different files
+        "images": list_digest([x.name for x in paths]), "backbone": p.backbone,
+        "weights": getattr(bb, "weights_id", None), "size": p.whitening_image_size,
+        "levels": p.whitening_levels, "dims": None, "min_side": whitening_min_side(p),
+        "precision": resolve_precision(p.precision, ctx.device),
+    }  # fmt: skip
+    files = {
+        kind: ctx.cache_dir / "whitening" / f"{kind}-{cache_key({'kind': kind, **common})}.pt"
+        for kind in kinds
+    }
+    return files, common
+
+
 def learn_whitenings(
-    ctx: Context, kinds: Sequence[str], progress: bool = True, cached_only: bool = False
+    ctx: Context,
+    kinds: Sequence[str],
+    progress: bool = True,
+    cached_only: bool = False,
+    checkpoint_s: float | None = None,
 ) -> dict[str, PCAWhitening]:
     """Full-dimensional whitenings of several kinds, learned in one pass over the whitening set.
 
-    Each is cached under ``<data>/cache/<profile>/whitening/`` keyed by the images, backbone
-    and weights, image size, levels and the backbone's precision (the profile's).
+    Each image's vectors go straight into one fp64 mean/covariance accumulator per kind
+    (``extract.accumulate_images``), so memory stays at a few C x C matrices however many
+    images there are (SfM-120k at L = 3: 2.4M x 2048 vectors, never stacked). Images whose
+    original shorter side is under ``whitening_min_side(profile)`` (authors: 200 px) and
+    unreadable ones are skipped and listed in ``meta["skipped"]``; a truncated file is used as
+    far as it decodes. The pass checkpoints its statistics every ``checkpoint_s`` seconds
+    (default ``$REGATTN_CHECKPOINT_S``, else 300; checked at the end of each group of
+    ``$REGATTN_SHARD_IMAGES``, else ``WHITENING_GROUP`` = 1000, images) under
+    ``<data>/cache/<profile>/whitening/``, so an interrupted pass resumes where it stopped.
+    Each whitening is cached there too, keyed by every image name, the backbone and weights,
+    image size, levels, the size rule and the backbone's precision.
     """
     p = ctx.profile
-    precision = resolve_precision(p.precision, ctx.device)
     paths = _whitening_paths(ctx)
-    bb = ctx.backbone
-    files = {}
-    for kind in kinds:
-        key = cache_key({
-            "kind": kind, "set": p.whitening_set, "n_images": len(paths),
-            "images": [x.name for x in paths[:50]], "backbone": p.backbone,
-            "weights": getattr(bb, "weights_id", None), "size": p.whitening_image_size,
-            "levels": p.whitening_levels, "dims": None, "precision": precision,
-        })  # fmt: skip
-        files[kind] = ctx.cache_dir / "whitening" / f"{kind}-{key}.pt"
+    files, common = _whitening_files(ctx, kinds, paths)
     missing = [k for k, f in files.items() if not f.is_file()]
     if missing and cached_only:
         raise FileNotFoundError(
@@ -221,17 +266,30 @@ def learn_whitenings(
             "--only 01) learns the regional one, notebook 05 the others"
         )
     if missing:
-        out = extract_images(
-            paths, bb, {k: _whitening_head(ctx, k) for k in missing}, p.whitening_image_size,
-            device=ctx.device, batch_size=p.batch_size, precision=precision,
+        if checkpoint_s is None:
+            checkpoint_s = env_number("REGATTN_CHECKPOINT_S", 300.0, float)
+        group = env_number("REGATTN_SHARD_IMAGES", WHITENING_GROUP)
+        checkpoint = (
+            ctx.cache_dir
+            / "whitening"
+            / f"pass-{cache_key({**common, 'kinds': sorted(missing)})}.ckpt"
+        )
+        accs, skipped = accumulate_images(
+            paths, ctx.backbone, {k: _whitening_head(ctx, k) for k in missing},
+            p.whitening_image_size, group_size=group, checkpoint=checkpoint,
+            checkpoint_s=checkpoint_s, min_original_side=common["min_side"], device=ctx.device,
+            batch_size=p.batch_size, precision=common["precision"],
             progress=progress and f"whitening ({', '.join(missing)})",
         )  # fmt: skip
         for kind in missing:
-            vectors = torch.cat([v.reshape(-1, v.shape[-1]) for v in out[kind]])
             meta = {"kind": kind, "backbone": p.backbone, "levels": p.whitening_levels,
                     "image_size": p.whitening_image_size, "set": p.whitening_set,
-                    "n_images": len(paths)}  # fmt: skip
-            learn_pca_whitening(vectors, meta=meta).save(files[kind])
+                    "n_images": len(paths) - len(skipped), "min_side": common["min_side"],
+                    "skipped": [s.to_dict() for s in skipped]}  # fmt: skip
+            learn_pca_whitening(accs[kind], meta=meta).save(files[kind])
+        checkpoint.unlink(missing_ok=True)
+        for stale in checkpoint.parent.glob(f".{checkpoint.name}.*.tmp"):
+            stale.unlink(missing_ok=True)  # a save cut short by a kill (atomic_write's temp)
     return {k: PCAWhitening.load(f) for k, f in files.items()}
 
 
@@ -531,11 +589,24 @@ def describe(
 
 
 def rank(desc: Descriptors, qe_k: int = 0) -> np.ndarray:
-    """Full ranking (db, queries), optionally after average QE with the top ``qe_k``."""
+    """Full ranking (db, queries), optionally after average QE with the top ``qe_k``.
+
+    Database images in ``desc.skipped`` come after every extracted image (in index order) and
+    never serve as QE neighbours: a skipped positive counts as ranked last.
+    """
     q, db = desc.queries, desc.db
+    skipped = desc.skipped_indices
+    if not skipped:
+        if qe_k:
+            q = average_query_expansion(q, db, k=qe_k)
+        return cosine_ranks(q, db)
+    keep = np.setdiff1d(np.arange(db.shape[0]), skipped)
+    kept = db[torch.from_numpy(keep)]
     if qe_k:
-        q = average_query_expansion(q, db, k=qe_k)
-    return cosine_ranks(q, db)
+        q = average_query_expansion(q, kept, k=qe_k)
+    ranks = keep[cosine_ranks(q, kept)]
+    tail = np.repeat(np.asarray(skipped, dtype=ranks.dtype)[:, None], ranks.shape[1], axis=1)
+    return np.concatenate([ranks, tail])
 
 
 def score(
@@ -544,11 +615,17 @@ def score(
     qe_k: int = 0,
     protocols: Sequence[str] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """``evaluate`` results per method (mAP %, mP@k %, per-query AP %)."""
-    return {
-        name: evaluate(rank(d, qe_k), ds.gnd, protocols=protocols, query_names=ds.qimlist)
-        for name, d in descs.items()
-    }
+    """``evaluate`` results per method (mAP %, mP@k %, per-query AP %).
+
+    Skipped database images rank last (``rank``) and each result lists them under
+    ``'skipped'`` (names), so a table can say how many images were left out.
+    """
+    out = {}
+    for name, d in descs.items():
+        r = evaluate(rank(d, qe_k), ds.gnd, protocols=protocols, query_names=ds.qimlist)
+        r["skipped"] = [s.name for s in d.skipped]
+        out[name] = r
+    return out
 
 
 def map_table(results: Mapping[str, Mapping[str, Any]], protocol: str, column: str) -> pd.DataFrame:

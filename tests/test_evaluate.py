@@ -277,3 +277,49 @@ def test_matches_naive_on_random_rankings():
     assert m == pytest.approx(np.mean(want_aps))
     np.testing.assert_allclose(mpr, np.mean(want_prs, axis=0))
     assert np.isnan(aps[3])
+
+
+# --- skipped database images (issue 11, defect 3) --------------------------------------------
+
+
+def _descriptors(skipped=()):
+    from regattn_lib.extract import Descriptors, SkippedImage
+
+    g = torch.Generator().manual_seed(3)
+    db = torch.nn.functional.normalize(torch.randn(30, 8, generator=g), dim=1)
+    q = torch.nn.functional.normalize(db[[0, 7]] + 0.8 * torch.randn(2, 8, generator=g), dim=1)
+    db = db.clone()
+    db[list(skipped)] = 0  # what extraction stores for a skipped image
+    names = [f"d{i}" for i in range(30)]
+    sk = [SkippedImage(i, names[i], f"{names[i]}.jpg", "cannot read image") for i in skipped]
+    return Descriptors(db, q, names, ["q0", "q1"], skipped=sk)
+
+
+def test_a_skipped_positive_counts_as_ranked_last_and_never_raises_the_map():
+    from types import SimpleNamespace
+
+    from regattn_lib import pipeline as P
+    from regattn_lib.search import cosine_ranks
+
+    gnd = [{"ok": [0, 3, 11], "junk": [5]}, {"ok": [7, 2], "junk": []}]
+    ds = SimpleNamespace(gnd=gnd, qimlist=["q0", "q1"])
+    full = _descriptors()
+    skip = _descriptors(skipped=(3, 7, 20))
+    # by hand: the full ranking with the skipped images moved to the end, in index order
+    r = cosine_ranks(full.queries, full.db)
+    by_hand = np.stack([np.concatenate([c[~np.isin(c, [3, 7, 20])], [3, 7, 20]]) for c in r.T], 1)
+    ranked = P.rank(skip)
+    assert (ranked[-3:] == np.array([[3, 3], [7, 7], [20, 20]])).all()
+    np.testing.assert_array_equal(ranked, by_hand)
+    # a zero row scores 0, above every negative similarity: rank must not leave it there
+    assert (full.queries @ full.db.T).min() < 0
+    m_skip = P.score({"m": skip}, ds, protocols=["classic"])["m"]
+    m_full = P.score({"m": full}, ds, protocols=["classic"])["m"]
+    m_hand = evaluate(by_hand, gnd, protocols=["classic"])
+    assert m_skip["protocols"]["classic"]["map"] == m_hand["protocols"]["classic"]["map"]
+    assert m_skip["protocols"]["classic"]["map"] <= m_full["protocols"]["classic"]["map"]
+    assert m_skip["skipped"] == ["d3", "d7", "d20"] and m_full["skipped"] == []
+    # with QE the skipped images stay last and never serve as neighbours
+    qe = P.rank(skip, qe_k=3)
+    assert (qe[-3:] == np.array([[3, 3], [7, 7], [20, 20]])).all()
+    assert sorted(qe[:, 0].tolist()) == list(range(30))

@@ -1,4 +1,5 @@
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -7,7 +8,7 @@ from PIL import Image
 from torch import nn
 
 from regattn_lib.attention import RegionalAttention
-from regattn_lib.descriptor import RegionalDescriptor
+from regattn_lib.descriptor import RegionalDescriptor, pool_regions
 from regattn_lib.extract import (
     GlobalHead,
     RegionalHead,
@@ -18,6 +19,7 @@ from regattn_lib.extract import (
     target_size,
 )
 from regattn_lib.images import ImageError, prepare_image
+from regattn_lib.regions import rmac_regions
 
 
 class ToyBackbone(nn.Module):
@@ -95,6 +97,9 @@ def test_regional_vectors_head_returns_all_regions(images):
         images[:1], ToyBackbone(), {"v": RegionalVectorsHead(levels=2)}, None, progress=False
     )
     assert out["v"][0].shape == (8, 4)  # 96x128: 2 + 6 regions
+    feats = torch.rand(2, 5, 19, 25)  # max pooling alone equals pool_regions' max pooling
+    ref = pool_regions(feats, rmac_regions(600, 800, 3)).max_pooled
+    assert torch.equal(RegionalVectorsHead(levels=3)(feats, torch.zeros(2, 3, 600, 800)), ref)
 
 
 def test_dataset_cache_hit_and_invalidation(images, tmp_path, monkeypatch):
@@ -107,8 +112,8 @@ def test_dataset_cache_hit_and_invalidation(images, tmp_path, monkeypatch):
     import regattn_lib.extract as ex
 
     calls = []
-    real = ex.extract_images
-    monkeypatch.setattr(ex, "extract_images", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = ex.iter_images
+    monkeypatch.setattr(ex, "iter_images", lambda *a, **k: calls.append(1) or real(*a, **k))
     again = extract_dataset(
         ds, bb, {"r": RegionalHead(levels=2)}, None, cache_dir=tmp_path / "c", progress=False
     )
@@ -207,3 +212,254 @@ def test_each_precision_gets_its_own_cache_file(images, tmp_path):
     for p in ("fp32", "auto", "fp16", "bf16"):
         extract_dataset(ds, ToyBackbone(), heads, None, tmp_path, precision=p, progress=False)
     assert len(list((tmp_path / "toy").glob("r-*.pt"))) == 3  # auto is fp32 on the CPU
+
+
+# --- bad images, shared distractors, resumable passes (issue 11: defects 2, 3, 10) ------------
+
+
+class CountingBackbone(ToyBackbone):
+    """ToyBackbone that counts the images it sees and can fail after ``fail_after`` of them."""
+
+    def __init__(self, fail_after=None):
+        super().__init__()
+        self.images, self.fail_after = 0, fail_after
+
+    def forward(self, x):
+        if self.fail_after is not None and self.images >= self.fail_after:
+            raise RuntimeError("killed")
+        self.images += x.shape[0]
+        return super().forward(x)
+
+
+def _jpeg(path, h, w, seed=0):
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(0, 256, (h // 32 + 1, w // 32 + 1, 3), dtype=np.uint8)
+    im = np.kron(blocks, np.ones((32, 32, 1), dtype=np.uint8))[:h, :w]
+    Image.fromarray(np.ascontiguousarray(im)).save(path, quality=95)
+    return path
+
+
+def _truncated(path, seed=7):
+    """A 96x128 JPEG cut after 60% of its bytes (noise: the entropy-coded data dominate)."""
+    noise = np.random.default_rng(seed).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(path, quality=95)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 6 // 10])
+    return path
+
+
+@pytest.fixture
+def bad_images(tmp_path):
+    d = tmp_path / "bad"
+    d.mkdir()
+    broken = d / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff not really a jpeg")
+    return {
+        "broken": broken,
+        "tiny": _jpeg(d / "tiny.jpg", 200, 6),
+        "truncated": _truncated(d / "trunc.jpg"),
+    }
+
+
+def test_truncated_jpeg_decodes_as_far_as_it_goes_only_where_allowed(bad_images):
+    from PIL import ImageFile
+
+    from regattn_lib.images import load_rgb
+
+    p = bad_images["truncated"]
+    with pytest.raises(ImageError, match="trunc.jpg"):
+        load_rgb(p)
+    with pytest.warns(UserWarning, match="trunc.jpg"):
+        im = load_rgb(p, allow_truncated=True)
+    assert im.shape == (96, 128, 3)
+    assert (im[-8:] == 128).all() and not (im[:8] == 128).all()  # grey after the cut, image before
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False  # scoped, not a global side effect
+
+
+def test_bad_database_images_are_skipped_and_listed(images, bad_images, tmp_path):
+    from regattn_lib.extract import write_skipped_images
+
+    db = [images[0], bad_images["broken"], images[1], bad_images["tiny"], bad_images["truncated"]]
+    ds = ToyDataset("toy", db, images[3:], [None, None])
+    bb = CountingBackbone()
+    with pytest.warns(UserWarning, match="trunc.jpg"):
+        out = extract_dataset(
+            ds, bb, {"r": RegionalHead(levels=1)}, None, tmp_path / "c", progress=False
+        )
+    d = out["r"]
+    assert [(s.index, s.name) for s in d.skipped] == [(1, "broken"), (3, "tiny")]
+    assert "broken.jpg" in d.skipped[0].reason and "smaller than 32" in d.skipped[1].reason
+    assert d.db.shape == (5, 4) and d.db_names == ["im0", "broken", "im1", "tiny", "trunc"]
+    assert (d.db[[1, 3]] == 0).all() and (d.db[[0, 2, 4]].norm(dim=1) > 0.99).all()
+    assert bb.images == 3 + 2  # decodable database images + queries
+    again = extract_dataset(
+        ds, bb, {"r": RegionalHead(levels=1)}, None, tmp_path / "c", progress=False
+    )
+    assert bb.images == 5 and again["r"].skipped == d.skipped  # the list survives the cache
+    csv = write_skipped_images(tmp_path / "skipped_images.csv", out)
+    lines = csv.read_text().splitlines()
+    assert lines[0] == "dataset,part,index,name,reason,path" and len(lines) == 3
+    assert lines[1].startswith("toy,db,1,broken,") and lines[2].startswith("toy,db,3,tiny,")
+
+
+def test_a_bad_query_is_an_error_naming_the_file(images, bad_images, tmp_path):
+    for bad in ("broken", "truncated"):
+        ds = ToyDataset("toy", images[:2], [images[3], bad_images[bad]], [None, None])
+        with pytest.raises(ImageError, match=bad_images[bad].name):
+            extract_dataset(ds, ToyBackbone(), {"r": RegionalHead(levels=1)}, None, tmp_path,
+                            progress=False)  # fmt: skip
+
+
+@dataclass
+class ToyDistractorDataset(ToyDataset):
+    distractors: list
+
+
+def test_distractors_are_extracted_once_for_every_dataset(images, tmp_path):
+    dist = [_jpeg(tmp_path / f"d{i}.jpg", 96, 128, seed=10 + i) for i in range(4)]
+    ox = ToyDistractorDataset("ox", images[:2] + dist, [images[4]], [None], dist)
+    pa = ToyDistractorDataset("pa", images[2:4] + dist, [images[4]], [None], dist)
+    heads = {"r": RegionalHead(levels=1), "mac": GlobalHead(name="mac", pooling="mac")}
+    bb = CountingBackbone()
+    a = extract_dataset(ox, bb, heads, None, tmp_path / "c", progress=False)
+    assert bb.images == 2 + 1 + 4
+    b = extract_dataset(pa, bb, heads, None, tmp_path / "c", progress=False)
+    assert bb.images == 7 + 2 + 1  # Paris: its own images only, the distractors come cached
+    for name in heads:
+        assert a[name].db.shape == (6, 4) and torch.equal(a[name].db[2:], b[name].db[2:])
+        assert b[name].db_names == ["im2", "im3", "d0", "d1", "d2", "d3"]
+    plain = ToyDataset("ox", images[:2], [images[4]], [None])
+    c = extract_dataset(plain, bb, heads, None, tmp_path / "c", progress=False)
+    assert bb.images == 10 and torch.equal(c["r"].db, a["r"].db[:2])  # same core file
+    fresh = extract_dataset(ox, ToyBackbone(), heads, None, None, progress=False)
+    assert all(torch.equal(fresh[n].db, a[n].db) for n in heads)
+
+
+def test_interrupted_extraction_resumes_from_finished_shards(images, bad_images, tmp_path):
+    db = images[:3] + [bad_images["broken"]] + images[3:]  # 6 images, one skipped
+    dist = [_jpeg(tmp_path / f"d{i}.jpg", 128, 96, seed=20 + i) for i in range(3)]
+    ds = ToyDistractorDataset("toy", db + dist, [images[1], images[2]], [None, None], dist)
+    heads = {"r": RegionalHead(levels=2)}
+    ref = extract_dataset(ds, ToyBackbone(), heads, None, None, progress=False)["r"]
+    # killed at the 5th database image: shards [0, 2) and [2, 4) (im2 + the bad file) were
+    # written, [4, 6) was not finished (im3 done, im4 not)
+    with pytest.raises(RuntimeError, match="killed"):
+        extract_dataset(ds, CountingBackbone(fail_after=4), heads, None, tmp_path / "c",
+                        shard_size=2, progress=False)  # fmt: skip
+    assert len(list((tmp_path / "c").rglob("*.parts/db/*.pt"))) == 2
+    bb = CountingBackbone()
+    out = extract_dataset(ds, bb, heads, None, tmp_path / "c", shard_size=2, progress=False)["r"]
+    assert bb.images == 2 + 2 + 3  # the unfinished db shard, the queries, the distractors
+    assert torch.equal(out.db, ref.db) and torch.equal(out.queries, ref.queries)
+    assert [s.index for s in out.skipped] == [3] and not list((tmp_path / "c").rglob("*.parts"))
+    # killed at the last distractor (after 5 db images, 2 queries and 2 distractors): the
+    # dataset's file and the finished distractor shard are reused
+    mac = {"m": GlobalHead(name="mac", pooling="mac")}
+    with pytest.raises(RuntimeError, match="killed"):
+        extract_dataset(ds, CountingBackbone(fail_after=9), mac, None, tmp_path / "c2",
+                        shard_size=2, progress=False)  # fmt: skip
+    bb = CountingBackbone()
+    out = extract_dataset(ds, bb, mac, None, tmp_path / "c2", shard_size=2, progress=False)["m"]
+    ref = extract_dataset(ds, ToyBackbone(), mac, None, None, progress=False)["m"]
+    assert bb.images == 1 and torch.equal(out.db, ref.db)
+
+
+# --- the whitening pass: streamed, one pass for every kind, resumable (defects 2, 3) ---------
+
+
+def _whitening_context(tmp_path, n=7, small=()):
+    """A smoke Context whose whitening set is ``n`` toy JPEGs (+ ``small`` (h, w) images)."""
+    from regattn_lib import pipeline as P
+    from regattn_lib.profiles import get_profile
+
+    jpg = tmp_path / "data" / "train" / "toywhite" / "jpg"
+    jpg.mkdir(parents=True)
+    shapes = [(96, 128), (128, 96), (100, 100)]
+    for i in range(n):
+        _jpeg(jpg / f"w{i:02d}.jpg", *shapes[i % 3], seed=100 + i)
+    for j, (h, w) in enumerate(small):
+        _jpeg(jpg / f"x{j:02d}.jpg", h, w, seed=200 + j)
+    prof = get_profile("smoke", whitening_set="toywhite", whitening_image_size=128,
+                       whitening_levels=2, whitening_max_images=None)  # fmt: skip
+    ctx = P.Context(prof, tmp_path / "data", tmp_path / "res", torch.device("cpu"))
+    return ctx
+
+
+def test_whitening_pass_streams_every_kind_in_one_pass(tmp_path, monkeypatch):
+    from regattn_lib import pipeline as P
+    from regattn_lib.profiles import PAPER
+    from regattn_lib.whitening import learn_pca_whitening
+
+    assert P.whitening_min_side(PAPER) == 200  # the authors' rule at their 800 px
+    ctx = _whitening_context(tmp_path, small=[(90, 120)])  # short side 90: skipped below
+    monkeypatch.setattr(P, "whitening_min_side", lambda profile: 95)
+    bb = CountingBackbone()
+    ctx.__dict__["backbone"] = bb
+    out = P.learn_whitenings(ctx, ["regional", "mac"], progress=False)
+    assert bb.images == 7  # one pass for both kinds; the small image is never decoded
+    paths = P._whitening_paths(ctx)
+    assert [Path(s["path"]).name for s in out["regional"].meta["skipped"]] == ["x00.jpg"]
+    assert "shorter side under 95" in out["mac"].meta["skipped"][0]["reason"]
+    # the streamed statistics give the whitening of the stacked vectors
+    kept = [p for p in paths if p.name != "x00.jpg"]
+    heads = {
+        "regional": RegionalVectorsHead(levels=2),
+        "mac": GlobalHead(name="mac", pooling="mac"),
+    }
+    ref = extract_images(kept, ToyBackbone(), heads, 128, progress=False)
+    for kind in heads:
+        stacked = torch.cat([v.reshape(-1, 4) for v in ref[kind]])
+        w = learn_pca_whitening(stacked)
+        assert out[kind].meta["n_vectors"] == len(stacked) and out[kind].meta["n_images"] == 7
+        torch.testing.assert_close(out[kind].mean, w.mean, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(out[kind].apply(stacked), w.apply(stacked), rtol=1e-4, atol=1e-4)
+    # cached: a rerun extracts nothing; no checkpoint is left behind
+    P.learn_whitenings(ctx, ["regional", "mac"], progress=False)
+    assert bb.images == 7 and not list(ctx.cache_dir.rglob("*.ckpt"))
+
+
+def test_whitening_pass_resumes_after_an_interruption(tmp_path, monkeypatch):
+    from regattn_lib import pipeline as P
+
+    monkeypatch.setattr(P, "WHITENING_GROUP", 2)
+    ref_ctx = _whitening_context(tmp_path / "ref")
+    ref_ctx.__dict__["backbone"] = ToyBackbone()
+    ref = P.learn_whitenings(ref_ctx, ["regional"], progress=False)["regional"]
+    ctx = _whitening_context(tmp_path / "run")
+    ctx.__dict__["backbone"] = CountingBackbone(fail_after=5)  # groups [0, 2), [2, 4) finished
+    with pytest.raises(RuntimeError, match="killed"):
+        P.learn_whitenings(ctx, ["regional"], progress=False, checkpoint_s=0)
+    assert len(list(ctx.cache_dir.rglob("*.ckpt"))) == 1
+    bb = CountingBackbone()
+    ctx.__dict__["backbone"] = bb
+    w = P.learn_whitenings(ctx, ["regional"], progress=False, checkpoint_s=0)["regional"]
+    assert bb.images == 7 - 4
+    assert torch.equal(w.mean, ref.mean) and torch.equal(w.projection, ref.projection)
+    assert w.meta["n_vectors"] == ref.meta["n_vectors"]
+
+
+def test_whitening_cache_key_covers_every_image_name(tmp_path):
+    from regattn_lib import pipeline as P
+
+    ctx = _whitening_context(tmp_path, n=1)
+    ctx.__dict__["backbone"] = ToyBackbone()
+    a = [Path(f"/x/img{i:03d}.jpg") for i in range(80)]
+    b = a[:60] + [Path("/x/other.jpg")] + a[61:]  # same first 50 names, same count
+    fa, _ = P._whitening_files(ctx, ["regional"], a)
+    fb, _ = P._whitening_files(ctx, ["regional"], b)
+    assert fa["regional"] != fb["regional"]
+
+
+def test_shard_size_from_the_environment(images, tmp_path, monkeypatch):
+    ds = ToyDataset("toy", images[:4], images[4:], [None])
+    monkeypatch.setenv("REGATTN_SHARD_IMAGES", "1")
+    with pytest.raises(RuntimeError, match="killed"):
+        extract_dataset(ds, CountingBackbone(fail_after=3), {"r": RegionalHead(levels=1)}, None,
+                        tmp_path, progress=False)  # fmt: skip
+    assert len(list(tmp_path.rglob("*.parts/db/*.pt"))) == 3  # one shard per finished image
+    bb = CountingBackbone()
+    extract_dataset(ds, bb, {"r": RegionalHead(levels=1)}, None, tmp_path, progress=False)
+    assert bb.images == 1 + 1
+    monkeypatch.setenv("REGATTN_SHARD_IMAGES", "many")
+    with pytest.raises(ValueError, match="REGATTN_SHARD_IMAGES"):
+        extract_dataset(ds, bb, {"r": RegionalHead(levels=2)}, None, tmp_path, progress=False)

@@ -129,12 +129,15 @@ def test_paper_profile_extracts_in_fp32_and_describe_passes_it(tmp_path, monkeyp
 def test_whitening_is_extracted_in_the_profile_precision_and_keyed_by_it(tmp_path, monkeypatch):
     calls = []
 
-    def fake_extract(paths, backbone, heads, size, **kw):
+    def fake_accumulate(paths, backbone, heads, size, **kw):
+        from regattn_lib.whitening import accumulate
+
         calls.append(kw["precision"])
         g = torch.Generator().manual_seed(len(calls))
-        return {k: [torch.randn(20, 4, generator=g) for _ in paths] for k in heads}
+        return {k: accumulate([torch.randn(20, 4, generator=g) for _ in paths]) for k in heads}, []
 
-    monkeypatch.setattr(P, "extract_images", fake_extract)
+    # the whitening pass streams through extract.accumulate_images (issue 11, defect 2)
+    monkeypatch.setattr(P, "accumulate_images", fake_accumulate)
     monkeypatch.setattr(P, "_whitening_paths", lambda ctx: [Path(f"w{i}.jpg") for i in range(3)])
     for precision in ("fp32", "bf16", "fp32"):
         ctx = _context(tmp_path, [], precision=precision)
