@@ -44,7 +44,7 @@ from . import pipeline as P
 from .evaluate import compute_map
 from .extract import Descriptors, extract_dataset, extract_images
 from .figures import LABEL_COLOURS, attention_heatmap
-from .images import ImageError
+from .images import ImageError, truncated_images_allowed
 from .paths import REPO_ROOT
 from .qe import average_query_expansion
 from .search import cosine_ranks
@@ -131,7 +131,7 @@ def thumbnail(
 ) -> bytes:
     """JPEG bytes of an image shrunk to ``size`` px on its long side, its box drawn if given;
     ``square`` centres it on a ``size`` x ``size`` canvas so that grids of them line up."""
-    with Image.open(path) as im:
+    with truncated_images_allowed(), Image.open(path) as im:  # a cut-off distractor still shows
         full = im.size
         im.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, much faster
         small = im.convert("RGB")
@@ -419,10 +419,13 @@ class QueryExplorer:
         assert self._upload is not None
         s = self._state
         q = self._describe_upload(self._upload, s.method)
-        db = self.descriptors[s.method].db
+        d = self.descriptors[s.method]
+        # images skipped at extraction (zero rows) are never shown nor used for QE, as P.rank
+        keep = np.setdiff1d(np.arange(d.db.shape[0]), d.skipped_indices)
+        db = d.db[torch.from_numpy(keep)] if len(keep) < d.db.shape[0] else d.db
         if s.qe:
             q = average_query_expansion(q, db, k=self.qe_k)
-        return cosine_ranks(q, db, topk=K_MAX)[:, 0]
+        return keep[cosine_ranks(q, db, topk=K_MAX)[:, 0]]
 
     def _topk(self) -> np.ndarray:
         s = self._state

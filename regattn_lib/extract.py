@@ -803,7 +803,8 @@ def extract_dataset(
     )
     backbone_key = {
         "backbone": getattr(backbone, "name", type(backbone).__name__),
-        "weights": getattr(backbone, "weights_id", None),
+        # weights and input convention (backbones.Backbone.cache_id)
+        "weights": getattr(backbone, "cache_id", getattr(backbone, "weights_id", None)),
         "image_size": image_size,
         "bf16": precision == "bf16",
     }

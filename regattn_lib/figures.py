@@ -28,7 +28,7 @@ def plot_queries(paths: Sequence, bbxs: Sequence, names: Sequence[str], n: int =
     fig = _figure(3 * n, 3.2)
     axes = np.atleast_1d(fig.subplots(1, n))
     for ax, p, b, name in zip(axes, paths[:n], bbxs[:n], names[:n], strict=True):
-        ax.imshow(load_rgb(p))
+        ax.imshow(load_rgb(p, allow_truncated=True))
         if b is not None:
             ax.add_patch(
                 Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, ec="yellow", lw=2)
@@ -96,11 +96,11 @@ def plot_ranked_list(
     """The query (cropped to its box) and its top-``k`` results, borders coloured by label."""
     fig = _figure(2.2 * (k + 1), 2.6)
     axes = fig.subplots(1, k + 1)
-    q = load_rgb(query_path)
+    q = load_rgb(query_path, allow_truncated=True)
     axes[0].imshow(crop_box(q, bbx) if bbx is not None else q)
     axes[0].set_title("query", fontsize=9)
     for ax, idx in zip(axes[1:], ranking[:k], strict=False):
-        ax.imshow(load_rgb(db_paths[idx]))
+        ax.imshow(load_rgb(db_paths[idx], allow_truncated=True))
         label = result_label(int(idx), gnd)
         for s in ax.spines.values():
             s.set_edgecolor(LABEL_COLOURS[label])

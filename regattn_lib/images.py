@@ -30,7 +30,7 @@ _TRUNCATED_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def _truncated_images_allowed():
+def truncated_images_allowed():
     """PIL decodes truncated files as far as they go (grey after the end) inside the block.
 
     PIL reads ``ImageFile.LOAD_TRUNCATED_IMAGES`` at decode time, so it is set only for the
@@ -67,7 +67,7 @@ def load_rgb(path: str | os.PathLike, allow_truncated: bool = False) -> np.ndarr
         except OSError as e:
             if not allow_truncated or isinstance(e, FileNotFoundError | UnidentifiedImageError):
                 raise
-            with _truncated_images_allowed():
+            with truncated_images_allowed():
                 rgb = _decode(path)
             warnings.warn(f"{path}: truncated image file decoded partially ({e})", stacklevel=2)
     except FileNotFoundError as e:

@@ -39,6 +39,7 @@ from .extract import (
     list_digest,
     resolve_device,
     resolve_precision,
+    write_skipped_images,
 )
 from .io_utils import atomic_write, atomic_write_json
 from .paths import data_root as resolve_data_root
@@ -223,7 +224,7 @@ def _whitening_files(
         "set": p.whitening_set, "n_images": len(paths),
         # every name, not a prefix: two lists that differ anywhere get different files
         "images": list_digest([x.name for x in paths]), "backbone": p.backbone,
-        "weights": getattr(bb, "weights_id", None), "size": p.whitening_image_size,
+        "weights": getattr(bb, "cache_id", getattr(bb, "weights_id", None)), "size": p.whitening_image_size,
         "levels": p.whitening_levels, "dims": None, "min_side": whitening_min_side(p),
         "precision": resolve_precision(p.precision, ctx.device),
     }  # fmt: skip
@@ -290,7 +291,11 @@ def learn_whitenings(
         checkpoint.unlink(missing_ok=True)
         for stale in checkpoint.parent.glob(f".{checkpoint.name}.*.tmp"):
             stale.unlink(missing_ok=True)  # a save cut short by a kill (atomic_write's temp)
-    return {k: PCAWhitening.load(f) for k, f in files.items()}
+    out = {k: PCAWhitening.load(f) for k, f in files.items()}
+    for w in out.values():  # every kind of one pass skipped the same images
+        report_skipped(ctx, f"whitening-{p.whitening_set}", w.meta.get("skipped"))
+        break
+    return out
 
 
 def _fc_weight(backbone: torch.nn.Module) -> torch.Tensor | None:
@@ -581,11 +586,43 @@ def describe(
     ``precision``: the backbone's (``extract.PRECISIONS``); ``None`` (default) takes the
     profile's (``fp32`` in the paper profile). The cache is keyed by it.
     """
-    return extract_dataset(
+    descs = extract_dataset(
         ds, ctx.backbone, heads, ctx.profile.image_size, cache_dir=ctx.cache_dir,
         device=ctx.device, batch_size=ctx.profile.batch_size, progress=progress,
         precision=ctx.profile.precision if precision is None else precision,
     )  # fmt: skip
+    report_skipped(ctx, ds.label, next(iter(descs.values()), None))
+    return descs
+
+
+def skipped_report(ctx: Context, label: str) -> Path:
+    """``tables/skipped_images_<label>.csv``: the images of a set that could not be used."""
+    return ctx.dirs["tables"] / f"skipped_images_{label}.csv"
+
+
+def report_skipped(ctx: Context, label: str, records: Any) -> Path | None:
+    """Write the skipped-image report of ``label`` beside the tables when anything was skipped.
+
+    ``records``: a ``Descriptors`` (its ``skipped``) or a list of skipped records (whitening).
+    Every head of one pass skips the same images, so one report per set is enough.
+    """
+    skipped = getattr(records, "skipped", records) or []
+    if not skipped:
+        return None
+    return write_skipped_images(skipped_report(ctx, label), records, dataset=label)
+
+
+def skipped_notes(ctx: Context) -> list[str]:
+    """One table note per set with skipped images (named in its report beside the tables)."""
+    notes = []
+    for f in sorted(ctx.dirs["tables"].glob("skipped_images_*.csv")):
+        n = len(pd.read_csv(f))
+        label = f.stem[len("skipped_images_") :]
+        notes.append(
+            f"{label}: {n} image(s) could not be used (unreadable or too small) and were "
+            f"skipped; a skipped positive counts as a miss; listed in {f.name}"
+        )
+    return notes
 
 
 def rank(desc: Descriptors, qe_k: int = 0) -> np.ndarray:

@@ -54,6 +54,9 @@ class Profile:
     global_whitening_dims: int | None = None  # baselines (MAC, SPoC, CroW, CAM)
     whitening_study_dims: tuple[int | None, ...] = (None,)  # notebook 01's whitening table
     whitening_max_images: int | None = None
+    # shortest original side of a whitening image (authors: 200 px at their 800 px size);
+    # None scales 200 px by whitening_image_size / 800 (pipeline.whitening_min_side)
+    whitening_min_side: int | None = None
     distractors: str | None = "revisitop1m"  # "auto": local flickr100k, else revisitop1m[:n]
     n_distractors: int | None = 100_000
     scale_levels: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7)
@@ -175,6 +178,7 @@ PAPER = Profile(
     # a local Flickr100k copy at <data>/distractors/flickr100k/ when present, else the first
     # 100k revisitop1m images stand in; each table's notes say which was used
     distractors="auto",
+    whitening_min_side=200,
     precision="fp32",
     notes=(
         "whitening learned on SfM-120k (cirtorch) instead of the Landmarks set (URL lists decayed)",
