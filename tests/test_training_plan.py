@@ -116,3 +116,20 @@ def test_weights_column_is_carried_not_compared_on_other_datasets():
     assert list(table["weights"][:2]) == [P.NO_ATTENTION, P.TRAINED] and len(notes) == 1
     assert "weights ours" not in table.columns and "time_s ours" in table.columns
     assert table.set_index("method").loc["+ context awareness", "synthetic ours gain"] == 2.0
+
+
+def test_skipped_images_are_reported_beside_the_tables_with_a_note(tmp_path):
+    from regattn_lib.extract import Descriptors, SkippedImage
+
+    ctx = P.setup("smoke", data_root=tmp_path / "d", results=tmp_path / "r", device="cpu")
+    clean = Descriptors(torch.ones(3, 2), torch.ones(1, 2), ["a", "b", "c"], ["q"])
+    assert P.report_skipped(ctx, "set", clean) is None and P.skipped_notes(ctx) == []
+    bad = SkippedImage(7, "cut", "/x/cut.jpg", "truncated", "distractors")
+    d = Descriptors(torch.ones(8, 2), torch.ones(1, 2), list("abcdefgh"), ["q"], skipped=[bad])
+    csv = P.report_skipped(ctx, "oxford5k+revisitop1m", d)
+    rows = pd.read_csv(csv)
+    assert list(rows["name"]) == ["cut"] and list(rows["index"]) == [7]
+    P.report_skipped(ctx, "whitening-sfm", [bad.to_dict(), {**bad.to_dict(), "index": 2}])
+    notes = P.skipped_notes(ctx)
+    assert len(notes) == 2 and "oxford5k+revisitop1m: 1 image(s)" in notes[0]
+    assert "whitening-sfm: 2 image(s)" in notes[1]
