@@ -591,7 +591,8 @@ def describe(
         device=ctx.device, batch_size=ctx.profile.batch_size, progress=progress,
         precision=ctx.profile.precision if precision is None else precision,
     )  # fmt: skip
-    report_skipped(ctx, ds.label, next(iter(descs.values()), None))
+    label = ds.name + ("+distractors" if ds.distractors else "")  # a file name, unlike ds.label
+    report_skipped(ctx, label, next(iter(descs.values()), None))
     return descs
 
 
