@@ -111,7 +111,7 @@ def test_weights_column_is_carried_not_compared_on_other_datasets():
         "synthetic": [40.0, 42.0], "time_s": [0.1, 0.2],
     })  # fmt: skip
     table, notes = S.compare_to_paper(
-        ours, PAPER_ABLATION, ["synthetic"], extra=["weights", "time_s"]
+        ours, PAPER_ABLATION, ["weights", "synthetic"], extra=["weights", "time_s"]
     )
     assert list(table["weights"][:2]) == [P.NO_ATTENTION, P.TRAINED] and len(notes) == 1
     assert "weights ours" not in table.columns and "time_s ours" in table.columns
