@@ -591,7 +591,7 @@ def describe(
         device=ctx.device, batch_size=ctx.profile.batch_size, progress=progress,
         precision=ctx.profile.precision if precision is None else precision,
     )  # fmt: skip
-    label = ds.name + ("+distractors" if ds.distractors else "")  # a file name, unlike ds.label
+    label = ds.name + ("+distractors" if getattr(ds, "distractors", None) else "")  # a file name
     report_skipped(ctx, label, next(iter(descs.values()), None))
     return descs
 
@@ -608,7 +608,7 @@ def report_skipped(ctx: Context, label: str, records: Any) -> Path | None:
     Every head of one pass skips the same images, so one report per set is enough.
     """
     skipped = getattr(records, "skipped", records) or []
-    if not skipped:
+    if not skipped or "tables" not in ctx.dirs:  # a bare Context (tests) has no results folders
         return None
     return write_skipped_images(skipped_report(ctx, label), records, dataset=label)
 
