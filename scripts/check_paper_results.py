@@ -1,0 +1,321 @@
+"""Check that a paper-profile results folder holds every table of the paper, complete (issue 11).
+
+    python scripts/check_paper_results.py RESULTS_DIR [--expected expected.json]
+
+``RESULTS_DIR`` is ``results/<profile>/`` (its ``tables/`` is read). Exits 0 when everything
+holds, else 1 after naming every problem:
+
+- ``ablation``, ``rpn``, ``sota`` (with the ``oxford105k`` / ``paris106k`` columns): every row
+  and column of the paper (``regattn_lib.reports.PAPER_*``) as ``<col> paper``, ``<col> ours``,
+  ``<col> diff``; the paper's values as published; finite values of ours (rows the paper has
+  but no method here computes: SDCF, and CAM without an ImageNet classifier, may stay empty);
+  ``diff`` = ours - paper.
+- ``scale_study``: every ablation method at every level L (default: the paper profile's
+  ``scale_levels``) on oxford5k and paris6k, finite mAP.
+- ``revisited``: R-MAC and ours, with and without QE, on roxford5k and rparis6k: finite
+  Easy / Medium / Hard mAP and mP@10.
+- ``whitening``: R-MAC without and with whitening on oxford5k and paris6k, finite mAP.
+- ``datasets``: the four test sets with their database and query counts.
+- every method row of ablation, rpn, sota, scale_study and revisited labelled in a ``weights``
+  column with "released weights" or "trained here" ("+ regional attention": trained here, the
+  authors released only the context-aware model).
+- with ``--expected`` (``expected.json`` of ``scripts/paper_fixtures.py``): the dataset counts
+  match, and the known-answer queries have AP 100 in every AP column of ``per_query``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from regattn_lib.profiles import PAPER  # noqa: E402 - after the path set-up
+from regattn_lib.reports import PAPER_ABLATION, PAPER_RPN, PAPER_SOTA  # noqa: E402
+
+#: Tables with the paper's values beside ours: name -> (paper table, its columns).
+PAPER_TABLES = {
+    "ablation": (PAPER_ABLATION, ("oxford5k", "paris6k", "time_s")),
+    "rpn": (PAPER_RPN, ("oxford5k", "paris6k")),
+    "sota": (PAPER_SOTA, ("oxford5k", "paris6k", "oxford105k", "paris106k")),
+}
+#: Paper rows no method here computes (SDCF), or only with an ImageNet classifier (CAM).
+PAPER_ONLY_ROWS = frozenset({"SDCF", "SDCF+QE", "CAM", "CAM+QE"})
+LABELS = ("released weights", "trained here")
+#: Rows whose weights cannot be the authors': they released the context-aware model only.
+MUST_BE_TRAINED = frozenset({"+ regional attention"})
+ABLATION_METHODS = tuple(PAPER_ABLATION["method"])
+CLASSIC_SETS = ("oxford5k", "paris6k")
+REVISITED_SETS = ("roxford5k", "rparis6k")
+REVISITED_METHODS = ("R-MAC", "Ours", "R-MAC+QE", "Ours+QE")
+PROTOCOL_COLUMNS = ("easy mAP", "medium mAP", "hard mAP", "easy mP@10", "medium mP@10",
+                    "hard mP@10")  # fmt: skip
+LABELLED_TABLES = ("ablation", "rpn", "sota", "scale_study", "revisited")
+#: Tolerance on values read back from CSV (written with 4 significant digits).
+ABS_TOL, REL_TOL = 0.011, 2e-3
+
+
+def _finite(v: Any) -> bool:
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def _show(v: Any) -> str:
+    """A cell as the CSV has it: numbers plainly (``nan`` for an empty cell), text quoted."""
+    try:
+        return f"{float(v):g}"
+    except (TypeError, ValueError):
+        return repr(v)
+
+
+def _close(a: float, b: float) -> bool:
+    return abs(a - b) <= ABS_TOL + REL_TOL * max(abs(a), abs(b))
+
+
+def _read(tables: Path, name: str, problems: list[str]) -> pd.DataFrame | None:
+    path = tables / f"{name}.csv"
+    if not path.is_file():
+        problems.append(f"{name}: table {path} is missing")
+        return None
+    try:
+        return pd.read_csv(path)
+    except Exception as e:  # empty or garbled file
+        problems.append(f"{name}: cannot read {path}: {e}")
+        return None
+
+
+def _need_columns(df: pd.DataFrame, name: str, cols: Iterable[str], problems: list[str]) -> bool:
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        problems.append(f"{name}: missing column(s) {missing} (has {list(df.columns)})")
+    return not missing
+
+
+def _check_label(name: str, row: str, label: Any, problems: list[str]) -> None:
+    text = "" if not isinstance(label, str) else label.strip()
+    if not any(lab in text for lab in LABELS):
+        problems.append(
+            f"{name}: row {row!r} is not labelled 'released weights' or 'trained here' in "
+            f"column 'weights' (found {_show(label)})"
+        )
+    elif row in MUST_BE_TRAINED and "trained here" not in text:
+        problems.append(
+            f"{name}: row {row!r} says {label!r}, but the authors released only the "
+            "context-aware model: it must be 'trained here'"
+        )
+
+
+def check_paper_table(df: pd.DataFrame, name: str, problems: list[str]) -> None:
+    """Rows and columns of the paper, its values, our finite values, diffs and labels."""
+    paper, cols = PAPER_TABLES[name]
+    wanted = [f"{c} {s}" for c in cols for s in ("paper", "ours", "diff")]
+    if not _need_columns(df, name, ["method", "weights", *wanted], problems):
+        return
+    rows = {str(m): i for i, m in enumerate(df["method"])}
+    for _, prow in paper.iterrows():
+        method = str(prow["method"])
+        if method not in rows:
+            problems.append(f"{name}: the paper's row {method!r} is missing")
+            continue
+        row = df.iloc[rows[method]]
+        computed = any(_finite(row[f"{c} ours"]) for c in cols)
+        for c in cols:
+            pv, ours, diff = prow[c], row[f"{c} ours"], row[f"{c} diff"]
+            if _finite(pv) != _finite(row[f"{c} paper"]) or (
+                _finite(pv) and not _close(float(pv), float(row[f"{c} paper"]))
+            ):
+                problems.append(
+                    f"{name}: row {method!r}, column '{c} paper' is {_show(row[f'{c} paper'])}, "
+                    f"the paper has {_show(pv)}"
+                )
+            if not _finite(ours):
+                if computed or method not in PAPER_ONLY_ROWS:
+                    problems.append(f"{name}: row {method!r}, column '{c} ours' is {_show(ours)}, "
+                                    "not a finite number")  # fmt: skip
+                continue
+            if _finite(pv) and not (_finite(diff) and _close(float(diff), float(ours) - float(pv))):
+                problems.append(
+                    f"{name}: row {method!r}, column '{c} diff' is {_show(diff)}, expected ours - "
+                    f"paper = {float(ours) - float(pv):.4g}"
+                )
+        if computed:
+            _check_label(name, method, row["weights"], problems)
+    for _, row in df.iterrows():
+        method = str(row["method"])
+        if method not in set(paper["method"]):  # our extra rows (MAC, SPoC, ...)
+            for c in cols:
+                if not _finite(row[f"{c} ours"]):
+                    problems.append(f"{name}: row {method!r}, column '{c} ours' is "
+                                    f"{_show(row[f'{c} ours'])}, not a finite number")  # fmt: skip
+            _check_label(name, method, row["weights"], problems)
+
+
+def check_scale_study(df: pd.DataFrame, levels: Sequence[int], problems: list[str]) -> None:
+    name = "scale_study"
+    if not _need_columns(df, name, ["dataset", "method", "levels", "mAP", "weights"], problems):
+        return
+    for ds in CLASSIC_SETS:
+        for method in ABLATION_METHODS:
+            for lv in levels:
+                sel = df[(df["dataset"] == ds) & (df["method"] == method) & (df["levels"] == lv)]
+                if sel.empty:
+                    problems.append(f"{name}: no row for {ds}, {method!r}, L = {lv}")
+                    continue
+                if not _finite(sel["mAP"].iloc[0]):
+                    problems.append(f"{name}: {ds}, {method!r}, L = {lv}: mAP is "
+                                    f"{_show(sel['mAP'].iloc[0])}")  # fmt: skip
+                _check_label(name, f"{ds} {method} L={lv}", sel["weights"].iloc[0], problems)
+
+
+def check_revisited(df: pd.DataFrame, problems: list[str]) -> None:
+    name = "revisited"
+    if not _need_columns(df, name, ["dataset", "method", "weights", *PROTOCOL_COLUMNS], problems):
+        return
+    for ds in REVISITED_SETS:
+        for method in REVISITED_METHODS:
+            sel = df[(df["dataset"] == ds) & (df["method"] == method)]
+            if sel.empty:
+                problems.append(f"{name}: no row for {ds}, {method!r}")
+                continue
+            row = sel.iloc[0]
+            bad = [c for c in PROTOCOL_COLUMNS if not _finite(row[c])]
+            if bad:
+                problems.append(f"{name}: {ds}, {method!r}: {bad} not finite")
+            _check_label(name, f"{ds} {method}", row["weights"], problems)
+
+
+def check_whitening(df: pd.DataFrame, problems: list[str]) -> None:
+    name = "whitening"
+    if not _need_columns(df, name, ["dataset", "method"], problems):
+        return
+    maps = [c for c in df.columns if c.endswith("mAP")]
+    if not maps:
+        problems.append(f"{name}: no mAP column (has {list(df.columns)})")
+        return
+    for ds in CLASSIC_SETS:
+        sel = df[df["dataset"] == ds]
+        methods = [str(m) for m in sel["method"]]
+        if not any("no whitening" in m for m in methods):
+            problems.append(f"{name}: no R-MAC row without whitening for {ds}")
+        if not any("whitening" in m and "no whitening" not in m for m in methods):
+            problems.append(f"{name}: no R-MAC row with whitening for {ds}")
+        for _, row in sel.iterrows():
+            bad = [c for c in maps if not _finite(row[c])]
+            if bad:
+                problems.append(f"{name}: {ds}, {row['method']!r}: {bad} not finite")
+
+
+def check_datasets(df: pd.DataFrame, expected: dict | None, problems: list[str]) -> None:
+    name = "datasets"
+    if not _need_columns(df, name, ["dataset", "database", "queries"], problems):
+        return
+    for ds in (*CLASSIC_SETS, *REVISITED_SETS):
+        sel = df[df["dataset"] == ds]
+        if sel.empty:
+            problems.append(f"{name}: no row for {ds}")
+            continue
+        row = sel.iloc[0]
+        for col in ("database", "queries"):
+            if not _finite(row[col]) or float(row[col]) < 1:
+                problems.append(f"{name}: {ds} has {col} = {_show(row[col])}")
+        want = (expected or {}).get("datasets", {}).get(ds)
+        if want:
+            for col in ("database", "queries"):
+                if _finite(row[col]) and int(row[col]) != int(want[col]):
+                    problems.append(f"{name}: {ds} has {col} = {int(row[col])}, the fixture "
+                                    f"has {want[col]}")  # fmt: skip
+
+
+def check_known_answer(tables: Path, expected: dict, problems: list[str]) -> None:
+    ka = expected.get("known_answer")
+    if not ka:
+        return
+    df = _read(tables, "per_query", problems)
+    if df is None or not _need_columns(df, "per_query", ["query"], problems):
+        return
+    aps = [c for c in df.columns if c.startswith("AP ")]
+    if not aps:
+        problems.append(f"per_query: no 'AP <method>' column (has {list(df.columns)})")
+        return
+    rows = {str(q): i for i, q in enumerate(df["query"])}
+    for q in ka["queries"]:
+        if q not in rows:
+            problems.append(f"per_query: known-answer query {q!r} ({ka['dataset']}) is missing")
+            continue
+        for c in aps:
+            v = df.iloc[rows[q]][c]
+            if not (_finite(v) and abs(float(v) - float(ka["ap"])) <= 1e-6):
+                problems.append(f"per_query: known-answer query {q!r}: {c} = {_show(v)}, must be "
+                                f"{ka['ap']:g} (its positives are near duplicates)")  # fmt: skip
+
+
+def check_results(
+    results_dir: str | Path,
+    expected: dict | None = None,
+    levels: Sequence[int] | None = None,
+) -> list[str]:
+    """Every problem found in ``results_dir/tables/`` (empty: all checks pass).
+
+    ``expected``: the fixture's ``expected.json`` (dataset counts, known-answer queries), or
+    ``None``. ``levels``: the scale study's levels L (default ``PAPER.scale_levels``).
+    """
+    tables = Path(results_dir) / "tables"
+    problems: list[str] = []
+    if not tables.is_dir():
+        return [f"no tables folder {tables}"]
+    for name in PAPER_TABLES:
+        df = _read(tables, name, problems)
+        if df is not None:
+            check_paper_table(df, name, problems)
+    df = _read(tables, "scale_study", problems)
+    if df is not None:
+        check_scale_study(df, list(levels or PAPER.scale_levels), problems)
+    df = _read(tables, "revisited", problems)
+    if df is not None:
+        check_revisited(df, problems)
+    df = _read(tables, "whitening", problems)
+    if df is not None:
+        check_whitening(df, problems)
+    df = _read(tables, "datasets", problems)
+    if df is not None:
+        check_datasets(df, expected, problems)
+    if expected:
+        check_known_answer(tables, expected, problems)
+    return problems
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("results_dir", type=Path, help="results/<profile>/ (holding tables/)")
+    ap.add_argument("--expected", type=Path, default=None,
+                    help="expected.json of scripts/paper_fixtures.py (counts, known answer)")  # fmt: skip
+    ap.add_argument("--levels", type=int, nargs="+", default=None,
+                    help=f"scale-study levels required (default {list(PAPER.scale_levels)})")  # fmt: skip
+    args = ap.parse_args(argv)
+    expected = json.loads(args.expected.read_text()) if args.expected else None
+    problems = check_results(args.results_dir, expected, args.levels)
+    if problems:
+        print(f"check_paper_results: {len(problems)} problem(s) in {args.results_dir}:",
+              file=sys.stderr)  # fmt: skip
+        for p in problems:
+            print(f"  - {p}", file=sys.stderr)
+        return 1
+    known = f", known answer AP 100 on {len(expected['known_answer']['queries'])} queries" if (
+        expected and expected.get("known_answer")) else ""  # fmt: skip
+    print(f"check_paper_results: all tables complete in {args.results_dir}{known}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
