@@ -653,8 +653,7 @@ global_whitening_dims: 32
 n_distractors: {n_distractors}  # all of the fixture's revisitop1m images
 rpn_proposals: 20
 {optional}train:
-  fc_iterations: 8
-  recipe:
+  recipe:  # the fc trained first (no classifier in cirtorch's file) takes as many iterations
     iterations: 8
     batch_size: 2
     accumulation: 2

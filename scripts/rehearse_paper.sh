@@ -12,11 +12,12 @@
 #     mirror.log  one JSON line per request the mirror served (all runs appended)
 # A second run with the same NAME resumes from the data root like a user's rerun; --fresh
 # deletes the work folder first. Options after -- go to run_all.sh (e.g. -- --from 05); the
-# result check runs only on a complete series (no --from / --only).
+# result check is skipped after --only (one notebook: a partial set of tables).
 #
 # Environment: REHEARSAL_ROOT (parent of the work folder), REHEARSAL_THROTTLE (mirror bytes/s)
 # and REHEARSAL_THROTTLE_MATCH (regex of the paths throttled), REHEARSAL_SEED (fixture seed,
-# 0), REGATTN_RESULTS, REGATTN_SKIP_SETUP=1 (skip scripts/setup_env.sh).
+# 0), REGATTN_RESULTS, REGATTN_SKIP_SETUP=1 (skip scripts/setup_env.sh; the Python is then
+# $REGATTN_PYTHON, default .venv/bin/python).
 # Exits non-zero when run_all.sh fails or the tables miss anything the paper has
 # (scripts/check_paper_results.py).
 set -euo pipefail
@@ -27,7 +28,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --fresh) fresh=1; shift ;;
     --) shift; run_all_args=("$@"); break ;;
-    -h|--help) sed -n 2,22p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,23p "$0"; exit 0 ;;
     -*) echo "rehearse_paper.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
     *) name=$1; shift ;;
   esac
@@ -40,9 +41,14 @@ mkdir -p "$work"
 work=$(cd "$work" && pwd)
 say() { echo "[rehearsal] $*"; }
 
-if [ "${REGATTN_SKIP_SETUP:-0}" != 1 ]; then scripts/setup_env.sh; fi
-export REGATTN_SKIP_SETUP=1  # done above: run_all.sh need not repeat it
-PY=$repo/.venv/bin/python
+if [ "${REGATTN_SKIP_SETUP:-0}" = 1 ]; then
+  PY=${REGATTN_PYTHON:-$repo/.venv/bin/python}
+else
+  scripts/setup_env.sh
+  PY=$repo/.venv/bin/python
+fi
+# run_all.sh uses the same interpreter and need not set up again
+export REGATTN_SKIP_SETUP=1 REGATTN_PYTHON=$PY
 # this checkout's library, whatever the venv has installed
 export PYTHONPATH=$repo${PYTHONPATH:+:$PYTHONPATH} MPLBACKEND=Agg PYTHONUNBUFFERED=1
 
@@ -96,7 +102,7 @@ stop_mirror
 [ "$status" -eq 0 ] || exit "$status"
 
 partial=0
-for a in "${run_all_args[@]}"; do case "$a" in --from|--only) partial=1 ;; esac; done
+for a in "${run_all_args[@]}"; do [ "$a" = --only ] && partial=1; done
 if [ "$partial" = 1 ]; then
   say "partial series (${run_all_args[*]}): result check skipped"
   exit 0

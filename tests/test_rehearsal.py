@@ -432,7 +432,7 @@ SIZE_FIELDS = {
     "image_size", "whitening_image_size", "whitening_dims", "global_whitening_dims",
     "n_distractors", "rpn_proposals", "shard_images", "train",
 }  # fmt: skip
-TRAIN_SIZE_FIELDS = {"fc_iterations", "recipe"}
+TRAIN_SIZE_FIELDS = {"recipe"}
 RECIPE_SIZE_FIELDS = {
     "iterations", "batch_size", "accumulation", "resize_min", "resize_max", "crop",
     "val_resize", "val_crop", "val_images", "checkpoint_every", "log_every", "val_batch_size",
