@@ -45,9 +45,10 @@ What each artefact mimics (read in the publishers' code, see the function docstr
 - ``imagenet-caffe-resnet101-features-10a101d.pth``: the state dict of
   ``nn.Sequential(*list(resnet101().children())[:-2])`` (keys ``0.weight``, ``1.*``,
   ``4.0.conv1.weight`` ...; no ``num_batches_tracked``, as files saved before PyTorch 0.4.1):
-  random weights whose BatchNorm statistics are calibrated on scikit-image photos fed as
-  cirtorch feeds every network (RGB / 255, ImageNet mean and std), so that a convention
-  detector comparing conv1 outputs with bn1's statistics must pick that convention.
+  random Caffe weights (residual branches damped, see ``RESIDUAL_SCALE``) whose BatchNorm
+  statistics are calibrated on scikit-image photos, converted for the input cirtorch feeds
+  every network (RGB / 255, ImageNet mean and std: BGR -> RGB and 255 * std folded into
+  conv1), so that the convention detector must pick that convention.
 - ``fasterrcnn_resnet50_fpn_coco-258fb6c6.pth``: the state dict of torchvision's pretrained
   Faster R-CNN R50-FPN as its builder makes it (frozen BatchNorm in the backbone), random weights.
 - ``ContextAwareRegionalAttention_weights.pth``: the authors' real file, copied as is.
@@ -75,14 +76,11 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance
-
-if TYPE_CHECKING:  # torch is imported only where the weights are made
-    import torch
 
 REPO = Path(__file__).resolve().parents[1]
 MANIFEST = REPO / "regattn_lib" / "datasets" / "manifest.json"
@@ -541,49 +539,32 @@ def imagenet(rng: np.random.Generator, root: Path) -> dict[str, int]:
 
 
 # ----------------------------------------------------------------------------- weights
-def calibration_images(size: int = 128) -> torch.Tensor:
-    """Eight scikit-image photos as uint8 (8, 3, size, size), for BatchNorm statistics."""
-    import torch
-    from skimage import data
-
-    photos = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket(),
-              data.hubble_deep_field(), data.immunohistochemistry(), data.colorwheel(),
-              data.retina()]  # fmt: skip
-    out = [np.asarray(Image.fromarray(p).resize((size, size), Image.BILINEAR)) for p in photos]
-    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
-
-
-#: ResNet child index in ``nn.Sequential(*list(resnet101().children())[:-2])``.
-CIRTORCH_INDEX = {
-    "conv1": "0",
-    "bn1": "1",
-    "layer1": "4",
-    "layer2": "5",
-    "layer3": "6",
-    "layer4": "7",
-}
+#: Residual branches damped this much (``bn3.weight`` of every bottleneck) before the
+#: BatchNorm calibration: a plain random ResNet-101 is chaotic (a one-grey-level change moves
+#: its descriptors far), damped it is about as stable as a trained one, so that near duplicates
+#: stay near (``backbones.random_caffe_state_dict``).
+RESIDUAL_SCALE = 0.2
 
 
 def caffe_features_state(seed: int) -> OrderedDict:
-    """cirtorch's ResNet-101 features file in miniature: random weights, BatchNorm calibrated
-    under cirtorch's input convention (RGB / 255, ImageNet mean and std)."""
+    """cirtorch's ResNet-101 features file in miniature: random Caffe weights, BatchNorm
+    calibrated on scikit-image photos under the Caffe convention, then converted the usual way
+    (BGR -> RGB and 255 * std folded into conv1) for cirtorch's RGB / 255 ImageNet input; keys
+    of ``nn.Sequential(*list(resnet101().children())[:-2])``, no ``num_batches_tracked``."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
     import torch
 
-    sys.path.insert(0, str(REPO))
-    from regattn_lib.backbones import CaffeResNet101, calibrate_batchnorm, preprocess_imagenet
+    from regattn_lib.backbones import random_caffe_state_dict
 
     with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        net = CaffeResNet101()
-    net.preprocess = preprocess_imagenet  # cirtorch's convention, not the authors' BGR
-    calibrate_batchnorm(net, calibration_images())
-    state = OrderedDict()
-    for key, value in net.state_dict().items():
-        if key.endswith("num_batches_tracked"):
-            continue  # files saved before PyTorch 0.4.1 have none
-        head, _, rest = key.partition(".")
-        state[f"{CIRTORCH_INDEX[head]}.{rest}"] = value.clone()
-    return state
+        state = random_caffe_state_dict(
+            "cirtorch", "rgb-imagenet", seed=seed, image_size=128, residual_scale=RESIDUAL_SCALE
+        )
+    # files saved before PyTorch 0.4.1 have no num_batches_tracked
+    return OrderedDict(
+        (k, v.clone()) for k, v in state.items() if not k.endswith("num_batches_tracked")
+    )
 
 
 def rpn_state(seed: int) -> OrderedDict:
