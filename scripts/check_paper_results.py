@@ -17,8 +17,9 @@ holds, else 1 after naming every problem:
 - ``whitening``: R-MAC without and with whitening on oxford5k and paris6k, finite mAP.
 - ``datasets``: the four test sets with their database and query counts.
 - every method row of ablation, rpn, sota, scale_study and revisited labelled in a ``weights``
-  column with "released weights" or "trained here" ("+ regional attention": trained here, the
-  authors released only the context-aware model).
+  column: rows with an attention model "released weights" or "trained here" ("+ regional
+  attention": trained here, the authors released only the context-aware model), the others
+  one of those or "none (no attention)".
 - with ``--expected`` (``expected.json`` of ``scripts/paper_fixtures.py``): the dataset counts
   match, and the known-answer queries have AP 100 in every AP column of ``per_query``.
 """
@@ -51,6 +52,10 @@ PAPER_TABLES = {
 #: Paper rows no method here computes (SDCF), or only with an ImageNet classifier (CAM).
 PAPER_ONLY_ROWS = frozenset({"SDCF", "SDCF+QE", "CAM", "CAM+QE"})
 LABELS = ("released weights", "trained here")
+#: The label of rows without an attention model (R-MAC, MAC, ...), as pipeline.NO_ATTENTION.
+NO_ATTENTION = "none (no attention)"
+#: Rows whose descriptor uses an attention model.
+ATTENTION_ROWS = frozenset({"+ regional attention", "+ context awareness", "Ours", "Ours+QE"})
 #: Rows whose weights cannot be the authors': they released the context-aware model only.
 MUST_BE_TRAINED = frozenset({"+ regional attention"})
 ABLATION_METHODS = tuple(PAPER_ABLATION["method"])
@@ -103,13 +108,16 @@ def _need_columns(df: pd.DataFrame, name: str, cols: Iterable[str], problems: li
 
 
 def _check_label(name: str, row: str, label: Any, problems: list[str]) -> None:
-    text = "" if not isinstance(label, str) else label.strip()
-    if not any(lab in text for lab in LABELS):
+    """Rows with an attention model say whose weights; the others may say there is none."""
+    text = label.strip() if isinstance(label, str) else ""
+    method = row.split("|")[-1]
+    allowed = LABELS if method in ATTENTION_ROWS else (*LABELS, NO_ATTENTION)
+    if not any(lab in text for lab in allowed):
         problems.append(
-            f"{name}: row {row!r} is not labelled 'released weights' or 'trained here' in "
-            f"column 'weights' (found {_show(label)})"
+            f"{name}: row {row!r} is not labelled {' or '.join(map(repr, allowed))} in column "
+            f"'weights' (found {_show(label)})"
         )
-    elif row in MUST_BE_TRAINED and "trained here" not in text:
+    elif method in MUST_BE_TRAINED and "trained here" not in text:
         problems.append(
             f"{name}: row {row!r} says {label!r}, but the authors released only the "
             "context-aware model: it must be 'trained here'"
@@ -175,7 +183,7 @@ def check_scale_study(df: pd.DataFrame, levels: Sequence[int], problems: list[st
                 if not _finite(sel["mAP"].iloc[0]):
                     problems.append(f"{name}: {ds}, {method!r}, L = {lv}: mAP is "
                                     f"{_show(sel['mAP'].iloc[0])}")  # fmt: skip
-                _check_label(name, f"{ds} {method} L={lv}", sel["weights"].iloc[0], problems)
+                _check_label(name, f"{ds} L={lv}|{method}", sel["weights"].iloc[0], problems)
 
 
 def check_revisited(df: pd.DataFrame, problems: list[str]) -> None:
@@ -192,7 +200,7 @@ def check_revisited(df: pd.DataFrame, problems: list[str]) -> None:
             bad = [c for c in PROTOCOL_COLUMNS if not _finite(row[c])]
             if bad:
                 problems.append(f"{name}: {ds}, {method!r}: {bad} not finite")
-            _check_label(name, f"{ds} {method}", row["weights"], problems)
+            _check_label(name, f"{ds}|{method}", row["weights"], problems)
 
 
 def check_whitening(df: pd.DataFrame, problems: list[str]) -> None:

@@ -498,7 +498,7 @@ def _write_good_tables(tables: Path, expected: dict | None = None) -> None:
     from regattn_lib.studies import compare_to_paper
 
     tables.mkdir(parents=True, exist_ok=True)
-    labels = {"R-MAC + PCA": "released weights (backbone)", "+ regional attention": "trained here",
+    labels = {"R-MAC + PCA": "none (no attention)", "+ regional attention": "trained here",
               "+ context awareness": "released weights"}  # fmt: skip
     abl = pd.DataFrame({"method": list(labels), "oxford5k": [60.0, 62.5, 64.0],
                         "paris6k": [70.0, 71.0, 72.5], "time_s": [0.5, 0.6, 0.61]})  # fmt: skip
@@ -513,16 +513,16 @@ def _write_good_tables(tables: Path, expected: dict | None = None) -> None:
     cols = ["oxford5k", "paris6k", "oxford105k", "paris106k"]
     sota = pd.DataFrame({"method": methods, **{c: np.linspace(50, 80, len(methods)) for c in cols}})
     t, _ = compare_to_paper(sota, R.PAPER_SOTA, cols, baseline="R-MAC")
-    t["weights"] = ["released weights" if not m.startswith(("SDCF", "CAM")) else "not computed"
-                    for m in t["method"]]  # fmt: skip
+    t["weights"] = ["paper only" if m.startswith(("SDCF", "CAM")) else "released weights"
+                    if m.startswith("Ours") else "none (no attention)" for m in t["method"]]  # fmt: skip
     R.write_table(t, tables, "sota")
     rows = [{"dataset": d, "method": m, "levels": lv, "regions_4x3": 1, "mAP": 50.0 + lv,
              "weights": labels[m]} for d in ("oxford5k", "paris6k") for lv in PAPER.scale_levels
             for m in labels]  # fmt: skip
     R.write_table(pd.DataFrame(rows), tables, "scale_study")
     rows = [{"dataset": d, "method": m, **{c: 40.0 for c in CK.PROTOCOL_COLUMNS},
-             "weights": "released weights"} for d in ("roxford5k", "rparis6k")
-            for m in CK.REVISITED_METHODS]  # fmt: skip
+             "weights": "released weights" if m.startswith("Ours") else "none (no attention)"}
+            for d in ("roxford5k", "rparis6k") for m in CK.REVISITED_METHODS]  # fmt: skip
     R.write_table(pd.DataFrame(rows), tables, "revisited")
     rows = [{"dataset": d, "method": m, "whitening vectors": 10, "classic mAP": 40.0}
             for d in ("oxford5k", "paris6k")
@@ -604,10 +604,16 @@ def test_checker_requires_weights_labels(good):
         lambda df: df.assign(weights=["released weights", "released weights", None]),
     )
     _edit(good, "revisited", lambda df: df.drop(columns="weights"))
+    _edit(good, "sota", lambda df: df.assign(weights=df["weights"].replace("released weights",
+                                                                         "none (no attention)")))  # fmt: skip
     problems = CK.check_results(good, EXPECTED)
     assert any("'+ regional attention' says 'released weights'" in p for p in problems)
-    assert any("'+ context awareness' is not labelled" in p for p in problems)
+    assert any("'+ context awareness' is not labelled 'released weights' or 'trained here'" in p
+               and "(found nan)" in p for p in problems)  # fmt: skip
     assert any(p.startswith("revisited: missing column(s) ['weights']") for p in problems)
+    # an attention row may not say it has none; R-MAC rows may
+    assert any("sota: row 'Ours' is not labelled" in p for p in problems)
+    assert not any("'R-MAC'" in p for p in problems)
 
 
 def test_checker_verifies_the_known_answer_and_counts(good):
