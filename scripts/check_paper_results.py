@@ -21,7 +21,9 @@ holds, else 1 after naming every problem:
   attention": trained here, the authors released only the context-aware model), the others
   one of those or "none (no attention)".
 - with ``--expected`` (``expected.json`` of ``scripts/paper_fixtures.py``): the dataset counts
-  match, and the known-answer queries have AP 100 in every AP column of ``per_query``.
+  match, the known-answer queries have AP 100 in every AP column of ``per_query``, and the
+  images the fixture made unusable (a distractor a few pixels wide, a whitening image 30 px
+  high) are named in a report beside the results (a table or metrics file).
 """
 
 from __future__ import annotations
@@ -268,6 +270,26 @@ def check_known_answer(tables: Path, expected: dict, problems: list[str]) -> Non
                                 f"{ka['ap']:g} (its positives are near duplicates)")  # fmt: skip
 
 
+#: Folders of a results directory that hold reports (not the executed notebooks and logs).
+REPORT_SUFFIXES = (".csv", ".md", ".json", ".txt", ".tsv")
+
+
+def check_skipped_reported(results_dir: Path, names: Sequence[str], problems: list[str]) -> None:
+    """Each of ``names`` (images the fixture made unusable) appears in a report of
+    ``results_dir`` (any table, metrics or text file outside ``notebooks/``)."""
+    texts = []
+    for p in sorted(results_dir.rglob("*")):
+        rel = p.relative_to(results_dir)
+        if p.is_file() and p.suffix in REPORT_SUFFIXES and rel.parts[0] != "notebooks":
+            texts.append(p.read_text(errors="replace"))
+    for name in names:
+        if not any(name in t for t in texts):
+            problems.append(
+                f"skipped images: {name!r}, which cannot be used, is named in no report under "
+                f"{results_dir} (tables, metrics; notebooks/ not counted)"
+            )
+
+
 def check_results(
     results_dir: str | Path,
     expected: dict | None = None,
@@ -300,6 +322,7 @@ def check_results(
         check_datasets(df, expected, problems)
     if expected:
         check_known_answer(tables, expected, problems)
+        check_skipped_reported(Path(results_dir), expected.get("must_report_skipped", []), problems)
     return problems
 
 

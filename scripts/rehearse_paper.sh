@@ -16,8 +16,9 @@
 #
 # Environment: REHEARSAL_ROOT (parent of the work folder), REHEARSAL_THROTTLE (mirror bytes/s)
 # and REHEARSAL_THROTTLE_MATCH (regex of the paths throttled), REHEARSAL_SEED (fixture seed,
-# 0), REGATTN_RESULTS, REGATTN_SKIP_SETUP=1 (skip scripts/setup_env.sh; the Python is then
-# $REGATTN_PYTHON, default .venv/bin/python).
+# 0), REGATTN_SHARD_IMAGES (images per extraction shard, 40 here), REGATTN_RESULTS,
+# REGATTN_SKIP_SETUP=1 (skip scripts/setup_env.sh; the Python is then $REGATTN_PYTHON,
+# default .venv/bin/python).
 # Exits non-zero when run_all.sh fails or the tables miss anything the paper has
 # (scripts/check_paper_results.py).
 set -euo pipefail
@@ -28,7 +29,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --fresh) fresh=1; shift ;;
     --) shift; run_all_args=("$@"); break ;;
-    -h|--help) sed -n 2,23p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,24p "$0"; exit 0 ;;
     -*) echo "rehearse_paper.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
     *) name=$1; shift ;;
   esac
@@ -86,6 +87,9 @@ export REGATTN_MANIFEST=$fixtures/manifest_override.json
 export REGATTN_DATA=$work/data
 export REGATTN_RESULTS=${REGATTN_RESULTS:-$work/results}
 export REGATTN_IMPORT_FROM=  # nothing comes from a local copy: everything through the mirror
+# resumable extraction in shards of 40 images (default 500), so that the 240 distractors and
+# the 48 whitening images make several: a size, like the overrides
+export REGATTN_SHARD_IMAGES=${REGATTN_SHARD_IMAGES:-40}
 mkdir -p "$REGATTN_DATA/train"
 # ImageNet is never downloaded: the user puts it in the data root, as here
 if [ ! -d "$REGATTN_DATA/train/imagenet" ]; then

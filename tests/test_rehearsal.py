@@ -3,7 +3,7 @@ checker, and (``slow``) the rehearsal itself and its interrupted reruns.
 
 The two ``slow`` rehearsal tests need the other parts of issue 11 (``$REGATTN_MIRROR``,
 ``$REGATTN_MANIFEST``, ``run_all.sh --overrides``, ``$REGATTN_SKIP_SETUP``, resumable
-extraction shards with a ``shard_images`` profile field): until the library has them they are
+extraction shards sized by ``$REGATTN_SHARD_IMAGES``): until the library has them they are
 expected to fail (``xfail(strict=True)``, so they turn into plain tests, and must pass, the
 moment the interfaces exist).
 """
@@ -372,6 +372,8 @@ def test_fixture_loads_through_the_library(fixture, tmp_path):
     assert len(white) == FX.N_WHITENING and all(p.is_file() for p in white)
     small = [p for p in white if min(Image.open(p).size) < 200]
     assert [p.name for p in small] == fixture.expected["whitening"]["under_200px"]
+    assert sorted(min(Image.open(p).size) for p in small) == [30, 150]
+    assert fixture.expected["must_report_skipped"][1] == small[-1].name
     n = fixture.expected["distractors"]["total"]
     ox = add_distractors(load_retrieval_dataset("oxford5k", root), "revisitop1m", n, root)
     assert len(ox.distractors) == n and all(p.is_file() for p in ox.distractors)
@@ -430,7 +432,7 @@ def test_fixture_is_deterministic(fixture, tmp_path):
 #: Profile / TrainSettings / TrainConfig fields the overrides may set: sizes only.
 SIZE_FIELDS = {
     "image_size", "whitening_image_size", "whitening_dims", "global_whitening_dims",
-    "n_distractors", "rpn_proposals", "shard_images", "train",
+    "n_distractors", "rpn_proposals", "train",
 }  # fmt: skip
 TRAIN_SIZE_FIELDS = {"recipe"}
 RECIPE_SIZE_FIELDS = {
@@ -452,9 +454,6 @@ def test_overrides_are_sizes_of_existing_fields(fixture):
     assert recipe.crop <= recipe.resize_min and recipe.iterations >= recipe.checkpoint_every
     profile = dataclasses.replace(PAPER, **{k: v for k, v in ov.items() if k != "train"})
     assert profile.backbone == PAPER.backbone and profile.datasets == PAPER.datasets
-    # optional size fields follow the Profile of the checkout
-    assert "shard_images: 40" in FX.overrides_yaml(240, fields | {"shard_images"})
-    assert "shard_images" not in FX.overrides_yaml(240, fields - {"shard_images"})
 
 
 @pytest.mark.slow  # a ResNet-101 pass over the whitening set and oxford5k: ~10 s on 2 cores
@@ -536,9 +535,13 @@ def _write_good_tables(tables: Path, expected: dict | None = None) -> None:
     queries = (expected or {}).get("known_answer", {}).get("queries", ["q1", "q2"])
     R.write_table(pd.DataFrame({"query": queries, "AP R-MAC": 100.0, "AP Ours": 100.0, "gain": 0.0}),
                   tables, "per_query")  # fmt: skip
+    skipped = (expected or {}).get("must_report_skipped", [])
+    R.write_table(pd.DataFrame({"name": skipped, "reason": "4x128 px after resizing"}), tables,
+                  "skipped_images")  # fmt: skip
 
 
 EXPECTED = {
+    "must_report_skipped": ["b095733bf6af8d1a0f10205b0dd7dcf1"],
     "known_answer": {"dataset": "oxford5k", "queries": ["all_souls_000013", "balliol_000051"], "ap": 100.0},
     "datasets": {"oxford5k": {"database": 34, "queries": 5}, "paris6k": {"database": 33, "queries": 4},
                  "roxford5k": {"database": 28, "queries": 6}, "rparis6k": {"database": 28, "queries": 5}},
@@ -628,6 +631,21 @@ def test_checker_verifies_the_known_answer_and_counts(good):
     assert any("per_query.csv is missing" in p for p in CK.check_results(good, EXPECTED))
 
 
+def test_checker_requires_a_report_of_the_skipped_images(good):
+    assert CK.check_results(good, EXPECTED) == []
+    for f in (good / "tables").glob("skipped_images.*"):
+        f.unlink()
+    # a warning in an executed notebook is not a report
+    (good / "notebooks").mkdir()
+    (good / "notebooks" / "05_sota_table.log").write_text(
+        "skipped b095733bf6af8d1a0f10205b0dd7dcf1"
+    )
+    assert CK.check_results(good, EXPECTED) == [
+        "skipped images: 'b095733bf6af8d1a0f10205b0dd7dcf1', which cannot be used, is named in "
+        f"no report under {good} (tables, metrics; notebooks/ not counted)"
+    ]
+
+
 # ----------------------------------------------------------------------------- rehearsal
 def _missing_interfaces(shards: bool = False) -> list[str]:
     """The interfaces of issue 11's other parts this checkout lacks."""
@@ -637,8 +655,9 @@ def _missing_interfaces(shards: bool = False) -> list[str]:
     missing += [
         f"run_all.sh {v}" for v in ("--overrides", "REGATTN_SKIP_SETUP") if v not in run_all
     ]
-    if shards and "shard_images" not in {f.name for f in dataclasses.fields(Profile)}:
-        missing.append("Profile.shard_images (extraction shard size)")
+    extract = (REPO / "regattn_lib" / "extract.py").read_text()
+    if shards and "REGATTN_SHARD_IMAGES" not in extract:
+        missing.append("$REGATTN_SHARD_IMAGES (resumable extraction shards)")
     return missing
 
 
