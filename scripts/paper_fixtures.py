@@ -88,11 +88,11 @@ MANIFEST = REPO / "regattn_lib" / "datasets" / "manifest.json"
 VERSION = 2
 #: Fixed archive member time (2017-07-14), so that archives are byte-identical per seed.
 MTIME = 1_500_000_000
-#: The authors' released context-aware attention, copied into the mirror as is.
-OFFICIAL_ATTENTION_CANDIDATES = (
-    REPO / "shared" / "official" / "ContextAwareRegionalAttention_weights.pth",
-    REPO.parent / "shared" / "official" / "ContextAwareRegionalAttention_weights.pth",
-    Path("/work/shared/official/ContextAwareRegionalAttention_weights.pth"),
+#: The authors' released context-aware attention, copied into the mirror as is: the
+#: ``shared/official/`` copy beside the checkout (or beside the folder of a git worktree).
+OFFICIAL_ATTENTION_CANDIDATES = tuple(
+    base / "shared" / "official" / "ContextAwareRegionalAttention_weights.pth"
+    for base in (REPO, REPO.parent, REPO.parent.parent)
 )
 OFFICIAL_ENV = "REGATTN_OFFICIAL_ATTENTION"
 
