@@ -56,6 +56,13 @@ export PYTHONPATH=$repo${PYTHONPATH:+:$PYTHONPATH} MPLBACKEND=Agg PYTHONUNBUFFER
 say "work folder $work"
 "$PY" scripts/paper_fixtures.py "$work/fixtures" --seed "${REHEARSAL_SEED:-0}"
 fixtures=$work/fixtures
+# a data root made from other fixtures would fail their checksums: start it over
+stamp=$(cat "$fixtures/.complete")
+if [ -f "$work/fixtures.stamp" ] && [ "$(cat "$work/fixtures.stamp")" != "$stamp" ]; then
+  say "the fixtures changed: new data root and results"
+  rm -rf "$work/data" "$work/results"
+fi
+echo "$stamp" > "$work/fixtures.stamp"
 
 # the loopback mirror, stopped whatever happens next
 rm -f "$work/mirror.port"
@@ -93,6 +100,7 @@ export REGATTN_SHARD_IMAGES=${REGATTN_SHARD_IMAGES:-40}
 mkdir -p "$REGATTN_DATA/train"
 # ImageNet is never downloaded: the user puts it in the data root, as here
 if [ ! -d "$REGATTN_DATA/train/imagenet" ]; then
+  rm -rf "$REGATTN_DATA/train/imagenet.tmp"
   cp -r "$fixtures/local/train/imagenet" "$REGATTN_DATA/train/imagenet.tmp"
   mv "$REGATTN_DATA/train/imagenet.tmp" "$REGATTN_DATA/train/imagenet"
 fi
