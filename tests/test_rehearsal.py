@@ -1,11 +1,11 @@
 """The paper dress rehearsal (issue 11): the loopback mirror, the miniature fixtures, the result
 checker, and (``slow``) the rehearsal itself and its interrupted reruns.
 
-The two ``slow`` rehearsal tests need the other parts of issue 11 (``$REGATTN_MIRROR``,
-``$REGATTN_MANIFEST``, ``run_all.sh --overrides``, ``$REGATTN_SKIP_SETUP``, resumable
-extraction shards sized by ``$REGATTN_SHARD_IMAGES``): until the library has them they are
-expected to fail (``xfail(strict=True)``, so they turn into plain tests, and must pass, the
-moment the interfaces exist).
+The interrupted-rerun test relies on these interfaces of the library: downloads resume from
+``<dest>.part`` with an HTTP Range request; descriptor extraction writes finished shards of
+``$REGATTN_SHARD_IMAGES`` images at ``<data>/cache/<profile>/_distractors/<key>.parts/*.pt``
+(removed once the part is complete) and loads, never rewrites, the shards it finds; archives
+are extracted once (``.<archive>.done`` markers).
 """
 
 from __future__ import annotations
@@ -647,20 +647,6 @@ def test_checker_requires_a_report_of_the_skipped_images(good):
 
 
 # ----------------------------------------------------------------------------- rehearsal
-def _missing_interfaces(shards: bool = False) -> list[str]:
-    """The interfaces of issue 11's other parts this checkout lacks."""
-    src = (REPO / "regattn_lib" / "datasets" / "downloads.py").read_text()
-    run_all = (REPO / "run_all.sh").read_text()
-    missing = [v for v in ("REGATTN_MIRROR", "REGATTN_MANIFEST") if v not in src]
-    missing += [
-        f"run_all.sh {v}" for v in ("--overrides", "REGATTN_SKIP_SETUP") if v not in run_all
-    ]
-    extract = (REPO / "regattn_lib" / "extract.py").read_text()
-    if shards and "REGATTN_SHARD_IMAGES" not in extract:
-        missing.append("$REGATTN_SHARD_IMAGES (resumable extraction shards)")
-    return missing
-
-
 def _rehearsal(root: Path, name: str, *args: str, log: Path, **env: str) -> subprocess.Popen:
     full = {**os.environ, "REHEARSAL_ROOT": str(root), **env}
     full.pop("REGATTN_RESULTS", None)
@@ -675,9 +661,7 @@ def _tail(log: Path, n: int = 40) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-n:])
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(bool(_missing_interfaces()), strict=True,
-                   reason=f"needs issue 11's other parts: {', '.join(_missing_interfaces())}")  # fmt: skip
+@pytest.mark.slow  # about 2 minutes on 2 cores
 def test_rehearsal_end_to_end(tmp_path):
     """scripts/rehearse_paper.sh: the real run_all.sh --profile paper on the miniature mirror,
     then the result check (every table, row, label; the known answer's AP 100)."""
@@ -741,9 +725,7 @@ def _body_gets(records: list[dict]) -> list[dict]:
     return [r for r in records if r["method"] == "GET" and r["range"] != "bytes=0-0"]
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(bool(_missing_interfaces(shards=True)), strict=True,
-                   reason=f"needs issue 11's other parts: {', '.join(_missing_interfaces(shards=True))}")  # fmt: skip
+@pytest.mark.slow  # about 75 s on 2 cores: notebook 05 alone, three times
 def test_interrupted_rehearsal_reruns_download_and_extract_nothing_twice(tmp_path):
     """Kill the rehearsal (notebook 05: it downloads the distractors and extracts them) during
     the distractor download, then during the distractor extraction, and rerun it: finished
