@@ -824,7 +824,9 @@ def extract_dataset(
     dist_files: dict[str, Path | None] = {}
     for name, head in heads.items():
         key = cache_key({**common, **head.cache_key()})
-        files[name] = None if root is None else root / dataset.name / f"{name}-{key}.pt"
+        # named by the key alone: one method under several labels (the ablation's "R-MAC + PCA",
+        # the SOTA table's "R-MAC", the scale study's L = 5) is extracted once
+        files[name] = None if root is None else root / dataset.name / f"{key}.pt"
         dkey = cache_key({**dist_common, **head.cache_key()})
         dist_files[name] = (
             None if root is None or not n_dist else root / "_distractors" / f"{dkey}.pt"

@@ -609,6 +609,7 @@ whitening_image_size: 160  # whitening images are 240-300 px (one under 200 px: 
 # the miniature whitening set gives a few hundred regional vectors: keep the dimensions
 # below their rank, as the full 2048 of the paper would whiten noise
 whitening_dims: 128
+whitening_study_dims: [32, 128]  # the whitening table, likewise below the rank
 global_whitening_dims: 32
 n_distractors: {n_distractors}  # all of the fixture's revisitop1m images
 rpn_proposals: 20

@@ -21,7 +21,7 @@ def test_eval_command_prints_map_for_every_protocol_and_hits_the_cache():
     maps = [float(r[-5]) for r in rows]
     assert all(0 < m <= 100 for m in maps)
     cache = REPO / "data" / "cache" / "smoke" / "synthetic-smoke"
-    assert list(cache.glob("R-MAC + PCA-*.pt")) and list(cache.glob("MAC-*.pt"))
+    assert len(list(cache.glob("*.pt"))) >= 2  # one file per method, named by its cache key
     second = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0
     # the cache gives the same numbers

@@ -593,6 +593,20 @@ def test_safe_load_pickle_plain_data(tmp_path, protocol):
         safe_load_pickle(p, expected_sha256="0" * 64, lock_file=tmp_path / "l.json")
 
 
+def test_safe_load_pickle_protocol_2_empty_array_and_python2_names(tmp_path):
+    # protocol 2 pickles an empty array's bytes as __builtin__.bytes (a Python 2 name)
+    p = tmp_path / "gnd.pkl"
+    data = pickle.dumps({"gnd": [{"junk": np.zeros(0, dtype=np.int64)}]}, protocol=2)
+    assert b"__builtin__" in data
+    p.write_bytes(data)
+    assert safe_load_pickle(p, lock_file=tmp_path / "l.json")["gnd"][0]["junk"].shape == (0,)
+    # the mapping does not open a way around the allow list
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(b"c__builtin__\neval\n(S'1+1'\ntR.")
+    with pytest.raises(UnsafePickleError, match="builtins.eval"):
+        safe_load_pickle(evil, lock_file=tmp_path / "l.json")
+
+
 def test_safe_load_pickle_rejects_code(tmp_path):
     victim = tmp_path / "victim.txt"
     victim.write_text("still here")

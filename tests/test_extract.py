@@ -108,7 +108,7 @@ def test_dataset_cache_hit_and_invalidation(images, tmp_path, monkeypatch):
     first = extract_dataset(
         ds, bb, {"r": RegionalHead(levels=2)}, None, cache_dir=tmp_path / "c", progress=False
     )
-    assert len(list((tmp_path / "c" / "toy").glob("r-*.pt"))) == 1
+    assert len(list((tmp_path / "c" / "toy").glob("*.pt"))) == 1
     import regattn_lib.extract as ex
 
     calls = []
@@ -123,8 +123,19 @@ def test_dataset_cache_hit_and_invalidation(images, tmp_path, monkeypatch):
         ds, bb, {"r": RegionalHead(levels=3)}, None, cache_dir=tmp_path / "c", progress=False
     )
     assert calls and changed["r"].config["levels"] == 3
-    assert len(list((tmp_path / "c" / "toy").glob("r-*.pt"))) == 2
+    assert len(list((tmp_path / "c" / "toy").glob("*.pt"))) == 2
     assert first["r"].query_names == ["im3", "im4"] and first["r"].queries.shape == (2, 4)
+    # the same method under another label (ablation vs SOTA table) reuses the same file
+    calls.clear()
+    relabelled = extract_dataset(
+        ds,
+        bb,
+        {"R-MAC": RegionalHead(name="x", levels=2)},
+        None,
+        cache_dir=tmp_path / "c",
+        progress=False,
+    )
+    assert calls == [] and torch.equal(relabelled["R-MAC"].db, first["r"].db)
 
 
 def test_corrupt_image_is_named(images, tmp_path):
@@ -211,7 +222,7 @@ def test_each_precision_gets_its_own_cache_file(images, tmp_path):
     heads = {"r": RegionalHead(levels=1)}
     for p in ("fp32", "auto", "fp16", "bf16"):
         extract_dataset(ds, ToyBackbone(), heads, None, tmp_path, precision=p, progress=False)
-    assert len(list((tmp_path / "toy").glob("r-*.pt"))) == 3  # auto is fp32 on the CPU
+    assert len(list((tmp_path / "toy").glob("*.pt"))) == 3  # auto is fp32 on the CPU
 
 
 # --- bad images, shared distractors, resumable passes (issue 11: defects 2, 3, 10) ------------

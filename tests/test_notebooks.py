@@ -76,7 +76,13 @@ def test_every_table_exists_with_finite_values_in_range(smoke_results):
     assert list(abl["method"][:3]) == ["R-MAC + PCA", "+ regional attention", "+ context awareness"]
     assert (abl["time_s ours"].dropna() > 0).all()
     scale = pd.read_csv(smoke_results / "tables" / "scale_study.csv")
-    assert sorted(scale["levels"].unique()) == [1, 2, 3, 4, 5]  # the override, not the profile's 1..6
+    assert sorted(scale["levels"].unique()) == [
+        1,
+        2,
+        3,
+        4,
+        5,
+    ]  # the override, not the profile's 1..6
     rev = pd.read_csv(smoke_results / "tables" / "revisited.csv")
     assert {"easy mAP", "medium mAP", "hard mAP"} <= set(rev.columns)
 

@@ -39,6 +39,7 @@ Environment variables
 
 from __future__ import annotations
 
+import _compat_pickle
 import contextlib
 import http.client
 import json
@@ -776,6 +777,11 @@ class _RestrictedUnpickler(pickle.Unpickler):
         self.source = source
 
     def find_class(self, module: str, name: str) -> Any:
+        # protocol <= 2 pickles name Python 2's modules (e.g. __builtin__.bytes for an empty
+        # numpy array); check the names Python 3 will actually import (no Python 3 module has
+        # a Python 2 name, so mapping every pickle is safe)
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         if (module, name) in SAFE_GLOBALS:
             return super().find_class(module, name)
         raise UnsafePickleError(
