@@ -431,7 +431,7 @@ def test_fixture_is_deterministic(fixture, tmp_path):
 
 #: Profile / TrainSettings / TrainConfig fields the overrides may set: sizes only.
 SIZE_FIELDS = {
-    "image_size", "whitening_image_size", "whitening_dims", "global_whitening_dims",
+    "image_size", "whitening_image_size", "whitening_dims", "whitening_study_dims", "global_whitening_dims",
     "n_distractors", "rpn_proposals", "train",
 }  # fmt: skip
 TRAIN_SIZE_FIELDS = {"recipe"}
