@@ -292,6 +292,21 @@ def _names(rng: np.random.Generator, prefix: str, n: int, taken: set[str]) -> li
     return out
 
 
+def _revisited_gnd(imlist: list[str], queries: list[str], groups: list[tuple]) -> dict[str, Any]:
+    """A revisited gnd pickle (revisitop's layout: int64 index arrays, float64 boxes) of the
+    groups ``(query, easy names, hard name, junk name, box)``; queries are not in ``imlist``."""
+    idx = {n: i for i, n in enumerate(imlist)}
+    return {
+        "imlist": imlist,
+        "qimlist": queries,
+        "gnd": [{"bbx": np.array(box, dtype=np.float64),
+                 "easy": np.array(sorted(idx[n] for n in easy), dtype=np.int64),
+                 "hard": np.array([idx[hard]], dtype=np.int64),
+                 "junk": np.array([idx[junk]], dtype=np.int64)}
+                for _, easy, hard, junk, box in groups],
+    }  # fmt: skip
+
+
 def _inset_box(im: Image.Image, rng: np.random.Generator) -> list[float]:
     """A box covering the whole picture but about a pixel, with fractional corners."""
     return [float(rng.uniform(0.5, 1.5)), float(rng.uniform(0.5, 1.5)),
@@ -341,18 +356,9 @@ def oxford(rng: np.random.Generator) -> dict[str, Any]:
     }  # fmt: skip
     rqueries = [*(g[0] for g in groups), new_q]
     rimlist = [n for n in imlist if n not in set(rqueries)]
-    ridx = {n: i for i, n in enumerate(rimlist)}
     new_box = _inset_box(pic, rng)
     rgroups = [*groups, (new_q, [new_dup], new_hard, new_junk, new_box)]
-    revisited = {
-        "imlist": rimlist,
-        "qimlist": rqueries,
-        "gnd": [{"bbx": np.array(box, dtype=np.float64),
-                 "easy": np.array(sorted(ridx[n] for n in dups), dtype=np.int64),
-                 "hard": np.array([ridx[hard]], dtype=np.int64),
-                 "junk": np.array([ridx[junk]], dtype=np.int64)}
-                for _, dups, hard, junk, box in rgroups],
-    }  # fmt: skip
+    revisited = _revisited_gnd(rimlist, rqueries, rgroups)
     gt = {}
     for k, (q, dups, hard, junk, box) in enumerate(groups):
         stem = f"{q.rsplit('_', 1)[0]}_{k + 1}"
@@ -420,16 +426,7 @@ def paris(rng: np.random.Generator) -> dict[str, Any]:
     rqueries = [g[0] for g in groups]
     drop = set(rqueries) | set(PARIS_BLACKLIST)
     rimlist = [n for n in imlist if n not in drop]
-    ridx = {n: i for i, n in enumerate(rimlist)}
-    revisited = {
-        "imlist": rimlist,
-        "qimlist": rqueries,
-        "gnd": [{"bbx": np.array(box, dtype=np.float64),
-                 "easy": np.array(sorted(ridx[n] for n in easy), dtype=np.int64),
-                 "hard": np.array([ridx[hard]], dtype=np.int64),
-                 "junk": np.array([ridx[junk]], dtype=np.int64)}
-                for _, easy, hard, junk, box in groups],
-    }  # fmt: skip
+    revisited = _revisited_gnd(rimlist, rqueries, groups)
     gt = {}
     for k, (q, easy, hard, junk, box) in enumerate(old):
         stem = f"{q.split('_')[1]}_{k + 1}"
