@@ -45,7 +45,7 @@ device=${DEVICE:-cuda}
 read -r -a extra <<<"${EXTRACT_ARGS:-}"
 read -r -a search_extra <<<"${SEARCH_ARGS:-}"
 read -r -a rehearsal_extra <<<"${REHEARSAL_ARGS:-}"
-if compgen -G ".whl/*.whl" >/dev/null; then
+if [ "$device" != cpu ] && compgen -G ".whl/*.whl" >/dev/null; then  # wheels for the GPU's Python
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/regattn-site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/regattn-site

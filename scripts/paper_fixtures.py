@@ -292,6 +292,16 @@ def _names(rng: np.random.Generator, prefix: str, n: int, taken: set[str]) -> li
     return out
 
 
+def _gt_files(
+    stem: str, query: str, box: list[float], good: list[str], ok: list[str], junk: list[str]
+) -> dict[str, str]:
+    """The classic ground-truth text files of one query (VGG's gt_files layout)."""
+    names = lambda xs: "".join(f"{n}\n" for n in xs)  # noqa: E731
+    return {f"{stem}_query.txt": f"{query} {' '.join(f'{v:.1f}' for v in box)}\n",
+            f"{stem}_good.txt": names(good), f"{stem}_ok.txt": names(ok),
+            f"{stem}_junk.txt": names(junk)}  # fmt: skip
+
+
 def _revisited_gnd(imlist: list[str], queries: list[str], groups: list[tuple]) -> dict[str, Any]:
     """A revisited gnd pickle (revisitop's layout: int64 index arrays, float64 boxes) of the
     groups ``(query, easy names, hard name, junk name, box)``; queries are not in ``imlist``."""
@@ -361,11 +371,8 @@ def oxford(rng: np.random.Generator) -> dict[str, Any]:
     revisited = _revisited_gnd(rimlist, rqueries, rgroups)
     gt = {}
     for k, (q, dups, hard, junk, box) in enumerate(groups):
-        stem = f"{q.rsplit('_', 1)[0]}_{k + 1}"
-        gt[f"{stem}_query.txt"] = f"oxc1_{q} {' '.join(f'{v:.1f}' for v in box)}\n"
-        gt[f"{stem}_good.txt"] = "".join(f"{n}\n" for n in [q, *dups])
-        gt[f"{stem}_ok.txt"] = ""
-        gt[f"{stem}_junk.txt"] = f"{hard}\n{junk}\n"
+        gt.update(_gt_files(f"{q.rsplit('_', 1)[0]}_{k + 1}", f"oxc1_{q}", box, [q, *dups], [],
+                            [hard, junk]))  # fmt: skip
     return {"images": images, "classic": classic, "revisited": revisited, "gt": gt,
             "known_answer": [g[0] for g in groups]}  # fmt: skip
 
@@ -429,11 +436,7 @@ def paris(rng: np.random.Generator) -> dict[str, Any]:
     revisited = _revisited_gnd(rimlist, rqueries, groups)
     gt = {}
     for k, (q, easy, hard, junk, box) in enumerate(old):
-        stem = f"{q.split('_')[1]}_{k + 1}"
-        gt[f"{stem}_query.txt"] = f"{q} {' '.join(f'{v:.1f}' for v in box)}\n"
-        gt[f"{stem}_good.txt"] = "".join(f"{n}\n" for n in [q, *easy])
-        gt[f"{stem}_ok.txt"] = f"{hard}\n"
-        gt[f"{stem}_junk.txt"] = f"{junk}\n"
+        gt.update(_gt_files(f"{q.split('_')[1]}_{k + 1}", q, box, [q, *easy], [hard], [junk]))
     return {"images": images, "classic": classic, "revisited": revisited, "gt": gt}
 
 
