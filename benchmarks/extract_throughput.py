@@ -85,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--weights", choices=("auto", "pretrained", "random"), default="auto",
         help="auto (default): pretrained when the weights are on disk, else random (speed only)",
     )  # fmt: skip
+    p.add_argument(
+        "--weights-note", default=None, metavar="TEXT",
+        help="what the weights file on disk really is, shown beside the weights in the report "
+        "(e.g. the rehearsal's random stand-in: its precision numbers are a proxy)",
+    )  # fmt: skip
     p.add_argument("--image-size", type=int, help="longest side, px (cpu 256, cuda 1024)")
     p.add_argument("--n-images", type=int, help="timed database images (cpu 32, cuda 256)")
     p.add_argument("--dataset", help="test set under <data>/test/ (cpu synthetic-smoke, cuda "
@@ -636,7 +641,7 @@ def _measure(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         "device": device_name(s.device),
         "device_kind": s.device.type,
         "backbone": args.backbone,
-        "backbone_weights": s.weights,
+        "backbone_weights": s.weights + (f": {s.args.weights_note}" if s.args.weights_note else ""),
         "dataset": s.ds.name,
         "profile": args.profile,
         "image_size": args.image_size,

