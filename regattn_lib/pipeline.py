@@ -292,9 +292,9 @@ def learn_whitenings(
         for stale in checkpoint.parent.glob(f".{checkpoint.name}.*.tmp"):
             stale.unlink(missing_ok=True)  # a save cut short by a kill (atomic_write's temp)
     out = {k: PCAWhitening.load(f) for k, f in files.items()}
-    for w in out.values():  # every kind of one pass skipped the same images
-        report_skipped(ctx, f"whitening-{p.whitening_set}", w.meta.get("skipped"))
-        break
+    if out:  # every kind of one pass skipped the same images
+        skipped = next(iter(out.values())).meta.get("skipped")
+        report_skipped(ctx, f"whitening-{p.whitening_set}", skipped)
     return out
 
 
