@@ -43,7 +43,7 @@ from . import baselines
 from .attention import RegionalAttention
 from .descriptor import aggregate, l2_normalize, pool_regions
 from .images import MIN_SIDE, ImageError, crop_box, prepare_image, scaled_size
-from .io_utils import atomic_torch_save, atomic_write_text, sha256_file
+from .io_utils import atomic_torch_save, atomic_write_text
 from .pooling import regional_max_pool
 from .regions import region_cells, rmac_regions
 from .whitening import CovarianceAccumulator, PCAWhitening
@@ -159,7 +159,6 @@ GLOBAL_POOLINGS = ("mac", "spoc", "crow", "cam")
 class GlobalHead(Head):
     """A global-pooling baseline (MAC, SPoC, CroW, CAM), L2 -> optional whitening -> L2.
 
-    ``raw=True`` returns the pooled vectors before normalisation (whitening learning).
     ``fc_weight`` (classes, C) is required for CAM.
     """
 
@@ -167,7 +166,6 @@ class GlobalHead(Head):
     pooling: str = "mac"
     whitening: PCAWhitening | None = None
     fc_weight: torch.Tensor | None = None
-    raw: bool = False
 
     def __post_init__(self) -> None:
         if self.pooling not in GLOBAL_POOLINGS:
@@ -180,15 +178,13 @@ class GlobalHead(Head):
             v = baselines.cam(feats, self.fc_weight)
         else:
             v = getattr(baselines, self.pooling)(feats)
-        if self.raw:
-            return v
         v = l2_normalize(v)
         if self.whitening is not None:
             v = l2_normalize(self.whitening.apply(v))
         return v
 
     def cache_key(self) -> dict[str, Any]:
-        return {"head": "global", "pooling": self.pooling, "raw": self.raw,
+        return {"head": "global", "pooling": self.pooling,
                 "whitening": _whitening_digest(self.whitening)}  # fmt: skip
 
 
@@ -961,8 +957,3 @@ def write_skipped_images(
     for key in sorted(rows, key=lambda k: k[1]):
         writer.writerow({c: rows[key][c] for c in cols})
     return atomic_write_text(path, buf.getvalue())
-
-
-def file_digest(path: str | os.PathLike | None) -> str | None:
-    """sha256 of a file (for cache keys), ``None`` for no file."""
-    return None if path is None else sha256_file(path)

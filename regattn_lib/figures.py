@@ -145,18 +145,6 @@ def plot_attention(
     return fig if fig is not None else ax.figure
 
 
-def plot_bars(df: pd.DataFrame, x: str, y: str, title: str = "") -> Figure:
-    """A simple bar chart of one column."""
-    fig = _figure(6, 3.5)
-    ax = fig.subplots()
-    ax.bar(df[x].astype(str), df[y])
-    ax.set_ylabel(y)
-    ax.set_title(title)
-    ax.tick_params(axis="x", rotation=20)
-    fig.tight_layout()
-    return fig
-
-
 def show_png(path):
     """An IPython image of a PNG written by the library (for notebooks)."""
     from IPython.display import Image

@@ -666,16 +666,6 @@ def score(
     return out
 
 
-def map_table(results: Mapping[str, Mapping[str, Any]], protocol: str, column: str) -> pd.DataFrame:
-    """Rows = methods, one column of mAP (%) under ``protocol``."""
-    return pd.DataFrame(
-        {
-            "method": list(results),
-            column: [r["protocols"][protocol]["map"] for r in results.values()],
-        }
-    )
-
-
 @dataclass(frozen=True)
 class ImageTiming:
     """Seconds per image of one method, as the paper's time column.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,11 +74,9 @@ class Profile:
     train: TrainSettings = field(default_factory=TrainSettings)
     notes: tuple[str, ...] = ()
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def with_overrides(self, **kw: Any) -> Profile:
-        return replace(self, **kw)
+    def with_overrides(self, **fields: Any) -> Profile:
+        """A copy with ``fields`` changed (nested mappings allowed, see ``apply_overrides``)."""
+        return apply_overrides(self, fields)
 
 
 SMOKE = Profile(
