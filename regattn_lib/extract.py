@@ -128,7 +128,11 @@ class RegionalHead(Head):
             "levels": self.levels,
             "attention": None
             if att is None
-            else {"context": att.context, "digest": _module_digest(att)},
+            else {
+                "context": att.context,
+                "activation": att.activation,
+                "digest": _module_digest(att),
+            },
             "whitening": _whitening_digest(self.whitening),
             "full_image_region": self.full_image_region,
             "regions": self.region_source,

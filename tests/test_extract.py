@@ -20,6 +20,7 @@ from regattn_lib.extract import (
 )
 from regattn_lib.images import ImageError, prepare_image
 from regattn_lib.regions import rmac_regions
+from regattn_lib.whitening import learn_pca_whitening
 
 
 class ToyBackbone(nn.Module):
@@ -102,6 +103,12 @@ def test_regional_vectors_head_returns_all_regions(images):
     assert torch.equal(RegionalVectorsHead(levels=3)(feats, torch.zeros(2, 3, 600, 800)), ref)
 
 
+def _with_activation(att, activation):
+    other = RegionalAttention(att.in_channels, att.hidden, att.context, activation)
+    other.load_state_dict(att.state_dict())
+    return other
+
+
 def test_dataset_cache_hit_and_invalidation(images, tmp_path, monkeypatch):
     ds = ToyDataset("toy", images[:3], images[3:], [None, [5, 5, 60, 60]])
     bb = ToyBackbone()
@@ -125,6 +132,27 @@ def test_dataset_cache_hit_and_invalidation(images, tmp_path, monkeypatch):
     assert calls and changed["r"].config["levels"] == 3
     assert len(list((tmp_path / "c" / "toy").glob("*.pt"))) == 2
     assert first["r"].query_names == ["im3", "im4"] and first["r"].queries.shape == (2, 4)
+    # the attention's weights or activation, the whitening and the image list change the key
+    att = RegionalAttention(4, 3, context=True)
+    variants = [
+        RegionalHead(levels=2, attention=att),
+        RegionalHead(levels=2, attention=RegionalAttention(4, 3, context=True)),  # other weights
+        RegionalHead(levels=2, attention=_with_activation(att, "softplus")),  # same weights
+        RegionalHead(
+            levels=2, whitening=learn_pca_whitening(torch.randn(50, 4, dtype=torch.float64))
+        ),
+    ]
+    for head in variants:
+        calls.clear()
+        extract_dataset(ds, bb, {"v": head}, None, cache_dir=tmp_path / "c", progress=False)
+        assert calls, head  # extracted, never served from another setting's file
+    assert len(list((tmp_path / "c" / "toy").glob("*.pt"))) == 2 + len(variants)
+    fewer = ToyDataset("toy", images[:2], images[3:], [None, [5, 5, 60, 60]])
+    calls.clear()
+    extract_dataset(
+        fewer, bb, {"r": RegionalHead(levels=2)}, None, cache_dir=tmp_path / "c", progress=False
+    )
+    assert calls  # another image list
     # the same method under another label (ablation vs SOTA table) reuses the same file
     calls.clear()
     relabelled = extract_dataset(
