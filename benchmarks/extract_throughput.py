@@ -2,10 +2,11 @@
 
 On the same images and the same backbone, attention and whitening, in one run:
 
-(a) baseline: what the authors' test script does, written independently of the engine: PIL
-    decode and resize per image, batch 1, fp32, a Python loop over the R-MAC regions doing max
-    and average pooling region by region, the attention on each image's region set, whitening
-    and aggregation with plain tensor code;
+(a) baseline: the usual pipeline (``benchmarks/usual_pipeline.py``, the project's one
+    reference implementation, also used by the tests), written independently of the engine
+    from the authors' test script: PIL decode and resize per image, batch 1, fp32, a Python
+    loop over the R-MAC regions doing max and average pooling region by region, the attention
+    from the raw weights on each image's region set, whitening and aggregation written out;
 (b) engine: ``regattn_lib.extract.extract_images`` with its defaults (size-bucketed batches,
     DataLoader workers, fp16 autocast + channels_last on CUDA, fp32 on the CPU).
 
@@ -41,10 +42,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from regattn_lib import pipeline as P
 from regattn_lib.attention import OFFICIAL_RELPATH, RegionalAttention, load_official_attention
@@ -54,9 +53,11 @@ from regattn_lib.datasets.retrieval import RetrievalDataset, load_retrieval_data
 from regattn_lib.evaluate import evaluate
 from regattn_lib.extract import RegionalHead, extract_images, resolve_precision, target_size
 from regattn_lib.images import prepare_image
-from regattn_lib.regions import rmac_regions
 from regattn_lib.search import cosine_ranks
 from regattn_lib.whitening import PCAWhitening
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling usual_pipeline.py
+from usual_pipeline import usual_descriptors  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 #: The ablation's methods: row label -> attention kind (None: R-MAC).
@@ -217,95 +218,8 @@ def choose_attention(
 
 
 # ----------------------------------------------------------------------------- (a) baseline
-def baseline_image(path: Path, longest: int | None, bbx: Sequence[float] | None) -> np.ndarray:
-    """PIL decode, resize the longest side to ``longest``, crop a query to its box.
-
-    The resize is bilinear without antialiasing as the authors' ``cv2.resize`` (INTER_LINEAR)
-    and the engine do; PIL's own bilinear antialiases when shrinking and would change the
-    descriptors, which would hide real differences between the two pipelines.
-    """
-    with Image.open(path) as im:
-        rgb = np.array(im.convert("RGB"))
-    h, w = rgb.shape[:2]
-    scale = 1.0
-    if longest is not None and max(h, w) != longest:
-        s = longest / max(h, w)
-        nh, nw = max(1, round(h * s)), max(1, round(w * s))
-        t = torch.from_numpy(rgb).permute(2, 0, 1)[None].float()
-        t = F.interpolate(t, size=(nh, nw), mode="bilinear", align_corners=False)
-        rgb = t[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
-        scale = s
-    if bbx is not None:
-        # the authors' crop: a float32 box times S / max(H, W), np.round, exclusive end
-        x1, y1, x2, y2 = np.round(np.asarray(bbx, dtype=np.float32) * np.float32(scale))
-        rh, rw = rgb.shape[:2]
-        rgb = rgb[max(0, int(y1)) : min(rh, int(y2)), max(0, int(x1)) : min(rw, int(x2))]
-    return np.ascontiguousarray(rgb)
-
-
-def _cell(v: float, limit: int) -> int:
-    """A pixel coordinate's feature cell, rounded half away from zero as Caffe's RoI pooling."""
-    return min(max(int(math.floor(v + 0.5)), 0), limit - 1)
-
-
-def baseline_pool(
-    fmap: torch.Tensor, regions: np.ndarray, stride: int, need_avg: bool
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Loop over regions: max (and average) of each region's cells of ``fmap`` (C, h, w).
-
-    A region (x, y, w, h) in pixels covers cells round(x / s) .. round((x + w - 1) / s) (at
-    least one, clipped to the map), as the authors' RoI max pooling. Returns (R, C) maxima and
-    (R, C) means (or ``None`` when no attention needs them).
-    """
-    _, fh, fw = fmap.shape
-    maxs, avgs = [], []
-    for x, y, w, h in regions.tolist():
-        c0, r0 = _cell(x / stride, fw), _cell(y / stride, fh)
-        c1 = max(_cell((x + w - 1) / stride, fw), c0)
-        r1 = max(_cell((y + h - 1) / stride, fh), r0)
-        cells = fmap[:, r0 : r1 + 1, c0 : c1 + 1]
-        maxs.append(cells.amax(dim=(1, 2)))
-        if need_avg:
-            avgs.append(cells.mean(dim=(1, 2)))
-    return torch.stack(maxs), torch.stack(avgs) if need_avg else None
-
-
-def baseline_aggregate(
-    maxs: torch.Tensor, alpha: torch.Tensor | None, whitening: PCAWhitening
-) -> torch.Tensor:
-    """L2( mean_i alpha_i * L2( P (x_i - mu) ) ) for one image's (R, C) regional maxima."""
-    x = (maxs - whitening.mean.to(maxs.device)) @ whitening.projection.to(maxs.device).T
-    x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-8)
-    w = torch.ones(len(x), device=x.device) if alpha is None else alpha
-    f = (w[:, None] * x).sum(0) / len(x)
-    return f / f.norm().clamp_min(1e-8)
-
-
-@torch.no_grad()
-def baseline_extract(
-    paths: Sequence[Path],
-    bbxs: Sequence[Sequence[float]] | None,
-    backbone,
-    attentions: Mapping[str, RegionalAttention | None],
-    whitening: PCAWhitening,
-    image_size: int | None,
-    levels: int,
-    device: torch.device,
-) -> Descs:
-    """The baseline pipeline (a): one image at a time, fp32, every method from one pass."""
-    out: dict[str, list[torch.Tensor]] = {k: [] for k in attentions}
-    need_avg = any(a is not None for a in attentions.values())
-    for i, path in enumerate(paths):
-        img = baseline_image(path, image_size, None if bbxs is None else bbxs[i])
-        x = torch.from_numpy(img).permute(2, 0, 1)[None].to(device)
-        fmap = backbone(backbone.preprocess(x)).float()[0]
-        regions = rmac_regions(img.shape[0], img.shape[1], levels)
-        maxs, avgs = baseline_pool(fmap, regions, backbone.stride, need_avg)
-        g = fmap.mean(dim=(1, 2))
-        for label, att in attentions.items():
-            alpha = None if att is None else att(avgs[None], g[None])[0].float()
-            out[label].append(baseline_aggregate(maxs, alpha, whitening).cpu())
-    return {k: torch.stack(v) for k, v in out.items()}
+# The usual pipeline (one image and one region at a time, fp32) is the project's one reference
+# implementation: benchmarks/usual_pipeline.py, also used by the tests.
 
 
 # ----------------------------------------------------------------------------- (b) engine
@@ -432,7 +346,7 @@ class Setup:
         att = {k: self.attentions[k] for k in (labels or self.attentions)}
         bb = self.backbone if backbone is None else backbone
         a = self.args
-        return lambda paths, bbxs: baseline_extract(
+        return lambda paths, bbxs: usual_descriptors(
             paths, bbxs, bb, att, self.whitening, a.image_size, self.levels, self.device
         )
 

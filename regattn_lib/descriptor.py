@@ -1,32 +1,138 @@
-"""The paper's global descriptor: f = L2( mean_i alpha_i * L2( P (x_i - mu) ) ).
+"""The paper's global descriptor as pure functions: f = L2( mean_i alpha_i * L2( P (x_i - mu) ) ).
 
-x_i are the regional max-pooled vectors (R-MAC), alpha_i the attention weights (all 1 for the
-R-MAC baseline), P and mu the PCA-whitening. ``aggregate`` is the pure operation;
-``RegionalDescriptor`` wires backbone, regions, pooling, attention and whitening together.
+One path from a feature map to a descriptor, shared by extraction (``heads.RegionalHead``),
+training (``AttentionClassifier``) and the figures (``pipeline.attention_for_image``), so that
+all of them see the same regions, the same pooling and the same attention:
+
+1. ``batch_regions``: the regions of a batch of images (the R-MAC grid, or a region source
+   such as RPN proposals), grouped by the images that share them;
+2. ``pool_regions``: x_i (regional max pool), k_i (regional average pool) and g (global
+   average pool) of a feature map over those regions;
+3. ``attention_weights``: alpha_i from (k_i, g), or ``None`` for the R-MAC baseline;
+4. ``aggregate``: PCA-whitening of each x_i, L2, the alpha-weighted mean, L2.
+
+``describe_feature_map`` chains 2-4. cirtorch's ``functional.py``/``pooling.py`` split is the
+model: these functions hold no state; the heads and models around them are thin.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
 
 from .attention import RegionalAttention
-from .images import check_rgb
 from .pooling import global_avg_pool, regional_avg_pool, regional_max_pool
 from .regions import region_cells, rmac_regions
 from .whitening import PCAWhitening
 
-#: A region source: (height, width) of the input -> (R, 4) int regions (x, y, w, h).
-RegionFn = Callable[[int, int], np.ndarray]
+#: A region source: uint8 images (N, 3, H, W) -> one (R_i, 4) int array of (x, y, w, h)
+#: regions in input pixels per image (e.g. RPN proposals).
+RegionFn = Callable[[torch.Tensor], list[np.ndarray]]
 
 
 def l2_normalize(x: torch.Tensor, dim: int = -1, eps: float = 1e-8) -> torch.Tensor:
     """x / max(||x||, eps)."""
     return x / x.norm(dim=dim, keepdim=True).clamp_min(eps)
+
+
+@dataclass
+class RegionalFeatures:
+    """Everything pooled from one batch of same-size images.
+
+    ``regions`` (R, 4) in input pixels (x, y, w, h); ``cells`` (R, 4) inclusive feature cells;
+    ``max_pooled`` x_i (N, R, C); ``avg_pooled`` k_i (N, R, C); ``global_avg`` g (N, C).
+    """
+
+    regions: np.ndarray
+    cells: np.ndarray
+    max_pooled: torch.Tensor
+    avg_pooled: torch.Tensor
+    global_avg: torch.Tensor
+
+
+@dataclass
+class RegionalOutput:
+    """``describe_feature_map``'s result: the pooled features, alpha (N, R) or ``None`` for
+    R-MAC, and the (N, D) L2-normalised descriptors."""
+
+    features: RegionalFeatures
+    alpha: torch.Tensor | None
+    descriptor: torch.Tensor
+
+    def weights(self) -> torch.Tensor:
+        """alpha, with R-MAC's implicit weights (all 1) made explicit, on the CPU."""
+        if self.alpha is None:
+            return torch.ones(self.features.max_pooled.shape[:2])
+        return self.alpha.detach().cpu()
+
+
+def batch_regions(
+    images: torch.Tensor,
+    levels: int = 5,
+    full_image_region: bool = False,
+    region_fn: RegionFn | None = None,
+) -> list[tuple[slice, np.ndarray]]:
+    """The regions of a batch of same-size images, as (images, regions) groups.
+
+    Parameters
+    ----------
+    images:
+        uint8 (N, 3, H, W); only the size is read unless ``region_fn`` looks at the pixels.
+    levels:
+        R-MAC scales L (paper: 5).
+    full_image_region:
+        Prepend the full-image region (cirtorch's variant; off in the authors' code).
+    region_fn:
+        ``None`` (default): the R-MAC grid, one group for the whole batch. Otherwise a
+        ``RegionFn`` giving each image its own regions: one group per image.
+    """
+    if region_fn is None:
+        grid = rmac_regions(images.shape[2], images.shape[3], levels, full_image_region)
+        return [(slice(None), grid)]
+    per_image = region_fn(images)
+    if len(per_image) != images.shape[0]:
+        raise ValueError(
+            f"region_fn returned {len(per_image)} region sets for {images.shape[0]} images"
+        )
+    return [
+        (slice(i, i + 1), np.asarray(r, dtype=np.int64).reshape(-1, 4))
+        for i, r in enumerate(per_image)
+    ]
+
+
+def pool_regions(feats: torch.Tensor, regions: np.ndarray, stride: int = 32) -> RegionalFeatures:
+    """Pool a feature map (N, C, h, w) over ``regions`` given in input pixels.
+
+    ``stride``: input pixels per feature cell (32 for every backbone here); regions map to cells
+    as the authors' RoI pooling does (``regions.region_cells``).
+    """
+    cells = region_cells(regions, feats.shape[2], feats.shape[3], stride)
+    return RegionalFeatures(
+        regions=np.asarray(regions),
+        cells=cells,
+        max_pooled=regional_max_pool(feats, cells),
+        avg_pooled=regional_avg_pool(feats, cells),
+        global_avg=global_avg_pool(feats),
+    )
+
+
+def attention_weights(
+    attention: RegionalAttention | None, features: RegionalFeatures
+) -> torch.Tensor | None:
+    """alpha (N, R) in fp32 from the pooled features, or ``None`` (R-MAC: all weights 1).
+
+    The attention runs in its own parameters' dtype, whatever the backbone's precision was.
+    Gradients flow to the attention's parameters (training uses this function too).
+    """
+    if attention is None:
+        return None
+    dtype = attention.conv_att_1.weight.dtype
+    k = features.avg_pooled.to(dtype)
+    g = features.global_avg.to(dtype)
+    return attention(k, g).float()
 
 
 def aggregate(
@@ -66,123 +172,24 @@ def aggregate(
     return l2_normalize(f)
 
 
-@dataclass
-class RegionalFeatures:
-    """Everything pooled from one batch of same-size images.
+def describe_feature_map(
+    feats: torch.Tensor,
+    regions: np.ndarray,
+    attention: RegionalAttention | None = None,
+    whitening: PCAWhitening | None = None,
+    stride: int = 32,
+) -> RegionalOutput:
+    """Feature map (N, C, h, w) + regions -> pooled features, alpha and descriptors.
 
-    ``regions`` (R, 4) in input pixels (x, y, w, h); ``cells`` (R, 4) inclusive feature cells;
-    ``max_pooled`` x_i (N, R, C); ``avg_pooled`` k_i (N, R, C); ``global_avg`` g (N, C).
+    ``attention`` ``None`` gives R-MAC; ``whitening`` ``None`` skips PCA-whitening.
     """
-
-    regions: np.ndarray
-    cells: np.ndarray
-    max_pooled: torch.Tensor
-    avg_pooled: torch.Tensor
-    global_avg: torch.Tensor
+    features = pool_regions(feats, regions, stride)
+    alpha = attention_weights(attention, features)
+    return RegionalOutput(features, alpha, aggregate(features.max_pooled, alpha, whitening))
 
 
-def pool_regions(feats: torch.Tensor, regions: np.ndarray, stride: int = 32) -> RegionalFeatures:
-    """Pool a feature map (N, C, h, w) over ``regions`` given in input pixels."""
-    cells = region_cells(regions, feats.shape[2], feats.shape[3], stride)
-    return RegionalFeatures(
-        regions=np.asarray(regions),
-        cells=cells,
-        max_pooled=regional_max_pool(feats, cells),
-        avg_pooled=regional_avg_pool(feats, cells),
-        global_avg=global_avg_pool(feats),
-    )
-
-
-class RegionalDescriptor(nn.Module):
-    """Backbone -> R-MAC regions -> (attention) -> whitening -> global descriptor.
-
-    Parameters
-    ----------
-    backbone:
-        A ``regattn_lib.backbones.Backbone`` (frozen feature extractor at stride 32).
-    levels:
-        R-MAC scales L (paper: 5).
-    attention:
-        ``None`` for the R-MAC baseline, else a ``RegionalAttention`` (regional or context).
-    whitening:
-        ``PCAWhitening`` learned on the same backbone, or ``None``.
-    full_image_region:
-        Prepend the full-image region (cirtorch's variant; off in the authors' code).
-    region_fn:
-        Replaces the R-MAC grid, e.g. RPN proposals: called as ``region_fn(height, width)``.
-    """
-
-    def __init__(
-        self,
-        backbone: nn.Module,
-        levels: int = 5,
-        attention: RegionalAttention | None = None,
-        whitening: PCAWhitening | None = None,
-        full_image_region: bool = False,
-        region_fn: RegionFn | None = None,
-    ) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.levels = levels
-        self.attention = attention
-        self.whitening = whitening
-        self.full_image_region = full_image_region
-        self.region_fn = region_fn
-
-    def regions_for(self, height: int, width: int) -> np.ndarray:
-        if self.region_fn is not None:
-            return np.asarray(self.region_fn(height, width), dtype=np.int64).reshape(-1, 4)
-        return rmac_regions(height, width, self.levels, self.full_image_region)
-
-    def pooled(self, images: torch.Tensor) -> RegionalFeatures:
-        """uint8 RGB (N, 3, H, W), all of one size -> ``RegionalFeatures``."""
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected uint8 RGB images (N, 3, H, W), got {tuple(images.shape)}")
-        check_rgb(images[0].permute(1, 2, 0), "input batch")
-        feats = self.backbone.features(images)
-        regions = self.regions_for(images.shape[2], images.shape[3])
-        return pool_regions(feats, regions, getattr(self.backbone, "stride", 32))
-
-    def weights(self, pooled: RegionalFeatures) -> torch.Tensor | None:
-        """Attention weights alpha (N, R), or ``None`` for the baseline."""
-        if self.attention is None:
-            return None
-        att_dtype = self.attention.conv_att_1.weight.dtype
-        return self.attention(
-            pooled.avg_pooled.to(att_dtype), pooled.global_avg.to(att_dtype)
-        ).float()
-
-    @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 RGB (N, 3, H, W) of one size -> descriptors (N, D)."""
-        pooled = self.pooled(images)
-        return aggregate(pooled.max_pooled, self.weights(pooled), self.whitening)
-
-    @torch.no_grad()
-    def describe(self, images: torch.Tensor) -> dict:
-        """Like ``forward`` but also returns regions and weights (for figures and the explorer)."""
-        pooled = self.pooled(images)
-        alpha = self.weights(pooled)
-        desc = aggregate(pooled.max_pooled, alpha, self.whitening)
-        if alpha is None:
-            alpha = torch.ones(pooled.max_pooled.shape[:2])
-        return {"descriptor": desc, "regions": pooled.regions, "alpha": alpha.cpu()}
-
-    @torch.no_grad()
-    def describe_list(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """Images of different sizes, uint8 (H, W, 3) each -> (M, D), in input order.
-
-        Images are grouped by size so batching never changes a descriptor.
-        """
-        device = next(self.backbone.parameters()).device
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, im in enumerate(images):
-            check_rgb(im, f"image {i}")
-            groups.setdefault(tuple(im.shape[:2]), []).append(i)
-        out: list[torch.Tensor | None] = [None] * len(images)
-        for idx in groups.values():
-            batch = torch.stack([torch.from_numpy(np.ascontiguousarray(images[i])) for i in idx])
-            desc = self(batch.permute(0, 3, 1, 2).to(device))
-            for j, i in enumerate(idx):
-                out[i] = desc[j].cpu()
-        return torch.stack(out)  # type: ignore[arg-type]
+def weighted_mean(features: RegionalFeatures, alpha: torch.Tensor | None) -> torch.Tensor:
+    """mean_i alpha_i * x_i on raw (not whitened, not normalised) x_i: the vector the authors'
+    training feeds to the frozen fc1000 (N, C)."""
+    x = features.max_pooled
+    return x.mean(1) if alpha is None else (alpha[..., None] * x).mean(1)

@@ -105,15 +105,16 @@ def test_random_resnet_is_calibrated_so_fp16_does_not_overflow(
     assert 0 < r["max_cosine_distance"] < 0.1
 
 
-def test_baseline_pooling_matches_hand_computed_cells():
+def test_usual_pipeline_pooling_matches_hand_computed_cells():
     bench = load_script("extract_throughput")
+    up = load_script("usual_pipeline")
     fmap = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(2, 3, 4)  # C=2, h=3, w=4
     # Region (x=0, y=0, w=64, h=64) at stride 32: cells round(0/32)=0 .. round(63/32)=2, rows
     # and columns. Region (96, 32, 32, 32): columns 3 .. round(127/32)=4 -> clipped to 3,
     # rows 1 .. round(63/32)=2.
     regions = np.array([[0, 0, 64, 64], [96, 32, 32, 32]])
     assert region_cells(regions, 3, 4).tolist() == [[0, 0, 2, 2], [3, 1, 3, 2]]
-    maxs, avgs = bench.baseline_pool(fmap, regions, 32, need_avg=True)
+    maxs, avgs = up.pool_region_loop(fmap, regions, 32)
     expected_max = fmap[:, 0:3, 0:3].amax(dim=(1, 2)), fmap[:, 1:3, 3].amax(dim=1)
     torch.testing.assert_close(maxs, torch.stack(expected_max))
     torch.testing.assert_close(avgs[1], fmap[:, 1:3, 3].mean(dim=1))

@@ -1,29 +1,20 @@
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from regattn_lib.attention import RegionalAttention
-from regattn_lib.descriptor import RegionalDescriptor, aggregate, l2_normalize, pool_regions
-from regattn_lib.images import ImageError
-from regattn_lib.regions import region_cells, rmac_regions
+from regattn_lib.descriptor import (
+    RegionalFeatures,
+    aggregate,
+    attention_weights,
+    batch_regions,
+    describe_feature_map,
+    l2_normalize,
+    pool_regions,
+    weighted_mean,
+)
+from regattn_lib.regions import rmac_regions
 from regattn_lib.whitening import learn_pca_whitening
-
-
-class ToyBackbone(nn.Module):
-    """A fixed stride-32 feature extractor: 32x32 average pooling of a random 1x1 projection."""
-
-    stride = 32
-    channels = 6
-
-    def __init__(self):
-        super().__init__()
-        self.proj = nn.Conv2d(3, 6, 1)
-        torch.nn.init.normal_(self.proj.weight, generator=torch.Generator().manual_seed(0))
-
-    def features(self, images):
-        x = images.float() / 255
-        return torch.relu(nn.functional.avg_pool2d(self.proj(x), 32, ceil_mode=True))
 
 
 def test_aggregate_hand_case():
@@ -55,57 +46,6 @@ def test_aggregate_with_whitening_matches_manual():
     torch.testing.assert_close(aggregate(x, None, w)[0], manual)
 
 
-def naive_descriptor(backbone, image, levels, attention=None):
-    feats = backbone.features(image[None])
-    regions = rmac_regions(image.shape[1], image.shape[2], levels)
-    cells = region_cells(regions, feats.shape[2], feats.shape[3])
-    xs, ks = [], []
-    for c0, r0, c1, r1 in cells:
-        block = feats[0, :, r0 : r1 + 1, c0 : c1 + 1].reshape(feats.shape[1], -1)
-        xs.append(block.amax(1))
-        ks.append(block.mean(1))
-    x, k = torch.stack(xs), torch.stack(ks)
-    g = feats[0].mean((1, 2))
-    alpha = torch.ones(len(x)) if attention is None else attention(k[None], g[None])[0]
-    return l2_normalize((alpha[:, None] * l2_normalize(x)).mean(0))
-
-
-@pytest.mark.parametrize("context", [None, False, True])
-def test_descriptor_matches_naive_pipeline(context):
-    torch.manual_seed(0)
-    bb = ToyBackbone()
-    att = None if context is None else RegionalAttention(6, hidden=4, context=context)
-    model = RegionalDescriptor(bb, levels=3, attention=att)
-    img = torch.randint(0, 256, (3, 200, 290), dtype=torch.uint8)
-    torch.testing.assert_close(model(img[None])[0], naive_descriptor(bb, img, 3, att))
-    d = model.describe(img[None])
-    assert d["alpha"].shape == (1, len(rmac_regions(200, 290, 3)))
-
-
-def test_describe_list_groups_sizes_without_changing_descriptors():
-    bb = ToyBackbone()
-    model = RegionalDescriptor(bb, levels=2, attention=RegionalAttention(6, hidden=3))
-    rng = np.random.default_rng(0)
-    ims = [
-        rng.integers(0, 256, size=s, dtype=np.uint8)
-        for s in [(64, 96, 3), (100, 70, 3), (64, 96, 3)]
-    ]
-    out = model.describe_list(ims)
-    for i, im in enumerate(ims):
-        single = model(torch.from_numpy(im).permute(2, 0, 1)[None])[0]
-        torch.testing.assert_close(out[i], single)
-
-
-def test_bad_images_are_named():
-    model = RegionalDescriptor(ToyBackbone(), levels=2)
-    with pytest.raises(ImageError, match="smaller than 32"):
-        model.describe_list([np.zeros((20, 100, 3), np.uint8)])
-    with pytest.raises(ImageError, match=r"image 1: expected an RGB image"):
-        model.describe_list([np.zeros((64, 64, 3), np.uint8), np.zeros((64, 64, 4), np.uint8)])
-    with pytest.raises(ImageError, match="uint8"):
-        model.describe_list([np.zeros((64, 64, 3), np.float32)])
-
-
 def test_pool_regions_shapes():
     feats = torch.rand(2, 6, 3, 4)
     p = pool_regions(feats, rmac_regions(96, 128, 2))
@@ -114,3 +54,49 @@ def test_pool_regions_shapes():
         and p.avg_pooled.shape == (2, 8, 6)
         and p.global_avg.shape == (2, 6)
     )
+
+
+def test_batch_regions_grid_is_one_group_and_region_fn_one_per_image():
+    images = torch.zeros(3, 3, 96, 128, dtype=torch.uint8)
+    ((sl, grid),) = batch_regions(images, levels=2)
+    assert sl == slice(None) and np.array_equal(grid, rmac_regions(96, 128, 2))
+    boxes = [np.array([[0, 0, 32, 32]]), np.array([[0, 0, 64, 64], [32, 32, 64, 64]]), []]
+    groups = batch_regions(images, region_fn=lambda ims: boxes)
+    assert [g[0] for g in groups] == [slice(0, 1), slice(1, 2), slice(2, 3)]
+    assert [g[1].shape for g in groups] == [(1, 4), (2, 4), (0, 4)]
+    with pytest.raises(ValueError, match="2 region sets for 3 images"):
+        batch_regions(images, region_fn=lambda ims: boxes[:2])
+
+
+def test_attention_weights_run_in_the_attention_dtype_and_return_fp32():
+    feats = pool_regions(torch.rand(2, 4, 3, 4), rmac_regions(96, 128, 2))
+    assert attention_weights(None, feats) is None
+    att = RegionalAttention(4, hidden=3).double()
+    alpha = attention_weights(att, feats)
+    assert alpha.dtype == torch.float32 and alpha.shape == (2, 8)
+    ref = att(feats.avg_pooled.double(), feats.global_avg.double()).float()
+    torch.testing.assert_close(alpha, ref)
+
+
+def test_describe_feature_map_is_pool_attention_aggregate():
+    g = torch.Generator().manual_seed(3)
+    feats = torch.rand(2, 4, 3, 4, generator=g)
+    regions = rmac_regions(96, 128, 2)
+    att = RegionalAttention(4, hidden=3, context=False)
+    w = learn_pca_whitening(torch.rand(50, 4, generator=g))
+    out = describe_feature_map(feats, regions, att, w)
+    pooled = pool_regions(feats, regions)
+    alpha = att(pooled.avg_pooled)
+    torch.testing.assert_close(out.alpha, alpha)
+    torch.testing.assert_close(out.descriptor, aggregate(pooled.max_pooled, alpha, w))
+    torch.testing.assert_close(out.weights(), alpha.detach())
+    assert torch.equal(describe_feature_map(feats, regions).weights(), torch.ones(2, 8))
+
+
+def test_weighted_mean_hand_case():
+    x = torch.tensor([[[1.0, 0.0], [3.0, 4.0]]])
+    feats = RegionalFeatures(np.zeros((2, 4)), np.zeros((2, 4)), x, x, x[:, 0])
+    # (1 * [1, 0] + 3 * [3, 4]) / 2 regions = [5, 6]
+    alpha = torch.tensor([[1.0, 3.0]])
+    torch.testing.assert_close(weighted_mean(feats, alpha), torch.tensor([[5.0, 6.0]]))
+    torch.testing.assert_close(weighted_mean(feats, None), torch.tensor([[2.0, 2.0]]))

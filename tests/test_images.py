@@ -74,3 +74,15 @@ def test_prepared_query_is_resized_then_cropped(tmp_path, size, longest, bbx, sp
     crop = prepare_image(path, longest, bbx)
     np.testing.assert_array_equal(crop, resized[r0:r1, c0:c1])
     assert target_size(path, longest, bbx) == (r1 - r0, c1 - c0)
+
+
+def test_check_rgb_names_the_image_and_the_problem():
+    from regattn_lib.images import ImageError, check_rgb
+
+    check_rgb(np.zeros((32, 40, 3), np.uint8), "fine")
+    with pytest.raises(ImageError, match="small: image of 100x20 px is smaller than 32"):
+        check_rgb(np.zeros((20, 100, 3), np.uint8), "small")
+    with pytest.raises(ImageError, match=r"rgba: expected an RGB image .* \(64, 64, 4\)"):
+        check_rgb(np.zeros((64, 64, 4), np.uint8), "rgba")
+    with pytest.raises(ImageError, match="floats: expected uint8"):
+        check_rgb(np.zeros((64, 64, 3), np.float32), "floats")

@@ -1,36 +1,13 @@
-import math
-
 import numpy as np
 import pytest
+from reference_case import usual_pipeline
 
 from regattn_lib.regions import region_cells, rmac_regions, round_half_away
 
 
 def reference_rmac(H, W, L):
-    """Straight transcription of the authors' (Tolias/Gordo) loop, kept naive on purpose."""
-    ovr = 0.4
-    steps = np.array([2, 3, 4, 5, 6, 7], dtype=np.float64)
-    w = min(H, W)
-    b = (max(H, W) - w) / (steps - 1)
-    idx = np.argmin(np.abs(((w**2 - w * b) / w**2) - ovr)) + 1
-    Wd = idx if H < W else 0
-    Hd = idx if H > W else 0
-    out = []
-    for lev in range(1, L + 1):
-        wl = math.floor(2 * w / (lev + 1))
-        wl2 = math.floor(wl / 2 - 1)
-        bw = (W - wl) / (lev + Wd - 1) if lev + Wd - 1 > 0 else 0
-        cenW = [math.floor(wl2 + bw * i) - wl2 for i in range(lev + Wd)]
-        bh = (H - wl) / (lev + Hd - 1) if lev + Hd - 1 > 0 else 0
-        cenH = [math.floor(wl2 + bh * i) - wl2 for i in range(lev + Hd)]
-        for y in cenH:
-            for x in cenW:
-                if x + wl > W:
-                    x -= x + wl - W
-                if y + wl > H:
-                    y -= y + wl - H
-                out.append([x, y, wl, wl])
-    return np.array(out)
+    """The authors' (Tolias/Gordo) loop, transcribed naively in the usual pipeline."""
+    return usual_pipeline().authors_rmac_regions(H, W, L)
 
 
 def test_region_counts_match_the_paper():
