@@ -2,11 +2,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from regattn_lib.paths import data_root
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_eval_command_prints_map_for_every_protocol_and_hits_the_cache():
-    # the repository's data root: the synthetic smoke set is shared with the notebook test
+    # the session's temporary data root (conftest): the smoke set is shared with other tests
     cmd = [sys.executable, "-m", "regattn_lib", "eval", "--profile", "smoke", "--methods", "rmac", "mac",
            "--quiet", "--device", "cpu"]  # fmt: skip
     first = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -20,7 +22,7 @@ def test_eval_command_prints_map_for_every_protocol_and_hits_the_cache():
     assert whitening == {"R-MAC + PCA": "PCA-256d", "MAC": "none"}
     maps = [float(r[-5]) for r in rows]
     assert all(0 < m <= 100 for m in maps)
-    cache = REPO / "data" / "cache" / "smoke" / "synthetic-smoke"
+    cache = data_root() / "cache" / "smoke" / "synthetic-smoke"
     assert len(list(cache.glob("*.pt"))) >= 2  # one file per method, named by its cache key
     second = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0
