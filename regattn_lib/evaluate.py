@@ -263,3 +263,40 @@ def results_frame(result: Mapping[str, Any]):
         rows.append(row)
     cols = ["protocol", "mAP"] + [f"mP@{k}" for k in result["kappas"]] + ["n_queries"]
     return pd.DataFrame(rows, columns=cols)
+
+
+def per_query_table(
+    query_names: Sequence[str], aps: Mapping[str, Any], baseline: str | None = None
+):
+    """Per-query AP of several methods and each one's gain over a baseline, one row per query.
+
+    Parameters
+    ----------
+    query_names:
+        One name per query (the ``query`` column).
+    aps:
+        Method -> per-query AP in %, NaN for queries without positives (``evaluate``'s
+        ``'aps'``); the columns follow its order.
+    baseline:
+        The method the gains are measured against; default ``None``: the first of ``aps``.
+
+    Returns a ``pandas.DataFrame`` with ``query``, ``AP <method>`` for every method, then
+    ``gain <method>`` = its AP minus the baseline's for every other method (NaN where either
+    AP is NaN).
+    """
+    import pandas as pd
+
+    methods = list(aps)
+    baseline = methods[0] if baseline is None else baseline
+    if baseline not in aps:
+        raise ValueError(f"baseline {baseline!r} is not one of the methods {methods}")
+    table = pd.DataFrame({"query": list(query_names)})
+    for m in methods:
+        values = np.asarray(aps[m], dtype=np.float64)
+        if values.shape != (len(table),):
+            raise ValueError(f"{m}: {values.size} APs for {len(table)} queries")
+        table[f"AP {m}"] = values
+    for m in methods:
+        if m != baseline:
+            table[f"gain {m}"] = table[f"AP {m}"] - table[f"AP {baseline}"]
+    return table

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from . import pipeline as P
+from .evaluate import per_query_table
 from .extract import GlobalHead, Head, RegionalHead
 from .regions import rmac_regions
 from .reports import side_by_side
@@ -285,11 +286,10 @@ def per_query(
     ds = P.dataset(ctx, name)
     descs = P.describe(ctx, ds, heads)
     scores = P.score(descs, ds, protocols=["classic"])
-    df = pd.DataFrame({"query": ds.qimlist})
-    for m, s in scores.items():
-        df[f"AP {m}"] = s["protocols"]["classic"]["aps"]
-    if "AP Ours" in df:
-        df["gain"] = df["AP Ours"] - df["AP R-MAC"]
+    aps = {m: s["protocols"]["classic"]["aps"] for m, s in scores.items()}
+    df = per_query_table(ds.qimlist, aps, baseline="R-MAC")
+    # One comparison here: its column is plainly "gain" (extreme_queries, notebook 06).
+    df = df.rename(columns={"gain Ours": "gain"})
     return df, {"dataset": ds, "descriptors": descs}
 
 

@@ -7,27 +7,43 @@ to a log file), and the server, its kernel and Chromium are stopped whatever hap
 test skips only when Debian's chromium is missing and cannot be installed (not root, no apt).
 """
 
+import importlib.util
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from regattn_lib import explorer as E
 from regattn_lib import pipeline as P
+from regattn_lib.explorer.model import QueryExplorer
+from regattn_lib.explorer.source import build_cache
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
+def _load_harness():
+    """scripts/explorer_screenshot.py (JupyterLab + Chromium driver), loaded as a module."""
+    name = "explorer_screenshot"
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+H = _load_harness()
+
+
 def _ensure_chromium() -> None:
-    if not E.CHROMIUM.is_file():
+    if not H.CHROMIUM.is_file():
         subprocess.run([str(REPO / "scripts" / "install_browser.sh")], capture_output=True,
                        text=True, timeout=900, check=False)  # fmt: skip
-    if not E.CHROMIUM.is_file():
+    if not H.CHROMIUM.is_file():
         pytest.skip(
-            f"{E.CHROMIUM} is missing and scripts/install_browser.sh could not install Debian's "
+            f"{H.CHROMIUM} is missing and scripts/install_browser.sh could not install Debian's "
             "chromium (it needs root and apt-get)"
         )
 
@@ -47,13 +63,13 @@ def _processes_mentioning(text: str) -> list[int]:
 def test_query_explorer_in_jupyterlab(tmp_path):
     _ensure_chromium()
     ctx = P.setup("smoke", device="cpu")
-    E.build_cache(ctx)
-    ex = E.QueryExplorer(ctx, widgets=False)
+    build_cache(ctx)
+    ex = QueryExplorer(ctx, widgets=False)
     want_before, want_after = ex.select_query(0), ex.select_query(3)
     out = ctx.dirs["figures"] / "explorer.png"
     out.unlink(missing_ok=True)
 
-    res = E.screenshot(out, profile="smoke", query=3, timeout=90, workdir=tmp_path)
+    res = H.screenshot(out, profile="smoke", query=3, timeout=90, workdir=tmp_path)
 
     before, after = res["before"], res["after"]
     assert before["names"] == want_before["names"]

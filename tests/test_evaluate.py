@@ -13,6 +13,7 @@ from regattn_lib.evaluate import (
     compute_ap,
     compute_map,
     evaluate,
+    per_query_table,
     results_frame,
     revisited_gnd,
     supported_protocols,
@@ -323,3 +324,35 @@ def test_a_skipped_positive_counts_as_ranked_last_and_never_raises_the_map():
     qe = P.rank(skip, qe_k=3)
     assert (qe[-3:] == np.array([[3, 3], [7, 7], [20, 20]])).all()
     assert sorted(qe[:, 0].tolist()) == list(range(30))
+
+
+# --- per_query_table ------------------------------------------------------------------------
+
+
+def test_per_query_table_hand_worked():
+    # 4 database images; query a: positive 0, b: positives 2 and 3, c: none (AP NaN).
+    gnd = [{"ok": [0], "junk": []}, {"ok": [2, 3], "junk": []}, {"ok": [], "junk": []}]
+    base = np.array([[1, 2, 0], [0, 3, 1], [2, 0, 2], [3, 1, 3]])
+    ours = np.array([[0, 0, 0], [1, 2, 1], [2, 1, 2], [3, 3, 3]])
+    aps = {
+        m: evaluate(r, gnd, protocols=["classic"])["protocols"]["classic"]["aps"]
+        for m, r in (("base", base), ("ours", ours))
+    }
+    table = per_query_table(["a", "b", "c"], aps)
+    assert list(table.columns) == ["query", "AP base", "AP ours", "gain ours"]
+    assert list(table["query"]) == ["a", "b", "c"]
+    # a: base finds the positive 2nd: (0/1 + 1/2) / 2 = 0.25; ours 1st: 1.
+    # b: base ranks both first: 1; ours at ranks 1 and 3: ((0 + 1/2) + (1/3 + 2/4)) / 2 / 2 = 1/3.
+    np.testing.assert_allclose(table["AP base"], [25.0, 100.0, np.nan])
+    np.testing.assert_allclose(table["AP ours"], [100.0, 100.0 / 3, np.nan])
+    np.testing.assert_allclose(table["gain ours"], [75.0, 100.0 / 3 - 100.0, np.nan])
+    against_ours = per_query_table(["a", "b", "c"], aps, baseline="ours")
+    assert list(against_ours.columns) == ["query", "AP base", "AP ours", "gain base"]
+    np.testing.assert_allclose(against_ours["gain base"], -table["gain ours"])
+
+
+def test_per_query_table_rejects_a_wrong_baseline_or_length():
+    with pytest.raises(ValueError, match="baseline 'x'"):
+        per_query_table(["a"], {"m": [1.0]}, baseline="x")
+    with pytest.raises(ValueError, match="2 APs for 1 queries"):
+        per_query_table(["a"], {"m": [1.0, 2.0]})

@@ -15,26 +15,31 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from regattn_lib import explorer as E
 from regattn_lib import pipeline as P
 from regattn_lib.evaluate import compute_map, evaluate, protocol_gnd
+from regattn_lib.explorer import model as explorer_model
+from regattn_lib.explorer.imaging import level_regions
+from regattn_lib.explorer.model import K_MAX, QueryExplorer
+from regattn_lib.explorer.source import MissingCacheError, build_cache
+from regattn_lib.explorer.view import open_explorer
 from regattn_lib.qe import average_query_expansion
 from regattn_lib.regions import rmac_regions
 from regattn_lib.search import cosine_ranks
 
 REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK = REPO / "notebooks" / "07_query_explorer.ipynb"
 
 
 @pytest.fixture(scope="module")
 def ctx():
     c = P.setup("smoke", device="cpu")
-    E.build_cache(c)
+    build_cache(c)
     return c
 
 
 @pytest.fixture(scope="module")
 def explorer(ctx):
-    return E.QueryExplorer(ctx, widgets=False)
+    return QueryExplorer(ctx, widgets=False)
 
 
 @pytest.fixture
@@ -58,9 +63,9 @@ def test_loads_the_three_ablation_methods_from_the_cache_without_extracting(ctx)
     refuse = mock.Mock(side_effect=AssertionError("the explorer extracted images"))
     with (
         mock.patch("regattn_lib.extract.extract_images", refuse),
-        mock.patch.object(E, "extract_images", refuse),
+        mock.patch.object(explorer_model, "extract_images", refuse),
     ):
-        ex = E.QueryExplorer(ctx, widgets=False)
+        ex = QueryExplorer(ctx, widgets=False)
     assert ex.methods == [P.RMAC, P.REGIONAL, P.CONTEXT]
     assert ex.protocols == ["classic", "easy", "medium", "hard"]
     assert len(ex.db_thumbs) == ex.ds.n_db == 156 and len(ex.query_thumbs) == ex.ds.n_queries
@@ -144,7 +149,7 @@ def test_qe_toggle_ranks_as_average_query_expansion(ex, ctx):
 
 def test_k_and_rankings_are_memoised(ex):
     assert len(ex.set_k(3)["topk"]) == 3
-    assert len(ex.set_k(10_000)["topk"]) == E.K_MAX
+    assert len(ex.set_k(10_000)["topk"]) == K_MAX
     with mock.patch.object(P, "rank", side_effect=AssertionError("ranked again")):
         for q in range(ex.ds.n_queries):
             ex.select_query(q)  # rankings of the default method were computed before
@@ -191,7 +196,7 @@ def test_attention_view_paints_alpha_with_the_grid_of_level_l(ex):
     s = ex.select_result(2)
     _, caption = ex.attention_view("result")
     assert s["result"] == s["topk"][2] and ex.ds.imlist[s["result"]] in caption
-    assert len(E.level_regions(300, 400, 3)) == len(rmac_regions(300, 400, 3)) - len(
+    assert len(level_regions(300, 400, 3)) == len(rmac_regions(300, 400, 3)) - len(
         rmac_regions(300, 400, 2)
     )
     ex.select_method(P.RMAC)
@@ -211,7 +216,7 @@ def test_query_table_gains_are_ap_differences(ex):
 
 
 def test_widgets_drive_the_explorer(ctx):
-    ex = E.QueryExplorer(ctx)
+    ex = QueryExplorer(ctx)
     v = ex.view
     v.query.value = 4
     assert ex.state()["query"] == 4
@@ -235,10 +240,10 @@ def test_widgets_drive_the_explorer(ctx):
 def test_missing_descriptor_cache_names_the_command(ctx):
     other = P.setup("smoke", device="cpu", image_size=224)  # no notebook caches this size
     before = sorted(other.cache_dir.rglob("*"))
-    with pytest.raises(E.MissingCacheError, match=r"run \./run_all\.sh --profile smoke --only 03"):
-        E.QueryExplorer(other, widgets=False)
+    with pytest.raises(MissingCacheError, match=r"run \./run_all\.sh --profile smoke --only 03"):
+        QueryExplorer(other, widgets=False)
     assert sorted(other.cache_dir.rglob("*")) == before  # nothing was extracted
-    shown = E.open_explorer(other)
+    shown = open_explorer(other)
     assert "./run_all.sh --profile smoke --only 03" in shown.value
 
 
@@ -246,8 +251,8 @@ def test_missing_whitening_names_the_command_without_learning_it(ctx, tmp_path):
     for sub in ("test", "train"):
         os.symlink(ctx.data_root / sub, tmp_path / sub)
     empty = P.setup("smoke", device="cpu", data_root=tmp_path, results=ctx.results)
-    with pytest.raises(E.MissingCacheError, match=r"whitening.*--profile smoke --only 03"):
-        E.QueryExplorer(empty, widgets=False)
+    with pytest.raises(MissingCacheError, match=r"whitening.*--profile smoke --only 03"):
+        QueryExplorer(empty, widgets=False)
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.pt"))
 
 
@@ -257,7 +262,7 @@ def test_notebook_runs_headless_under_papermill(ctx, tmp_path):
     import papermill as pm
 
     out = tmp_path / "07.ipynb"
-    pm.execute_notebook(str(E.NOTEBOOK), str(out), parameters={"device": "cpu"},
+    pm.execute_notebook(str(NOTEBOOK), str(out), parameters={"device": "cpu"},
                         cwd=str(REPO / "notebooks"), progress_bar=False)  # fmt: skip
     nb = nbformat.read(out, as_version=4)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
