@@ -17,6 +17,7 @@ from .evaluate import per_query_table
 from .extract import GlobalHead, Head, RegionalHead
 from .regions import rmac_regions
 from .reports import side_by_side
+from .stats import paired_gain
 from .whitening import PCAWhitening
 
 SOTA_POOLINGS = {"MAC": "mac", "SPoC": "spoc", "CroW": "crow", "CAM": "cam"}
@@ -60,7 +61,8 @@ def compare_to_paper(
         ours[WEIGHTS] = ours[WEIGHTS].fillna(PAPER_ONLY)
     cols = list(datasets) + [c for c in extra if c in ours.columns and c != WEIGHTS]
     if all(d in paper.columns for d in datasets):
-        return _with_weights(side_by_side(ours, paper, cols), ours), []
+        table = _with_intervals(side_by_side(ours, paper, cols), ours, cols)
+        return _with_weights(table, ours), []
     base = baseline if baseline is not None else methods[0]
     ref = paper.set_index("method").reindex(methods)
     out = pd.DataFrame({"method": methods})
@@ -73,6 +75,7 @@ def compare_to_paper(
         out[f"{c} paper gain"] = out[f"{c} paper"] - out[f"{c} paper"].iloc[ib]
     for d in datasets:
         out[f"{d} ours gain"] = out[f"{d} ours"] - out[f"{d} ours"].iloc[ib]
+    out = _with_intervals(out, ours, cols)
     note = (
         f"Ours is measured on {', '.join(datasets)}, not on the paper's datasets: the paper's "
         f"values are shown for reference, and 'gain' columns compare each side to its own {base} row."
@@ -87,6 +90,47 @@ def _with_weights(table: pd.DataFrame, ours: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def gain_intervals(
+    aps: dict[str, np.ndarray | None], baseline: str, column: str
+) -> dict[str, list[float]]:
+    """Each method's gain in mAP over ``baseline`` on one column, with its 95% paired-bootstrap
+    interval over queries (``stats.paired_gain``).
+
+    ``aps``: method -> per-query APs (Q,) or (S, Q) for S seeds (``None``: no value). Returns
+    the columns ``<column> gain``, ``<column> gain low``, ``<column> gain high`` (and
+    ``<column> gain seed sd`` when a method has several seeds), one value per method in order.
+    """
+    base = aps[baseline]
+    cols: dict[str, list[float]] = {f"{column} gain{k}": [] for k in ("", " low", " high")}
+    sds: list[float] = []
+    for values in aps.values():
+        if values is None or base is None:
+            g = None
+        else:
+            g = paired_gain(values, base)
+        cols[f"{column} gain"].append(np.nan if g is None else g.gain)
+        cols[f"{column} gain low"].append(np.nan if g is None else g.low)
+        cols[f"{column} gain high"].append(np.nan if g is None else g.high)
+        sds.append(np.nan if g is None or g.n_seeds < 2 else g.seed_sd)
+    if any(not np.isnan(v) for v in sds):
+        cols[f"{column} gain seed sd"] = sds
+    return cols
+
+
+INTERVAL_SUFFIXES = (" gain low", " gain high", " gain seed sd")
+
+
+def _with_intervals(out: pd.DataFrame, ours: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """Carry ours' gain and interval columns (``gain_intervals``) into a compared table, as
+    ``<c> ours gain``, ``<c> ours gain low`` ..."""
+    for c in columns:
+        for suffix in ("gain",) + tuple(x.strip() for x in INTERVAL_SUFFIXES):
+            src = f"{c} {suffix}"
+            if src in ours.columns:
+                out[f"{c} ours {suffix}"] = ours[src].to_numpy(dtype=float)
+    return out
+
+
 def head_weights(head: Head) -> str:
     """Provenance label of a head's attention (``pipeline.provenance``)."""
     return P.provenance(getattr(head, "attention", None))
@@ -95,10 +139,13 @@ def head_weights(head: Head) -> str:
 def _classic_maps(
     ctx: P.Context, ds_name: str, heads: dict[str, Head], qe_k: int = 0, distractors: bool = False
 ):
+    """(dataset, descriptors, method -> classic mAP, method -> per-query classic APs)."""
     ds = P.dataset(ctx, ds_name, distractors=distractors)
     descs = P.describe(ctx, ds, heads)
     scores = P.score(descs, ds, qe_k=qe_k, protocols=["classic"])
-    return ds, descs, {k: v["protocols"]["classic"]["map"] for k, v in scores.items()}
+    maps = {k: v["protocols"]["classic"]["map"] for k, v in scores.items()}
+    aps = {k: np.asarray(v["protocols"]["classic"]["aps"]) for k, v in scores.items()}
+    return ds, descs, maps, aps
 
 
 def ablation(
@@ -107,24 +154,32 @@ def ablation(
     """R-MAC + PCA, + regional attention, + context awareness on each test set, with s/image.
 
     Columns: one classic mAP per test set, ``<set> medium`` / ``<set> hard`` where the set has
-    revisited labels, and ``time_s``: the median seconds per image of each method over
+    revisited labels, each with the gain over R-MAC + PCA and its 95% paired-bootstrap
+    interval over queries (``gain_intervals``), and ``time_s``: the median seconds per image of each method over
     ``n_timing`` database images of the first test set (:func:`pipeline.time_per_image`: warm
     model, one image at a time, decoding excluded). ``table.attrs["notes"]`` says how, on which
     device and in which precision; ``table.attrs["timing"]`` holds the measurements.
     """
     heads = P.ablation_heads(ctx, whitening)
+    base = next(iter(heads))  # R-MAC + PCA: every gain and its interval is against it
     table = pd.DataFrame(
         {"method": list(heads), WEIGHTS: [head_weights(h) for h in heads.values()]}
     )
     for name in ctx.profile.datasets:
-        ds, descs, maps = _classic_maps(ctx, name, heads)
+        ds, descs, maps, aps = _classic_maps(ctx, name, heads)
         table[name] = [maps[m] for m in heads]
+        intervals = gain_intervals(aps, base, name)
         # Sets that also carry the revisited labels (the synthetic ones) get Medium and Hard too.
         extra = [p for p in ("medium", "hard") if p in ds.protocols]
         if extra:
             scores = P.score(descs, ds, protocols=extra)
             for proto in extra:
-                table[f"{name} {proto}"] = [scores[m]["protocols"][proto]["map"] for m in heads]
+                col = f"{name} {proto}"
+                table[col] = [scores[m]["protocols"][proto]["map"] for m in heads]
+                proto_aps = {m: np.asarray(scores[m]["protocols"][proto]["aps"]) for m in heads}
+                intervals.update(gain_intervals(proto_aps, base, col))
+        for col, values in intervals.items():
+            table[col] = values
     if timing:
         ds = P.dataset(ctx, ctx.profile.datasets[0])
         t = P.time_per_image(ctx, ds, heads, n_timing)
@@ -152,15 +207,18 @@ def rpn_ablation(ctx: P.Context, whitening: PCAWhitening) -> tuple[pd.DataFrame,
         {"method": list(heads), WEIGHTS: [head_weights(h) for h in heads.values()]}
     )
     for name in ctx.profile.datasets:
-        _, _, maps = _classic_maps(ctx, name, heads)
+        _, _, maps, aps = _classic_maps(ctx, name, heads)
         table[name] = [maps[m] for m in heads]
+        for col, values in gain_intervals(aps, next(iter(heads)), name).items():
+            table[col] = values
     return table, rpn.label
 
 
 def scale_study(
     ctx: P.Context, whitening: PCAWhitening, levels: Sequence[int] | None = None
 ) -> pd.DataFrame:
-    """mAP against the number of levels L for R-MAC and the attention variants (long format)."""
+    """mAP against the number of levels L for R-MAC and the attention variants (long format),
+    with each method's gain over R-MAC at the same L and its 95% paired-bootstrap interval."""
     levels = list(ctx.profile.scale_levels if levels is None else levels)
     atts = P.available_attention(ctx)
     heads: dict[str, Head] = {}
@@ -172,12 +230,22 @@ def scale_study(
     rows = []
     for name in ctx.profile.datasets:
         ds = P.dataset(ctx, name)
-        descs = P.describe(ctx, ds, heads)
-        scores = P.score(descs, ds, protocols=["classic"])
-        for key, s in scores.items():
-            label, lv = key.split("|L=")
-            rows.append({"dataset": name, "method": label, WEIGHTS: head_weights(heads[key]), "levels": int(lv),
-                         "regions_4x3": len(rmac_regions(768, 1024, int(lv))), "mAP": s["protocols"]["classic"]["map"]})  # fmt: skip
+        scores = P.score(P.describe(ctx, ds, heads), ds, protocols=["classic"])
+        for lv in levels:
+            keys = [f"{label}|L={lv}" for label in atts]
+            aps = {k: np.asarray(scores[k]["protocols"]["classic"]["aps"]) for k in keys}
+            gains = gain_intervals(aps, keys[0], "mAP")  # against R-MAC at the same L
+            for i, (label, key) in enumerate(zip(atts, keys, strict=True)):
+                row = {
+                    "dataset": name,
+                    "method": label,
+                    WEIGHTS: head_weights(heads[key]),
+                    "levels": lv,
+                    "regions_4x3": len(rmac_regions(768, 1024, lv)),
+                    "mAP": scores[key]["protocols"]["classic"]["map"],
+                }
+                row.update({col: values[i] for col, values in gains.items()})
+                rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -203,10 +271,12 @@ def sota_heads(ctx: P.Context, whitening: PCAWhitening) -> dict[str, Head]:
 
 
 def sota(ctx: P.Context, whitening: PCAWhitening) -> tuple[pd.DataFrame, list[str]]:
-    """The state-of-the-art table: every method without and with average QE (top-k)."""
+    """The state-of-the-art table: every method without and with average QE (top-k), each with
+    its gain over R-MAC (without QE) and the gain's 95% paired-bootstrap interval."""
     heads = sota_heads(ctx, whitening)
     notes: list[str] = []
     columns: dict[str, dict[str, float]] = {}
+    intervals: dict[str, dict[str, list[float]]] = {}
     sets = [(n, False) for n in ctx.profile.datasets]
     if ctx.profile.distractors is not None:
         sets += [(n, True) for n in ctx.profile.datasets]
@@ -222,12 +292,18 @@ def sota(ctx: P.Context, whitening: PCAWhitening) -> tuple[pd.DataFrame, list[st
         qe = P.score(descs, ds, qe_k=ctx.profile.qe_k, protocols=["classic"])
         columns[col] = {m: plain[m]["protocols"]["classic"]["map"] for m in heads}
         columns[col].update({f"{m}+QE": qe[m]["protocols"]["classic"]["map"] for m in heads})
+        aps = {m: np.asarray(plain[m]["protocols"]["classic"]["aps"]) for m in heads}
+        aps.update({f"{m}+QE": np.asarray(qe[m]["protocols"]["classic"]["aps"]) for m in heads})
+        intervals[col] = gain_intervals(aps, "R-MAC", col)
         notes += [n for n in ds.notes if n not in notes]
     methods = list(heads) + [f"{m}+QE" for m in heads]
     labels = [head_weights(h) for h in heads.values()]
     table = pd.DataFrame({"method": methods, WEIGHTS: labels + labels})
     for col, vals in columns.items():
         table[col] = [vals[m] for m in methods]
+    for cols in intervals.values():
+        for col, values in cols.items():
+            table[col] = values
     if "CAM" not in heads:
         notes.append(
             "CAM is left out: the backbone has no ImageNet classifier (fc) to weight with."
@@ -236,21 +312,29 @@ def sota(ctx: P.Context, whitening: PCAWhitening) -> tuple[pd.DataFrame, list[st
 
 
 def revisited(ctx: P.Context, whitening: PCAWhitening) -> pd.DataFrame:
-    """Revisited protocol: mAP and mP@10 under Easy / Medium / Hard, R-MAC and ours, +- QE."""
+    """Revisited protocol: mAP and mP@10 under Easy / Medium / Hard, R-MAC and ours, +- QE;
+    ours' gain over R-MAC (with the same QE) and its 95% paired-bootstrap interval."""
     heads = {k: v for k, v in sota_heads(ctx, whitening).items() if k in ("R-MAC", "Ours")}
     rows = []
     for name in ctx.profile.revisited:
         ds = P.dataset(ctx, name)
         descs = P.describe(ctx, ds, heads)
         for qe_k in (0, ctx.profile.qe_k):
-            for method, r in P.score(
-                descs, ds, qe_k=qe_k, protocols=["easy", "medium", "hard"]
-            ).items():
-                row = {"dataset": name, "method": method + ("+QE" if qe_k else ""),
-                       WEIGHTS: head_weights(heads[method])}  # fmt: skip
+            scores = P.score(descs, ds, qe_k=qe_k, protocols=["easy", "medium", "hard"])
+            gains: dict[str, list[float]] = {}
+            for proto in ("easy", "medium", "hard"):
+                aps = {m: np.asarray(r["protocols"][proto]["aps"]) for m, r in scores.items()}
+                gains.update(gain_intervals(aps, "R-MAC", f"{proto} mAP"))
+            for i, (method, r) in enumerate(scores.items()):
+                row = {
+                    "dataset": name,
+                    "method": method + ("+QE" if qe_k else ""),
+                    WEIGHTS: head_weights(heads[method]),
+                }
                 for proto, v in r["protocols"].items():
                     row[f"{proto} mAP"] = v["map"]
                     row[f"{proto} mP@10"] = v["mp"][10]
+                row.update({col: values[i] for col, values in gains.items()})
                 rows.append(row)
     return pd.DataFrame(rows)
 

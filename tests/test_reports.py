@@ -54,3 +54,38 @@ def test_compare_to_paper_same_datasets_gives_diff():
     t, notes = compare_to_paper(ours, PAPER_ABLATION, ["oxford5k", "paris6k"])
     assert notes == [] and math.isclose(t.loc[0, "oxford5k diff"], 1.9)
     assert len(t) == 3  # the paper's attention rows stay, ours empty
+
+
+def test_gain_intervals_against_the_baseline_and_carried_into_the_compared_table():
+    import numpy as np
+    import pandas as pd
+
+    from regattn_lib.reports import PAPER_ABLATION
+    from regattn_lib.studies import compare_to_paper, gain_intervals
+
+    base = np.array([50.0, 20.0, 80.0, np.nan])
+    aps = {"R-MAC + PCA": base, "+ regional attention": base + 3.0, "+ context awareness": None}
+    cols = gain_intervals(aps, "R-MAC + PCA", "synthetic-demo")
+    assert list(cols) == [
+        "synthetic-demo gain",
+        "synthetic-demo gain low",
+        "synthetic-demo gain high",
+    ]
+    # the baseline gains exactly 0; a constant +3 gives a point interval; a missing method NaN
+    assert cols["synthetic-demo gain"][:2] == [0.0, 3.0]
+    assert cols["synthetic-demo gain low"][:2] == [0.0, 3.0] == cols["synthetic-demo gain high"][:2]
+    assert np.isnan(cols["synthetic-demo gain"][2])
+    seeds = gain_intervals({"a": base, "b": np.stack([base + 1, base + 3])}, "a", "x")
+    assert seeds["x gain"] == [0.0, 2.0] and seeds["x gain seed sd"][1] == np.std([1, 3], ddof=1)
+
+    ours = pd.DataFrame({"method": list(aps), "synthetic-demo": [50.0, 53.0, 51.0], **cols})
+    table, _ = compare_to_paper(ours, PAPER_ABLATION, ["synthetic-demo"])
+    assert table["synthetic-demo ours gain"].tolist()[:2] == [0.0, 3.0]
+    assert table["synthetic-demo ours gain low"].tolist()[:2] == [0.0, 3.0]
+    assert "synthetic-demo ours gain high" in table.columns
+    # on the paper's own datasets (the paper profile) the intervals are carried too
+    real = pd.DataFrame({"method": list(aps), "oxford5k": [70.0, 73.0, 71.0],
+                         **gain_intervals(aps, "R-MAC + PCA", "oxford5k")})  # fmt: skip
+    table, notes = compare_to_paper(real, PAPER_ABLATION, ["oxford5k"])
+    assert notes == [] and table["oxford5k diff"].tolist()[0] == 70.0 - 70.1
+    assert table["oxford5k ours gain low"].tolist()[1] == 3.0
