@@ -1,0 +1,57 @@
+"""Attention on the object: hand-computed overlaps and shares, mask geometry = image geometry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from regattn_lib.images import prepare_image
+from regattn_lib.object_attention import (
+    object_share,
+    prepare_mask,
+    region_overlaps,
+    summarize_shares,
+)
+
+
+def test_region_overlaps_hand_computed():
+    mask = np.zeros((4, 6), bool)
+    mask[:2, :3] = True  # the top-left 2 x 3 block
+    regions = np.array([[0, 0, 3, 2], [0, 0, 6, 4], [3, 2, 3, 2], [2, 1, 2, 2], [5, 3, 4, 4]])
+    # all in; 6 of 24; none; (row 1, col 2) only of 4 pixels; clipped to 1 pixel, outside
+    np.testing.assert_allclose(region_overlaps(regions, mask), [1.0, 0.25, 0.0, 0.25, 0.0])
+
+
+def test_object_share_weights_regions_by_alpha():
+    overlaps = np.array([1.0, 0.0, 0.5])
+    assert object_share(None, overlaps) == pytest.approx(0.5)
+    # (3 * 1 + 1 * 0 + 0 * 0.5) / 4
+    assert object_share(np.array([3.0, 1.0, 0.0]), overlaps) == pytest.approx(0.75)
+    # a global scale of alpha changes nothing (alpha is not normalised)
+    assert object_share(np.array([6.0, 2.0, 0.0]), overlaps) == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="2 attention weights for 3 regions"):
+        object_share(np.ones(2), overlaps)
+
+
+def test_prepared_mask_lies_over_the_prepared_image(tmp_path):
+    # a white square on black: its mask, prepared like the image, marks the same pixels
+    image = np.zeros((300, 400, 3), np.uint8)
+    image[60:180, 100:260] = 255
+    path = tmp_path / "im.png"
+    Image.fromarray(image).save(path)
+    mask = image[..., 0] > 0
+    for longest, bbx in ((None, None), (200, None), (200, [50.0, 20.0, 300.0, 250.0])):
+        prepared = prepare_image(path, longest, bbx)
+        m = prepare_mask(mask, longest, bbx)
+        assert m.shape == prepared.shape[:2]
+        agree = (prepared[..., 0] >= 128) == m
+        assert agree.mean() > 0.995  # only antialiased border pixels may differ
+
+
+def test_summary_difference_and_interval():
+    s = summarize_shares([0.6, 0.5, np.nan, 0.7], [0.4, 0.3, 0.2, 0.5])
+    assert s.n == 3 and s.attention == pytest.approx(0.6) and s.uniform == pytest.approx(0.4)
+    # every image gains exactly 0.2: a point interval
+    assert s.difference == pytest.approx(0.2) and s.low == pytest.approx(0.2)
+    assert s.high == pytest.approx(0.2)
