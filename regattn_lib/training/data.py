@@ -212,3 +212,54 @@ def cached_features(
         cache = tuple(t.float() for t in half["train"])
         val_cache = None if half["val"] is None else tuple(t.float() for t in half["val"])
     return cache, val_cache
+
+
+@dataclass
+class TrainBatches:
+    """Training batches: a stream of samples and, with ``cache``, the cached pooled features
+    the samples index (``labels`` then label the cached views); else the stream loads images."""
+
+    stream: Stream
+    labels: torch.Tensor
+    cache: tuple[torch.Tensor, ...] | None = None
+
+    def get(
+        self, draw: Draw, model: AttentionClassifier, device: torch.device
+    ) -> tuple[torch.Tensor, ...]:
+        """(x, k, g, y) of a draw, on ``device``."""
+        if self.cache is not None:
+            idx = torch.tensor([s.index for s in draw.specs])
+            x, k, g = (t[idx].to(device) for t in self.cache)
+            return x, k, g, self.labels[idx].to(device)
+        assert draw.payload is not None
+        x, k, g = model.pooled(torch.stack([f.result() for f in draw.payload]))
+        return x, k, g, self.labels[[s.index for s in draw.specs]].to(device)
+
+
+def train_batches(
+    model: AttentionClassifier,
+    sampler: torch.Generator,
+    paths: Sequence[str | os.PathLike],
+    labels: torch.Tensor,
+    val_paths: Sequence[str | os.PathLike],
+    cfg: TrainConfig,
+    loader: Loader,
+    rank: int,
+    world: int,
+) -> tuple[TrainBatches, tuple[torch.Tensor, ...] | None]:
+    """The training batches and the cached validation features (``None``: load images).
+
+    ``sampler`` draws the samples; ``labels`` label ``paths``; ``rank`` of ``world`` picks this
+    process's slice of each global batch.
+    """
+    if cfg.feature_cache_views > 0:
+        cache, val_cache = cached_features(model, paths, val_paths, cfg, loader)
+        stream = Stream(sampler, cache[0].shape[0], cfg.batch_size, rank, world, None, None, loader)
+        return TrainBatches(stream, labels.repeat(cfg.feature_cache_views), cache), val_cache
+
+    def load(s: SampleSpec) -> torch.Tensor:
+        return load_train_crop(paths[s.index], s, cfg.crop)
+
+    short_range = (cfg.resize_min, cfg.resize_max)
+    stream = Stream(sampler, len(paths), cfg.batch_size, rank, world, short_range, load, loader)
+    return TrainBatches(stream, labels), None

@@ -51,7 +51,7 @@ from tqdm.auto import tqdm
 
 from ..attention import RegionalAttention
 from ..extract import resolve_device
-from .augment import SampleSpec, fixed_subset
+from .augment import fixed_subset
 from .checkpoint import (
     ARTEFACTS,
     CURVES_PNG,
@@ -68,16 +68,7 @@ from .checkpoint import (
     write_history,
 )
 from .config import VAL_SEED_OFFSET, TrainConfig
-from .data import (
-    Draw,
-    Loader,
-    Stream,
-    cached_features,
-    dist_rank_world,
-    load_train_crop,
-    load_val_crop,
-    rank_shard,
-)
+from .data import Draw, Loader, dist_rank_world, load_val_crop, rank_shard, train_batches
 from .model import AttentionClassifier, head_logits, resolve_fc
 
 
@@ -151,28 +142,6 @@ def at_checkpoint(step: int, cfg: TrainConfig) -> bool:
     return step % cfg.checkpoint_every == 0 or step == cfg.iterations
 
 
-@dataclass
-class _Batches:
-    """Training batches: a stream of samples and, with ``cache``, the cached pooled features
-    the samples index (``labels`` then label the cached views); else the stream loads images."""
-
-    stream: Stream
-    labels: torch.Tensor
-    cache: tuple[torch.Tensor, ...] | None = None
-
-    def get(
-        self, draw: Draw, model: AttentionClassifier, device: torch.device
-    ) -> tuple[torch.Tensor, ...]:
-        """(x, k, g, y) of a draw, on ``device``."""
-        if self.cache is not None:
-            idx = torch.tensor([s.index for s in draw.specs])
-            x, k, g = (t[idx].to(device) for t in self.cache)
-            return x, k, g, self.labels[idx].to(device)
-        assert draw.payload is not None
-        x, k, g = model.pooled(torch.stack([f.result() for f in draw.payload]))
-        return x, k, g, self.labels[[s.index for s in draw.specs]].to(device)
-
-
 def _build(
     backbone: nn.Module,
     fc: nn.Linear | str | os.PathLike | None,
@@ -203,31 +172,6 @@ def _build(
     sampler = torch.Generator().manual_seed(cfg.seed)
     fc_digest = module_digest(head_fc) if cfg.stage == "attention" else None
     return model, TrainState(trainable, optimizer, sampler, fc_digest)
-
-
-def _batches(
-    model: AttentionClassifier,
-    sampler: torch.Generator,
-    paths: Sequence[str | os.PathLike],
-    labels: torch.Tensor,
-    val_paths: Sequence[str | os.PathLike],
-    cfg: TrainConfig,
-    loader: Loader,
-    rank: int,
-    world: int,
-) -> tuple[_Batches, tuple[torch.Tensor, ...] | None]:
-    """The training batches and the cached validation features (``None``: load images)."""
-    if cfg.feature_cache_views > 0:
-        cache, val_cache = cached_features(model, paths, val_paths, cfg, loader)
-        stream = Stream(sampler, cache[0].shape[0], cfg.batch_size, rank, world, None, None, loader)
-        return _Batches(stream, labels.repeat(cfg.feature_cache_views), cache), val_cache
-
-    def load(s: SampleSpec) -> torch.Tensor:
-        return load_train_crop(paths[s.index], s, cfg.crop)
-
-    short_range = (cfg.resize_min, cfg.resize_max)
-    stream = Stream(sampler, len(paths), cfg.batch_size, rank, world, short_range, load, loader)
-    return _Batches(stream, labels), None
 
 
 def _validate(
@@ -312,7 +256,7 @@ def _iterate(
     val_idx = fixed_subset(len(val_paths), cfg.val_images, cfg.seed + VAL_SEED_OFFSET)
     val_paths = [val_paths[i] for i in val_idx]
     val_labels = val_labels[val_idx]
-    batches, val_cache = _batches(
+    batches, val_cache = train_batches(
         model, state.sampler, paths, labels, val_paths, cfg, loader, rank, world
     )
     end = cfg.iterations
