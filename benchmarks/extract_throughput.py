@@ -202,7 +202,7 @@ def choose_attention(
     """(attention of ``kind``, its source): a trained file that fits the backbone, else the
     authors' context-aware weights when present and 2048-d, else a seeded random init."""
     if args.attention == "auto":
-        from regattn_lib.train import load_trained_attention
+        from regattn_lib.training.checkpoint import load_trained_attention
 
         f = P.attention_file(ctx, kind)
         if f.is_file():

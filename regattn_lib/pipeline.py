@@ -337,7 +337,7 @@ def load_attention(ctx: Context, kind: str) -> RegionalAttention:
         return att.to(ctx.device).eval()
     f = attention_file(ctx, kind)
     if f.is_file():
-        from .train import load_trained_attention
+        from .training.checkpoint import load_trained_attention
 
         att = load_trained_attention(f)
         att.provenance = TRAINED  # type: ignore[assignment]
@@ -521,13 +521,12 @@ def train_profile_attention(
     starting. Every stage resumes from its last checkpoint, so an interrupted run loses at most
     ``checkpoint_every`` iterations.
     """
-    from . import train as tr
+    from .training.routes import train_from_folder
 
     p, t = ctx.profile, ctx.profile.train
     plan = training_plan(ctx, kinds) if plan is None else plan
     print(plan.describe(ctx.device), flush=True)
     atomic_write_json(_plan_file(ctx), asdict(plan))
-    root = training_root(ctx)
     bb = ctx.backbone
     base = replace(
         t.recipe, levels=p.levels, device=str(ctx.device),
@@ -537,13 +536,21 @@ def train_profile_attention(
     fc = None
     if plan.fc_iterations > 0:
         cfg = replace(base, iterations=plan.fc_iterations, stage="fc")
-        res = tr.train_from_folder(root, bb, cfg, ctx.dirs["models"] / "train_fc", resume=True)
+        res = train_from_folder(
+            ctx.data_root, bb, cfg, ctx.dirs["models"] / "train_fc", resume=True, name=t.train_set
+        )
         fc = res.module
         out["fc"] = res
     for kind in plan.kinds:
         cfg = replace(base, stage="attention", context=kind == "context")
-        res = tr.train_from_folder(
-            root, bb, cfg, ctx.dirs["models"] / f"train_{kind}", fc=fc, resume=True
+        res = train_from_folder(
+            ctx.data_root,
+            bb,
+            cfg,
+            ctx.dirs["models"] / f"train_{kind}",
+            fc=fc,
+            resume=True,
+            name=t.train_set,
         )
         if res.artefact is None:
             raise RuntimeError(

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .train import TrainConfig
+from .training.config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class TrainSettings:
     ``train_set``: ImageFolder root under ``<data>/train/`` (``"imagenet"`` for ILSVRC-2012).
     ``fc_iterations``: route (a), train a new fc first when the backbone has none for these
     classes (0: use the backbone's own fc1000). ``recipe``: the training recipe, whose defaults
-    are the authors' (``train.TrainConfig``); ``iterations`` there is the attention's.
+    are the authors' (``training.config.TrainConfig``); ``iterations`` there is the attention's.
     """
 
     source: str = "official"

@@ -393,7 +393,7 @@ def training_summary(runs: dict) -> pd.DataFrame:
 
 def save_training_curves(run, png) -> object:
     """Plot a training run's curves (its history CSV) to ``png``."""
-    from .train import plot_curves
+    from .figures import plot_curves
 
     return plot_curves(run.out_dir / "history.csv", png)
 

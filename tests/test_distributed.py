@@ -1,4 +1,5 @@
-"""Sharded extraction: shard arithmetic, and 2 torchrun processes (gloo, CPU) against one."""
+"""Sharded extraction (shard arithmetic, 2 torchrun processes against one) and the training's
+rank slicing."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ import torch
 from PIL import Image
 
 from regattn_lib.backbones import build_backbone
-from regattn_lib.distributed import DistInfo, extract_distributed, shard_batches
+from regattn_lib.distributed import shard_batches
 from regattn_lib.extract import RegionalHead, extract_images, size_batches
+from regattn_lib.training.data import Loader, Stream, rank_shard, rank_slice
 
 REPO = Path(__file__).resolve().parents[1]
 #: (W, H) of the generated images: three sizes, so three buckets with a partial last batch.
@@ -65,15 +67,52 @@ def test_more_ranks_than_batches_leaves_empty_shards():
         shard_batches([(64, 64)], 4, 0)
 
 
-def test_single_process_falls_back_to_extract_images(image_dir):
-    paths = sorted(image_dir.glob("*.jpg"))[:4]
-    bb = build_backbone("efficientnet-lite0", pretrained=False)
-    heads = {"rmac": RegionalHead(name="rmac", levels=2)}
-    info = DistInfo(device=torch.device("cpu"))
-    with torch_threads(1):
-        got = extract_distributed(paths, bb, heads, 64, batch_size=2, info=info, progress=False)
-        ref = extract_images(paths, bb, heads, 64, device="cpu", batch_size=2, progress=False)
-    assert all(torch.equal(a, b) for a, b in zip(got["rmac"], ref["rmac"], strict=True))
+@pytest.mark.parametrize(
+    ("world", "expected"),
+    [
+        (1, [[0, 1, 2, 3, 4, 5, 6]]),
+        (2, [[0, 2, 4, 6], [1, 3, 5]]),
+        (3, [[0, 3, 6], [1, 4], [2, 5]]),
+    ],
+)
+def test_validation_shards_cover_every_image_once_without_padding(world, expected):
+    shards = [rank_shard(7, r, world) for r in range(world)]
+    assert shards == expected
+    assert sorted(i for s in shards for i in s) == list(range(7))  # each image once, no pad
+
+
+@pytest.mark.parametrize(
+    ("world", "expected"),
+    [
+        (1, [["a", "b"]]),
+        (2, [["a", "b"], ["c", "d"]]),
+        (3, [["a", "b"], ["c", "d"], ["e", "f"]]),
+    ],
+)
+def test_ddp_ranks_take_consecutive_slices_of_the_global_batch(world, expected):
+    global_batch = list("abcdef")[: 2 * world]  # what every rank draws: per_rank 2 x world
+    parts = [rank_slice(global_batch, r, 2) for r in range(world)]
+    assert parts == expected
+    assert [x for p in parts for x in p] == global_batch  # the union is the batch, once
+
+
+def test_ddp_streams_see_the_samples_of_one_process_with_the_global_batch():
+    """W ranks of batch b, each with its own sampler seeded alike, train on exactly the
+    samples of one process of batch W * b (so the run does not depend on the world size)."""
+    loader = Loader(0)
+
+    def stream(rank: int, world: int, batch: int) -> Stream:
+        gen = torch.Generator().manual_seed(5)
+        return Stream(gen, 10, batch, rank, world, (70, 75), None, loader)
+
+    single = stream(0, 1, 6)
+    ranks = [stream(r, 3, 2) for r in range(3)]
+    for it in range(4):
+        whole = single.next(prefetch=it < 3)
+        parts = [s.next(prefetch=it < 3) for s in ranks]
+        assert [spec for p in parts for spec in p.specs] == whole.specs
+        # the checkpointed sampler state is the same on every rank and equals one process's
+        assert all(torch.equal(p.sampler_state, whole.sampler_state) for p in parts)
 
 
 def test_torchrun_two_processes_equal_single_process(image_dir, tmp_path):

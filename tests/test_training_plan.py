@@ -133,3 +133,32 @@ def test_skipped_images_are_reported_beside_the_tables_with_a_note(tmp_path):
     notes = P.skipped_notes(ctx)
     assert len(notes) == 2 and "oxford5k+revisitop1m: 1 image(s)" in notes[0]
     assert "whitening-sfm: 2 image(s)" in notes[1]
+
+
+def test_paper_training_reads_imagenet_from_the_variable(tmp_path, monkeypatch):
+    """A fake two-class ImageNet named by $REGATTN_IMAGENET (the data root holds none): route
+    (a) trains a fc, then the regional attention under it, on those classes."""
+    import numpy as np
+    from PIL import Image
+
+    from regattn_lib.datasets.imagenet import IMAGENET_ENV
+    from regattn_lib.training.checkpoint import load_trained_attention
+
+    wnids = ["n01440764", "n01443537"]
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 3), ("val", 1)):
+        for wnid in wnids:
+            (tmp_path / "imagenet" / split / wnid).mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(tmp_path / "imagenet" / split / wnid / f"{i}.JPEG")
+    monkeypatch.setenv(IMAGENET_ENV, str(tmp_path / "imagenet"))
+    sizes = dict(crop=64, resize_min=64, resize_max=64, val_resize=64, val_crop=64)
+    recipe = dict(sizes, iterations=2, val_images=2, checkpoint_every=2, batch_size=2, hidden=4)
+    recipe.update(accumulation=1, num_workers=0, progress=False, plot=False)
+    ctx = _ctx(tmp_path, train={"recipe": recipe})
+    assert P.can_train(ctx) and P.kinds_to_train(ctx) == ["regional"]
+    runs = P.train_profile_attention(ctx)
+    assert set(runs) == {"fc", "regional"} and runs["regional"].finished
+    att = load_trained_attention(P.attention_file(ctx, "regional"))
+    assert att.training_config["classes"] == wnids and att.training_config["steps"] == 2
