@@ -120,19 +120,23 @@ def pool_regions(feats: torch.Tensor, regions: np.ndarray, stride: int = 32) -> 
 
 
 def attention_weights(
-    attention: RegionalAttention | None, features: RegionalFeatures
+    attention: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None,
+    regional_avg: torch.Tensor,
+    global_avg: torch.Tensor,
 ) -> torch.Tensor | None:
-    """alpha (N, R) in fp32 from the pooled features, or ``None`` (R-MAC: all weights 1).
+    """alpha (N, R) in fp32 from k_i (N, R, C) and g (N, C), or ``None`` (R-MAC: all 1).
 
-    The attention runs in its own parameters' dtype, whatever the backbone's precision was.
-    Gradients flow to the attention's parameters (training uses this function too).
+    ``attention``: a ``RegionalAttention``, a wrapper of one (DistributedDataParallel) or any
+    callable (k, g) -> alpha. A module runs in its own parameters' dtype, whatever the backbone's precision was. Gradients flow
+    to its parameters (training uses this function too).
     """
     if attention is None:
         return None
-    dtype = attention.conv_att_1.weight.dtype
-    k = features.avg_pooled.to(dtype)
-    g = features.global_avg.to(dtype)
-    return attention(k, g).float()
+    params = attention.parameters() if isinstance(attention, torch.nn.Module) else iter(())
+    first = next(params, None)
+    if first is not None:
+        regional_avg, global_avg = regional_avg.to(first.dtype), global_avg.to(first.dtype)
+    return attention(regional_avg, global_avg).float()
 
 
 def aggregate(
@@ -184,12 +188,11 @@ def describe_feature_map(
     ``attention`` ``None`` gives R-MAC; ``whitening`` ``None`` skips PCA-whitening.
     """
     features = pool_regions(feats, regions, stride)
-    alpha = attention_weights(attention, features)
+    alpha = attention_weights(attention, features.avg_pooled, features.global_avg)
     return RegionalOutput(features, alpha, aggregate(features.max_pooled, alpha, whitening))
 
 
-def weighted_mean(features: RegionalFeatures, alpha: torch.Tensor | None) -> torch.Tensor:
-    """mean_i alpha_i * x_i on raw (not whitened, not normalised) x_i: the vector the authors'
-    training feeds to the frozen fc1000 (N, C)."""
-    x = features.max_pooled
-    return x.mean(1) if alpha is None else (alpha[..., None] * x).mean(1)
+def weighted_mean(regional: torch.Tensor, alpha: torch.Tensor | None) -> torch.Tensor:
+    """mean_i alpha_i * x_i of raw (not whitened, not normalised) x_i (N, R, C) -> (N, C): the
+    vector the authors' training feeds to the frozen fc1000."""
+    return regional.mean(1) if alpha is None else (alpha[..., None] * regional).mean(1)

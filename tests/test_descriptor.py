@@ -4,7 +4,6 @@ import torch
 
 from regattn_lib.attention import RegionalAttention
 from regattn_lib.descriptor import (
-    RegionalFeatures,
     aggregate,
     attention_weights,
     batch_regions,
@@ -70,9 +69,9 @@ def test_batch_regions_grid_is_one_group_and_region_fn_one_per_image():
 
 def test_attention_weights_run_in_the_attention_dtype_and_return_fp32():
     feats = pool_regions(torch.rand(2, 4, 3, 4), rmac_regions(96, 128, 2))
-    assert attention_weights(None, feats) is None
+    assert attention_weights(None, feats.avg_pooled, feats.global_avg) is None
     att = RegionalAttention(4, hidden=3).double()
-    alpha = attention_weights(att, feats)
+    alpha = attention_weights(att, feats.avg_pooled, feats.global_avg)
     assert alpha.dtype == torch.float32 and alpha.shape == (2, 8)
     ref = att(feats.avg_pooled.double(), feats.global_avg.double()).float()
     torch.testing.assert_close(alpha, ref)
@@ -95,8 +94,7 @@ def test_describe_feature_map_is_pool_attention_aggregate():
 
 def test_weighted_mean_hand_case():
     x = torch.tensor([[[1.0, 0.0], [3.0, 4.0]]])
-    feats = RegionalFeatures(np.zeros((2, 4)), np.zeros((2, 4)), x, x, x[:, 0])
     # (1 * [1, 0] + 3 * [3, 4]) / 2 regions = [5, 6]
     alpha = torch.tensor([[1.0, 3.0]])
-    torch.testing.assert_close(weighted_mean(feats, alpha), torch.tensor([[5.0, 6.0]]))
-    torch.testing.assert_close(weighted_mean(feats, None), torch.tensor([[2.0, 2.0]]))
+    torch.testing.assert_close(weighted_mean(x, alpha), torch.tensor([[5.0, 6.0]]))
+    torch.testing.assert_close(weighted_mean(x, None), torch.tensor([[2.0, 2.0]]))

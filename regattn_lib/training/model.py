@@ -9,13 +9,11 @@ import os
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 
-import numpy as np
 import torch
 from torch import nn
 
 from ..attention import RegionalAttention
-from ..descriptor import pool_regions
-from ..regions import rmac_regions
+from ..descriptor import attention_weights, batch_regions, pool_regions, weighted_mean
 from .checkpoint import load_trained_fc
 
 
@@ -26,7 +24,8 @@ def head_logits(
     attention: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None,
     fc: Callable[[torch.Tensor], torch.Tensor],
 ) -> torch.Tensor:
-    """logits = fc( mean_i alpha_i * x_i ) on raw pooled vectors (spec section 1, item 6).
+    """logits = fc( mean_i alpha_i * x_i ) on raw pooled vectors (spec section 1, item 6), with
+    the descriptor's own ``attention_weights`` and ``weighted_mean``.
 
     Parameters
     ----------
@@ -39,11 +38,7 @@ def head_logits(
     fc:
         The classifier, C -> classes.
     """
-    if attention is None:
-        v = x.mean(1)
-    else:
-        v = (attention(k, g)[..., None] * x).mean(1)
-    return fc(v)
+    return fc(weighted_mean(x, attention_weights(attention, k, g)))
 
 
 class AttentionClassifier(nn.Module):
@@ -77,14 +72,6 @@ class AttentionClassifier(nn.Module):
         self.attention = attention
         self.levels = levels
         self.amp = amp
-        self._regions: dict[tuple[int, int], np.ndarray] = {}
-
-    def regions(self, height: int, width: int) -> np.ndarray:
-        """R-MAC regions of a ``height`` x ``width`` crop (memoised: crops share one size)."""
-        key = (height, width)
-        if key not in self._regions:
-            self._regions[key] = rmac_regions(height, width, self.levels)
-        return self._regions[key]
 
     @torch.no_grad()
     def pooled(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -93,8 +80,9 @@ class AttentionClassifier(nn.Module):
         use_amp = self.amp and device.type == "cuda"
         with torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else nullcontext():
             feats = self.backbone.features(images.to(device))
-        stride = getattr(self.backbone, "stride", 32)
-        p = pool_regions(feats.float(), self.regions(images.shape[2], images.shape[3]), stride)
+        # the descriptor's own regions and pooling: training sees what extraction sees
+        ((_, regions),) = batch_regions(images, self.levels)
+        p = pool_regions(feats.float(), regions, getattr(self.backbone, "stride", 32))
         return p.max_pooled, p.avg_pooled, p.global_avg
 
     def classify(self, x: torch.Tensor, k: torch.Tensor, g: torch.Tensor) -> torch.Tensor:

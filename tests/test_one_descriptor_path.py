@@ -1,0 +1,46 @@
+"""Training, extraction and the figures see the same regions, pooling and attention: they all go
+through ``regattn_lib.descriptor``."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from regattn_lib.attention import RegionalAttention
+from regattn_lib.descriptor import describe_feature_map, weighted_mean
+from regattn_lib.regions import rmac_regions
+from regattn_lib.training.model import AttentionClassifier
+
+
+class ToyBackbone(nn.Module):
+    """A fixed stride-32 extractor: 32 x 32 average pooling of a 1x1 projection, then ReLU."""
+
+    stride = 32
+    channels = 5
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Conv2d(3, 5, 1)
+        nn.init.normal_(self.proj.weight, generator=torch.Generator().manual_seed(1))
+
+    def features(self, images):
+        x = images.float() / 255
+        return torch.relu(nn.functional.avg_pool2d(self.proj(x), 32, ceil_mode=True))
+
+
+def test_training_pools_and_weights_exactly_as_extraction():
+    torch.manual_seed(0)
+    bb = ToyBackbone()
+    att = RegionalAttention(5, hidden=4, context=True)
+    fc = nn.Linear(5, 3)
+    model = AttentionClassifier(bb, fc, att, levels=3)
+    crops = torch.randint(0, 256, (2, 3, 192, 192), dtype=torch.uint8)
+    x, k, g = model.pooled(crops)
+    with torch.no_grad():
+        test_time = describe_feature_map(bb.features(crops), rmac_regions(192, 192, 3), att)
+    f = test_time.features
+    assert torch.equal(x, f.max_pooled) and torch.equal(k, f.avg_pooled)
+    assert torch.equal(g, f.global_avg)
+    # the logits are the fc of the alpha-weighted mean with the descriptor's own alpha
+    with torch.no_grad():
+        torch.testing.assert_close(model(crops), fc(weighted_mean(x, test_time.alpha)))
