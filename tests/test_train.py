@@ -399,3 +399,62 @@ def test_feature_cache_dir_is_shared_and_reused(tmp_path, splits, monkeypatch):
     second = train_fc(paths, labels, vpaths, vlabels, FakeBackbone(), cfg, tmp_path / "b")
     assert calls == []  # loaded from disk
     assert torch.equal(first.module.weight, second.module.weight)
+
+
+# ----------------------------------------------------------------------------- model selection
+def test_best_validation_checkpoint_is_kept_and_early_stopping_ends_the_run(tmp_path, splits):
+    paths, labels, vpaths, vlabels = splits
+    backbone = FakeBackbone(n_fc=3)
+    # lr 5.0 makes the validation loss jump about, so the best checkpoint is not the last
+    cfg = small_cfg(iterations=24, lr=5.0, checkpoint_every=2, log_every=2,
+                    selection="best_val_loss")  # fmt: skip
+    run = train_attention(paths, labels, vpaths, vlabels, backbone, None, cfg, tmp_path / "best")
+    val = run.history.dropna(subset=["val_loss"])
+    best_step = int(val.loc[val["val_loss"].idxmin(), "step"])
+    saved = torch.load(run.artefact, weights_only=True)
+    assert saved["config"]["selected_step"] == best_step
+    assert saved["config"]["best_val_loss"] == pytest.approx(val["val_loss"].min())
+    # the kept weights are the ones of that numbered checkpoint, and the returned module too
+    at_best = torch.load(tmp_path / "best" / f"checkpoint_{best_step:07d}.pt", weights_only=True)
+    for k, v in saved["state_dict"].items():
+        assert torch.equal(v, at_best["trainable"][k]), k
+        assert torch.equal(run.module.state_dict()[k], v), k
+    last = dataclasses.replace(cfg, selection="last")
+    plain = train_attention(paths, labels, vpaths, vlabels, backbone, None, last, tmp_path / "last")
+    assert torch.load(plain.artefact, weights_only=True)["config"]["selected_step"] == 24
+
+    # patience 2: stop at the second validation in a row without a lower loss
+    stop = dataclasses.replace(cfg, patience=2)
+    early = train_attention(
+        paths, labels, vpaths, vlabels, backbone, None, stop, tmp_path / "early"
+    )
+    losses = early.history.dropna(subset=["val_loss"])["val_loss"].tolist()
+    assert early.finished and early.artefact is not None
+    best, stale, expected_stop = float("inf"), 0, None
+    for i, v in enumerate(losses):  # the rule, replayed by hand on the recorded losses
+        best, stale = (v, 0) if v < best else (best, stale + 1)
+        if stale == 2:
+            expected_stop = i
+            break
+    assert expected_stop == len(losses) - 1 and early.steps < 24
+    resumed = train_attention(paths, labels, vpaths, vlabels, backbone, None, stop,
+                              tmp_path / "early", resume=True)  # fmt: skip
+    assert resumed.steps == early.steps  # a stopped run stays stopped
+
+
+def test_input_dropout_changes_training_only(tmp_path, splits):
+    paths, labels, vpaths, vlabels = splits
+    backbone = FakeBackbone(n_fc=3)
+    cfg = small_cfg(iterations=8, lr=0.5)
+    plain = train_attention(paths, labels, vpaths, vlabels, backbone, None, cfg, tmp_path / "a")
+    drop = dataclasses.replace(cfg, input_dropout=0.5)
+    dropped = train_attention(paths, labels, vpaths, vlabels, backbone, None, drop, tmp_path / "b")
+    a, b = plain.module.state_dict(), dropped.module.state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    # at test time the module is the plain attention: deterministic, no dropout inside
+    k, g = torch.rand(1, 5, 8), torch.rand(1, 8)
+    assert torch.equal(dropped.module(k, g), dropped.module(k, g))
+    with pytest.raises(ValueError, match="input_dropout"):
+        TrainConfig(input_dropout=1.0).validate()
+    with pytest.raises(ValueError, match="needs val_images > 0"):
+        TrainConfig(selection="best_val_loss", val_images=0).validate()

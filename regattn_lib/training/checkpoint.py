@@ -77,10 +77,12 @@ def config_differences(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
     """Fields that differ between a checkpoint's configuration and ``cfg`` and that a
     resumption may not change."""
     now = asdict(cfg)
+    default = asdict(TrainConfig())
+    # a field newer than the checkpoint was, in effect, at its default there
     return [
-        f"{k}: {saved.get(k)!r} -> {now[k]!r}"
+        f"{k}: {saved.get(k, default[k])!r} -> {now[k]!r}"
         for k in now
-        if k not in RESUMABLE_CHANGES and saved.get(k) != now[k]
+        if k not in RESUMABLE_CHANGES and saved.get(k, default[k]) != now[k]
     ]
 
 
@@ -111,6 +113,8 @@ class TrainState:
     ``sampler`` the generator of the sample stream, ``fc_digest`` identifies the frozen fc of
     the attention stage (``None`` for the fc stage), ``step`` the iterations done, ``history``
     the rows of ``history.csv`` and ``window`` the statistics since the last row.
+    ``best_val_loss``, ``best_step`` and ``best_state`` (weights on the CPU) track the best
+    validated checkpoint, ``stale`` the validations since it, ``stopped`` an early stop.
     """
 
     trainable: nn.Module
@@ -120,6 +124,21 @@ class TrainState:
     step: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     window: Window = field(default_factory=Window)
+    best_val_loss: float = float("inf")
+    best_step: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
+    stale: int = 0
+    stopped: bool = False
+
+    def record_validation(self, val_loss: float) -> None:
+        """Keep the weights when ``val_loss`` is the lowest so far; count stale validations."""
+        if val_loss < self.best_val_loss:
+            self.best_val_loss, self.best_step, self.stale = val_loss, self.step, 0
+            self.best_state = {
+                k: v.detach().cpu().clone() for k, v in self.trainable.state_dict().items()
+            }
+        else:
+            self.stale += 1
 
     @property
     def params(self) -> list[nn.Parameter]:
@@ -143,6 +162,13 @@ def checkpoint_dict(
         "window": asdict(state.window),
         "config": asdict(cfg),
         "fc_digest": state.fc_digest,
+        "best": {
+            "val_loss": state.best_val_loss,
+            "step": state.best_step,
+            "state": state.best_state,
+            "stale": state.stale,
+            "stopped": state.stopped,
+        },
     }
 
 
@@ -184,6 +210,10 @@ def resume_checkpoint(
     state.step = saved["step"]
     state.history = list(saved["history"])
     state.window = Window(**saved["window"])
+    best = saved.get("best")  # absent from checkpoints written before model selection
+    if best is not None:
+        state.best_val_loss, state.best_step = best["val_loss"], best["step"]
+        state.best_state, state.stale, state.stopped = best["state"], best["stale"], best["stopped"]
 
 
 # ----------------------------------------------------------------------------- history
@@ -231,11 +261,15 @@ def save_artefact(
     classes: Sequence[str] | None,
     path: Path,
 ) -> None:
-    """The trained module's weights (on the CPU) with :func:`artefact_config`."""
-    artefact = {
-        "state_dict": {k: v.detach().cpu() for k, v in state.trainable.state_dict().items()},
-        "config": artefact_config(model, cfg, classes, state.step),
-    }
+    """The trained module's weights (on the CPU) with :func:`artefact_config`: the last
+    iteration's, or the best validated ones under ``selection='best_val_loss'``."""
+    weights = {k: v.detach().cpu() for k, v in state.trainable.state_dict().items()}
+    config = artefact_config(model, cfg, classes, state.step)
+    config.update(selection=cfg.selection, selected_step=state.step, stopped_early=state.stopped)
+    if cfg.selection == "best_val_loss" and state.best_state is not None:
+        weights = state.best_state
+        config.update(selected_step=state.best_step, best_val_loss=state.best_val_loss)
+    artefact = {"state_dict": weights, "config": config}
     atomic_torch_save(path, artefact)
 
 

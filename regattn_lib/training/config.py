@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from ..attention import ACTIVATIONS
 
 STAGES = ("fc", "attention")
+#: Which weights a run keeps: the last iteration's (the authors') or the best on validation.
+SELECTIONS = ("last", "best_val_loss")
 # Offsets that derive independent generators from the one seed.
 CACHE_SEED_OFFSET = 1
 VAL_SEED_OFFSET = 2
@@ -93,6 +95,17 @@ class TrainConfig:
         Show a tqdm bar with loss and throughput (``True``).
     plot:
         Write ``curves.png`` beside ``history.csv`` when a call ends (``True``).
+    selection:
+        Which weights the artefact keeps: ``'last'`` (default, the authors': the weights of the
+        last iteration) or ``'best_val_loss'`` (model selection: the validated checkpoint with
+        the lowest validation loss; needs ``val_images > 0``). Never the retrieval queries.
+    patience:
+        Early stopping: end the run after this many validations in a row without a lower
+        validation loss (0, default: never; the authors ran a fixed loop).
+    input_dropout:
+        Dropout probability on the attention's inputs (k_i and g) during training only
+        (0.0, default: none, as the authors). A regulariser against overfitting a small
+        training set; alpha at test time is unchanged.
     """
 
     stage: str = "attention"
@@ -124,6 +137,9 @@ class TrainConfig:
     max_steps_this_run: int | None = None
     progress: bool = True
     plot: bool = True
+    selection: str = "last"
+    patience: int = 0
+    input_dropout: float = 0.0
 
     def validate(self) -> TrainConfig:
         """Raise ``ValueError`` naming the first inconsistent field; return ``self``."""
@@ -146,6 +162,16 @@ class TrainConfig:
                 "TrainConfig needs crop <= resize_min <= resize_max so that every resized image "
                 f"holds the crop; got crop={self.crop}, resize=[{self.resize_min}, "
                 f"{self.resize_max}]"
+            )
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"TrainConfig.selection must be one of {SELECTIONS}")
+        if self.selection != "last" and self.val_images == 0:
+            raise ValueError("TrainConfig.selection='best_val_loss' needs val_images > 0")
+        if self.patience < 0:
+            raise ValueError(f"TrainConfig.patience must be >= 0, got {self.patience}")
+        if not 0.0 <= self.input_dropout < 1.0:
+            raise ValueError(
+                f"TrainConfig.input_dropout must be in [0, 1), got {self.input_dropout}"
             )
         if self.val_crop > self.val_resize:
             raise ValueError(

@@ -273,9 +273,12 @@ def _iterate(
     draw: Draw | None = None
 
     try:
-        while state.step < end:
+        while state.step < end and not state.stopped:
             draw = batches.stream.next(prefetch=state.step + 1 < end)
             x, k, g, y = batches.get(draw, model, device)
+            if cfg.input_dropout and cfg.stage == "attention":
+                k = F.dropout(k, cfg.input_dropout)
+                g = F.dropout(g, cfg.input_dropout)
             update = (state.step + 1) % cfg.accumulation == 0
             sync = ddp.no_sync() if (ddp is not None and not update) else nullcontext()
             with sync:
@@ -299,6 +302,8 @@ def _iterate(
                         model, val_cache, val_paths, val_labels, cfg, loader, rank, world
                     )
                     meter.tick = time.perf_counter()  # validation time is not throughput
+                    state.record_validation(row["val_loss"])
+                    state.stopped = 0 < cfg.patience <= state.stale
                 state.history.append(row)
                 bar.set_postfix(loss=f"{row['loss']:.3f}", img_s=f"{row['images_per_s']:.1f}")
                 if rank == 0:
@@ -306,7 +311,7 @@ def _iterate(
             if checkpoint_now:
                 _save(state, meter, cfg, draw, device, out_dir, rank, numbered=True)
         if draw is not None and not at_checkpoint(state.step, cfg):
-            # stopped by max_steps_this_run
+            # stopped by max_steps_this_run (an early stop happens at a checkpoint)
             _save(state, meter, cfg, draw, device, out_dir, rank, numbered=False)
     finally:
         bar.close()
@@ -371,17 +376,19 @@ def train(
     if latest.exists():
         resume_checkpoint(latest, state, cfg, device)
     artefact = out_dir / ARTEFACTS[cfg.stage]
-    if state.step < cfg.iterations:
+    if state.step < cfg.iterations and not state.stopped:
         _iterate(state, model, paths, labels_t, val_paths, val_labels_t, cfg, out_dir, device)
         if dist_rank_world()[0] == 0:
             write_history(state.history, out_dir / HISTORY_CSV)
-            if state.step >= cfg.iterations:
+            if state.step >= cfg.iterations or state.stopped:
                 save_artefact(state, model, cfg, classes, artefact)
             if cfg.plot and state.history:
                 from ..figures import plot_curves  # matplotlib only when plotting
 
                 plot_curves(out_dir / HISTORY_CSV, out_dir / CURVES_PNG)
-    done = state.step >= cfg.iterations
+    done = state.step >= cfg.iterations or state.stopped
+    if done and cfg.selection == "best_val_loss" and state.best_state is not None:
+        state.trainable.load_state_dict(state.best_state)  # the returned module is the kept one
     return TrainResult(
         module=state.trainable,
         model=model,
