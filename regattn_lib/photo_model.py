@@ -225,6 +225,8 @@ def _not_image_reason(path: Path, error: Exception) -> str:
         return "not an image (video file)"
     if suffix in HEIF_SUFFIXES and pillow_heif is None:
         return f"{suffix[1:].upper()} image without a decoder (pip install pillow-heif)"
+    if isinstance(error, UnidentifiedImageError):  # its message repeats the path
+        return "not an image (unrecognised file format)"
     return f"not an image this reader can decode ({error})"
 
 
@@ -317,7 +319,11 @@ def read_photo(
         raise ImageError(f"too small: {w}x{h} px, shorter side under the profile's {min_side} px")
     if box is not None:
         x1, y1, x2, y2 = (float(v) for v in box)
-        if not (x2 > x1 and y2 > y1) or x2 <= 0 or y2 <= 0 or x1 >= w or y1 >= h:
+        if not (x2 > x1 and y2 > y1):
+            raise ImageError(
+                f"query box {list(box)} is empty: (x1, y1, x2, y2) needs x2 > x1, y2 > y1"
+            )
+        if x2 <= 0 or y2 <= 0 or x1 >= w or y1 >= h:
             raise ImageError(f"query box {list(box)} lies outside {path} ({w}x{h} px upright)")
     data = path.read_bytes()
     image = _decode(data, path, longest)

@@ -94,7 +94,7 @@ def format_hits(hits: Sequence[SearchHit]) -> str:
 
 def hits_json(hits: Sequence[SearchHit]) -> str:
     """A JSON list of ``{"rank", "path", "score"}`` objects."""
-    return json.dumps([{"rank": h.rank, "path": h.path, "score": round(h.score, 6)} for h in hits])
+    return json.dumps([{"rank": h.rank, "path": h.path, "score": h.score} for h in hits])
 
 
 def _index(args: argparse.Namespace) -> FolderIndex:
