@@ -242,6 +242,8 @@ def oriented_size(path: str | os.PathLike) -> tuple[int, int]:
             orientation = im.getexif().get(_ORIENTATION_TAG)
     except FileNotFoundError as e:
         raise ImageError(f"image file not found: {path}") from e
+    except PermissionError as e:
+        raise ImageError(f"unreadable: {e.strerror}") from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ImageError(_not_image_reason(path, e)) from e
     return (w, h) if orientation in _SWAPPING_ORIENTATIONS else (h, w)
@@ -325,7 +327,10 @@ def read_photo(
             )
         if x2 <= 0 or y2 <= 0 or x1 >= w or y1 >= h:
             raise ImageError(f"query box {list(box)} lies outside {path} ({w}x{h} px upright)")
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ImageError(f"unreadable: {e.strerror or e}") from e
     image = _decode(data, path, longest)
     resized, _ = resize_longest(image, longest)
     if box is not None:
