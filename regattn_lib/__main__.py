@@ -4,6 +4,8 @@
 and print mAP under the classic and Easy/Medium/Hard protocols for the chosen methods.
 ``--precision fp32 fp16`` compares backbone precisions on the same data: mAP of each, and the
 cosine distance between their descriptors.
+``index DIR`` / ``search DIR QUERY``: a folder of one's own photos as a searchable database
+(``photo_index``, ``photo_search``).
 """
 
 from __future__ import annotations
@@ -132,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--data-root", default=None)
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     ev.set_defaults(func=cmd_eval)
+    from .photo_search import add_photo_commands  # index / search a folder of one's own photos
+
+    add_photo_commands(sub)
     args = ap.parse_args(argv)
     return args.func(args)
 
