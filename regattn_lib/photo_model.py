@@ -54,7 +54,7 @@ _ORIENTATION_TAG = 0x0112
 def shipped_weights(profile: str, name: str) -> Path | None:
     """``regattn_lib/assets/<profile>/<name>`` when the repository ships it, else ``None``.
 
-    ``name``: ``attention_regional.pt``, ``attention_context.pt`` (``train`` artefacts) or
+    ``name``: ``attention_regional.pt``, ``attention_context.pt`` (training artefacts) or
     ``whitening.pt`` (a saved ``PCAWhitening``).
     """
     f = SHIPPED_DIR / profile / name
@@ -126,7 +126,7 @@ def _context(profile: Profile, data_root: str | os.PathLike | None, device: str)
 
 def _attention(ctx: Any, kind: str, notes: list[str]) -> tuple[RegionalAttention | None, str]:
     from . import pipeline as P
-    from .train import load_trained_attention
+    from .training.checkpoint import load_trained_attention
 
     f = shipped_weights(ctx.profile.name, f"attention_{kind}.pt")
     try:

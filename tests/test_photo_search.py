@@ -23,7 +23,7 @@ from regattn_lib.photo_index import folder_cache_dir, index_folder, list_folder_
 from regattn_lib.photo_model import load_photo_model, oriented_size, read_photo
 from regattn_lib.photo_search import SearchHit, query_vector, search_folder
 from regattn_lib.profiles import get_profile
-from regattn_lib.train import load_trained_attention
+from regattn_lib.training.checkpoint import load_trained_attention
 from regattn_lib.whitening import learn_pca_whitening
 
 ORIGINALS = ("astronaut", "coffee", "rocket")
