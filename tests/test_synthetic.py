@@ -17,13 +17,16 @@ import regattn_lib.datasets.synthetic as syn
 from regattn_lib.datasets.synthetic import (
     SYNTHETIC_PRESETS,
     SyntheticConfig,
+    assets,
+    building,
     generate_synthetic,
+    rendering,
     tiny_config,
     view_label,
 )
 
 CFG = tiny_config()
-_REAL_RENDER = syn._render
+_REAL_RENDER = building._render
 
 
 def _gen(root: Path, cfg: SyntheticConfig = CFG, seed: int = 0, workers: int = 1):
@@ -107,8 +110,8 @@ def test_ground_truth_is_consistent(tiny):
 def test_query_box_holds_the_landmark(tiny):
     gnd = _load_gnd(tiny.gnd_path)
     ann = json.loads((tiny.retrieval_dir / "annotations.json").read_text())
-    assets = syn._Assets(CFG, 0)
-    sprites = [assets.obj("landmark", lm) for lm in range(CFG.n_landmarks)]
+    bank = assets.Assets(CFG, 0)
+    sprites = [bank.obj("landmark", lm) for lm in range(CFG.n_landmarks)]
     for q, (qname, g) in enumerate(zip(gnd["qimlist"], gnd["gnd"], strict=True)):
         img = np.asarray(
             Image.open(tiny.retrieval_dir / "jpg" / f"{qname}.jpg").convert("L"), float
@@ -127,7 +130,7 @@ def test_query_box_holds_the_landmark(tiny):
         for sp in sprites:
             sh, sw = sp.shape[:2]
             src = np.array([[0, 0], [sw - 1, 0], [sw - 1, sh - 1], [0, sh - 1]], float)
-            hom = syn._homography(src, quad)
+            hom = rendering._homography(src, quad)
             tex = np.dstack([sp[..., :3].mean(axis=2), sp[..., 3]]).astype(np.float32) / 255
             w = warp(tex, np.linalg.inv(hom), output_shape=(H, W), order=1, cval=0.0)
             inside = w[..., 1] > 0.99
@@ -186,26 +189,26 @@ def _leftovers(root: Path) -> list[Path]:
 
 def test_interrupted_run_leaves_no_dataset_then_completes(tiny, tmp_path, monkeypatch):
     sp = syn.synthetic_paths(CFG.name, tmp_path)
-    monkeypatch.setattr(syn, "_render", _failing_render(after=5))
+    monkeypatch.setattr(building, "_render", _failing_render(after=5))
     with pytest.raises(KeyboardInterrupt):
         _gen(tmp_path)
     assert not sp.retrieval_dir.exists() and not sp.whiten_dir.exists() and not sp.cls_dir.exists()
     assert _leftovers(tmp_path) == []
     # Interrupted in the whitening part: the finished retrieval part stays, and counts as done.
     n_retrieval = 19 + CFG.n_landmarks
-    monkeypatch.setattr(syn, "_render", _failing_render(after=n_retrieval + 2))
+    monkeypatch.setattr(building, "_render", _failing_render(after=n_retrieval + 2))
     with pytest.raises(KeyboardInterrupt):
         _gen(tmp_path)
     assert (sp.retrieval_dir / "meta.json").is_file() and not sp.whiten_dir.exists()
     assert _leftovers(tmp_path) == []
-    monkeypatch.setattr(syn, "_render", _failing_render(after=10_000))
+    monkeypatch.setattr(building, "_render", _failing_render(after=10_000))
     _gen(tmp_path)
     assert _files(sp) == _files(tiny)
 
 
 def test_rerun_with_same_config_is_skipped(tiny, monkeypatch):
     stamp = [p.stat().st_mtime_ns for p in (tiny.retrieval_dir, tiny.whiten_dir, tiny.cls_dir)]
-    monkeypatch.setattr(syn, "_render", _failing_render(after=0))  # any rendering would raise
+    monkeypatch.setattr(building, "_render", _failing_render(after=0))  # any rendering would raise
     assert _gen(tiny.root) == tiny
     assert stamp == [
         p.stat().st_mtime_ns for p in (tiny.retrieval_dir, tiny.whiten_dir, tiny.cls_dir)
