@@ -34,7 +34,10 @@ def colour_pair(
 
 def to_u8(a: np.ndarray) -> np.ndarray:
     """Floats in [0, 1] (clipped) to rounded uint8."""
-    return (np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8)
+    out = np.clip(a, 0, 1)
+    out *= 255
+    out += 0.5
+    return out.astype(np.uint8)
 
 
 def coords(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
@@ -47,7 +50,14 @@ def coords(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
 
 def blend2(t: np.ndarray, c1: np.ndarray, c2: np.ndarray) -> np.ndarray:
     """(h, w, 3) float32: ``c1`` where ``t`` is 0, ``c2`` where it is 1, linear between."""
-    return c1 + (c2 - c1) * t[..., None].astype(np.float32)
+    t = np.asarray(t, np.float32)
+    step = c2 - c1
+    out = np.empty((*t.shape, 3), np.float32)
+    # Channel by channel: numpy broadcasts over a trailing axis of 3 several times slower.
+    for k in range(3):
+        np.multiply(t, step[k], out=out[..., k])
+        out[..., k] += c1[k]
+    return out
 
 
 def _pat_grating(rng, h, w):

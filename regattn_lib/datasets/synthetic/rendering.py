@@ -16,6 +16,9 @@ from .assets import Assets
 from .config import SyntheticConfig
 from .patterns import blend2, colour, colour_pair, coords, pattern, to_u8
 
+#: The 256 uint8 levels as float32 in [0, 1]; lighting curves are evaluated on them.
+_LEVELS = np.arange(256, dtype=np.float32) / 255
+
 # --------------------------------------------------------------------------------------------
 # Geometry and compositing.
 
@@ -110,13 +113,16 @@ def _paste(
     if k < 0.6:  # shrink first with an antialiasing filter: bilinear warping alone would alias
         sw, sh = max(2, round(sw * k * 1.25)), max(2, round(sh * k * 1.25))
         sprite = np.asarray(Image.fromarray(sprite).resize((sw, sh), Image.BILINEAR))
-    tex = sprite.astype(np.float32) / 255
-    rgb, a = tex[..., :3], tex[..., 3:]
+    a = sprite[..., 3].astype(np.float32) / 255
     gain = rng.uniform(0.65, 1.35) * rng.uniform(0.92, 1.08, 3).astype(np.float32)
     gamma = math.exp(rng.uniform(-0.35, 0.35))
-    rgb = np.clip(gain * rgb**gamma + rng.uniform(-0.06, 0.06), 0, 1)
+    # Lighting as a per-channel lookup table over the 256 levels of the uint8 sprite.
+    curves = np.clip(gain * _LEVELS[:, None] ** gamma + rng.uniform(-0.06, 0.06), 0, 1)
     # Premultiplied, so that the zero fill outside the sprite blends correctly at the edges.
-    tex = np.dstack([rgb * a, a]).astype(np.float32)
+    tex = np.empty(sprite.shape, np.float32)
+    for k in range(3):
+        np.multiply(np.take(curves[:, k], sprite[..., k]), a, out=tex[..., k])
+    tex[..., 3] = a
     src = np.array([[0, 0], [sw - 1, 0], [sw - 1, sh - 1], [0, sh - 1]], float)
     hom = _homography(src, quad - [x0, y0])
     patch = warp(
@@ -132,7 +138,9 @@ def _paste(
     if blur > 0:
         patch = gaussian_filter(patch, sigma=(blur, blur, 0))
     region = canvas[y0:y1, x0:x1]
-    region *= 1 - patch[..., 3:]
+    keep = 1 - patch[..., 3]
+    for k in range(3):
+        region[..., k] *= keep
     region += patch[..., :3]
     return alpha, (y0, y1, x0, x1)
 
@@ -230,10 +238,11 @@ def _finish(img: np.ndarray, rng, cfg: SyntheticConfig) -> np.ndarray:
     pil = Image.fromarray(to_u8(img))
     if rng.random() < 0.35:
         pil = pil.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2) * cfg.image_size / 512))
-    out = np.asarray(pil, np.float32) / 255
-    out = rng.uniform(0.75, 1.25) * out ** math.exp(rng.uniform(-0.25, 0.25)) + rng.uniform(
-        -0.05, 0.05
-    )
+    gain = rng.uniform(0.75, 1.25)
+    gamma = math.exp(rng.uniform(-0.25, 0.25))
+    offset = rng.uniform(-0.05, 0.05)
+    # 8-bit input: the lighting curve is evaluated once per level, not once per pixel.
+    out = np.take(gain * _LEVELS**gamma + offset, np.asarray(pil))
     out += rng.normal(0, rng.uniform(0.005, 0.025), out.shape).astype(np.float32)
     return to_u8(out)
 
