@@ -130,9 +130,9 @@ def test_query_box_holds_the_landmark(tiny):
         for sp in sprites:
             sh, sw = sp.shape[:2]
             src = np.array([[0, 0], [sw - 1, 0], [sw - 1, sh - 1], [0, sh - 1]], float)
-            hom = rendering._homography(src, quad)
+            to_sprite = rendering.projective_transform(quad, src)
             tex = np.dstack([sp[..., :3].mean(axis=2), sp[..., 3]]).astype(np.float32) / 255
-            w = warp(tex, np.linalg.inv(hom), output_shape=(H, W), order=1, cval=0.0)
+            w = warp(tex, to_sprite, output_shape=(H, W), order=1, cval=0.0)
             inside = w[..., 1] > 0.99
             corr.append(np.corrcoef(img[inside], w[..., 0][inside])[0, 1])
             if len(corr) == q + 1:

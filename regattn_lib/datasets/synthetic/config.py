@@ -7,8 +7,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 GENERATOR = "regattn_lib.datasets.synthetic"
-#: Bump whenever the rendering changes, so that datasets made by older code are regenerated.
-GENERATOR_VERSION = 1
+#: Bump whenever the rendering or the files written change, so that datasets made by older
+#: code are regenerated. 2: warps by scikit-image's ``ProjectiveTransform``.
+GENERATOR_VERSION = 2
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -16,6 +16,9 @@ from .assets import Assets
 from .config import SyntheticConfig
 from .patterns import blend2, colour, colour_pair, coords, pattern, to_u8
 
+if TYPE_CHECKING:
+    from skimage.transform import ProjectiveTransform
+
 #: The 256 uint8 levels as float32 in [0, 1]; lighting curves are evaluated on them.
 _LEVELS = np.arange(256, dtype=np.float32) / 255
 
@@ -23,15 +26,20 @@ _LEVELS = np.arange(256, dtype=np.float32) / 255
 # Geometry and compositing.
 
 
-def _homography(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """3x3 matrix mapping the 4 points ``src`` (x, y) onto ``dst`` (direct linear solve)."""
-    a = np.zeros((8, 8))
-    b = np.zeros(8)
-    for i, ((x, y), (u, v)) in enumerate(zip(src, dst, strict=True)):
-        a[2 * i] = [x, y, 1, 0, 0, 0, -u * x, -u * y]
-        a[2 * i + 1] = [0, 0, 0, x, y, 1, -v * x, -v * y]
-        b[2 * i], b[2 * i + 1] = u, v
-    return np.append(np.linalg.solve(a, b), 1.0).reshape(3, 3)
+def projective_transform(src: np.ndarray, dst: np.ndarray) -> ProjectiveTransform:
+    """The ``skimage.transform.ProjectiveTransform`` taking the 4 points ``src`` (x, y) onto
+    ``dst``; ``ValueError`` when they are degenerate (3 of them on a line)."""
+    from skimage.transform import ProjectiveTransform
+
+    if hasattr(ProjectiveTransform, "from_estimate"):  # scikit-image >= 0.26
+        tf = ProjectiveTransform.from_estimate(src, dst)
+        ok = bool(tf)
+    else:
+        tf = ProjectiveTransform()
+        ok = tf.estimate(src, dst)
+    if not ok:
+        raise ValueError(f"no projective transform maps {src.tolist()} onto {dst.tolist()}")
+    return tf
 
 
 def _polygon_area(q: np.ndarray) -> float:
@@ -120,14 +128,13 @@ def _paste(
     curves = np.clip(gain * _LEVELS[:, None] ** gamma + rng.uniform(-0.06, 0.06), 0, 1)
     # Premultiplied, so that the zero fill outside the sprite blends correctly at the edges.
     tex = np.empty(sprite.shape, np.float32)
-    for k in range(3):
-        np.multiply(np.take(curves[:, k], sprite[..., k]), a, out=tex[..., k])
+    for ch in range(3):
+        np.multiply(np.take(curves[:, ch], sprite[..., ch]), a, out=tex[..., ch])
     tex[..., 3] = a
     src = np.array([[0, 0], [sw - 1, 0], [sw - 1, sh - 1], [0, sh - 1]], float)
-    hom = _homography(src, quad - [x0, y0])
     patch = warp(
         tex,
-        np.linalg.inv(hom),
+        projective_transform(quad - [x0, y0], src),  # output pixel -> sprite pixel
         output_shape=(y1 - y0, x1 - x0),
         order=1,
         mode="constant",
@@ -139,8 +146,8 @@ def _paste(
         patch = gaussian_filter(patch, sigma=(blur, blur, 0))
     region = canvas[y0:y1, x0:x1]
     keep = 1 - patch[..., 3]
-    for k in range(3):
-        region[..., k] *= keep
+    for ch in range(3):
+        region[..., ch] *= keep
     region += patch[..., :3]
     return alpha, (y0, y1, x0, x1)
 
