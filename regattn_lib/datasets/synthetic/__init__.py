@@ -15,6 +15,10 @@ real one:
   easy + hard), 0-based indices into ``imlist``; plain Python objects only. Queries are not in
   ``imlist`` (revisited convention). ``annotations.json`` beside it records, per image, the
   landmark, its visible and area fractions, label, visible box and warped corners.
+- ``<root>/test/<name>/masks/{db_NNNNN,q_NNN}.png``: the landmark mask of every database image
+  and query, a 1-bit PNG of the image's size, True where the landmark is visible (warped
+  alpha above one half, less occluders and clutter in front; all False without a landmark).
+  ``load_landmark_mask(retrieval_dir, image_name)`` reads one as a bool (H, W) array.
 - ``<root>/train/<name>-whiten/jpg/w_NNNNN.jpg``: the same kind of scenes with *other*
   landmark instances, for learning the PCA-whitening (``annotations.json`` names each image's
   landmark, for learned whitening).
@@ -69,7 +73,7 @@ from .config import (
     tiny_config,
     view_label,
 )
-from .layout import SyntheticPaths, synthetic_paths
+from .layout import SyntheticPaths, load_landmark_mask, synthetic_paths
 
 __all__ = [
     "GENERATOR",
@@ -78,6 +82,7 @@ __all__ = [
     "SyntheticConfig",
     "SyntheticPaths",
     "generate_synthetic",
+    "load_landmark_mask",
     "synthetic_paths",
     "tiny_config",
     "view_label",

@@ -18,6 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from .assets import Assets
@@ -29,10 +30,12 @@ from .config import (
     stream_rng,
     view_label,
 )
-from .layout import SyntheticPaths, synthetic_paths
+from .layout import MASK_DIR, SyntheticPaths, save_landmark_mask, synthetic_paths
 from .rendering import render_scene
 
-# (kind, stream, index tuple, output path, extra) and returns (path, info).
+# Jobs: one per image, run in this process or in a pool. A job is
+# (kind, stream, index tuple, output path, extra) and returns (path, info); ``extra["mask"]``,
+# when set, is where the landmark mask goes.
 
 _STATE: dict[str, Any] = {}
 
@@ -51,14 +54,19 @@ def _render(job: tuple) -> tuple[str, dict[str, Any]]:
         main = assets.obj(extra["clutter_role"], int(rng.integers(cfg.n_clutter_objects)))
         if rng.random() >= cfg.main_clutter_prob:
             main = None
-        img, info = render_scene(rng, cfg, assets, extra["clutter_role"], main, "clutter")
+        img, mask, info = render_scene(rng, cfg, assets, extra["clutter_role"], main, "clutter")
         info = {"height": info["height"], "width": info["width"]}  # no landmark to annotate
+        mask = np.zeros_like(mask)  # the object shown is a distractor
     else:
         main = assets.obj(extra["role"], extra["object"])
-        img, info = render_scene(rng, cfg, assets, extra["clutter_role"], main, extra["target"])
+        img, mask, info = render_scene(
+            rng, cfg, assets, extra["clutter_role"], main, extra["target"]
+        )
         if kind in ("view", "whiten"):
             info["label"] = view_label(info["visible_fraction"], info["area_fraction"], cfg)
     Image.fromarray(img).save(path, "JPEG", quality=cfg.jpeg_quality)
+    if extra.get("mask") is not None:
+        save_landmark_mask(extra["mask"], mask)
     return path, info
 
 
@@ -123,8 +131,9 @@ def _view_targets(n: int, mix: Sequence[float]) -> list[str]:
 def _build_retrieval(
     tmp: Path, cfg: SyntheticConfig, seed: int, runner: _Runner, progress: bool
 ) -> dict:
-    jpg = tmp / "jpg"
+    jpg, masks = tmp / "jpg", tmp / MASK_DIR
     jpg.mkdir()
+    masks.mkdir()
     targets = _view_targets(cfg.views_per_landmark, cfg.view_mix)
     items = [
         ("view", (lm, k), targets[k])
@@ -140,7 +149,7 @@ def _build_retrieval(
     jobs = []
     for name, k in zip(imlist, order.tolist(), strict=True):
         kind, index, target = items[k]
-        extra = dict(base, object=index[0], target=target)
+        extra = dict(base, object=index[0], target=target, mask=str(masks / f"{name}.png"))
         jobs.append((kind, kind, index, str(jpg / f"{name}.jpg"), extra))
     for lm, name in enumerate(qimlist):
         jobs.append(
@@ -149,7 +158,7 @@ def _build_retrieval(
                 "query",
                 (lm,),
                 str(jpg / f"{name}.jpg"),
-                dict(base, object=lm, target="query"),
+                dict(base, object=lm, target="query", mask=str(masks / f"{name}.png")),
             )
         )
     infos = _collect(runner, jobs, f"{cfg.name} retrieval", progress)

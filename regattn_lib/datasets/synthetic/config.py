@@ -8,7 +8,7 @@ import numpy as np
 
 GENERATOR = "regattn_lib.datasets.synthetic"
 #: Bump whenever the rendering or the files written change, so that datasets made by older
-#: code are regenerated. 2: warps by scikit-image's ``ProjectiveTransform``.
+#: code are regenerated. 2: warps by scikit-image's ``ProjectiveTransform``; landmark masks.
 GENERATOR_VERSION = 2
 
 

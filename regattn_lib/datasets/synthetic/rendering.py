@@ -312,12 +312,17 @@ def render_scene(
     clutter_role: str,
     main: np.ndarray | None,
     target: str,
-) -> tuple[np.ndarray, dict[str, Any]]:
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """One image: background, clutter behind, the main object, occluders, clutter in front.
 
     ``target`` picks how the main object is shown: ``'easy'``, ``'hard'``, ``'junk'``
     (database views), ``'query'`` (large, unoccluded, no clutter in front), ``'cls'`` or
     ``'clutter'`` (a distractor at landmark size).
+
+    Returns the uint8 (H, W, 3) image, the bool (H, W) mask of the main object's visible
+    pixels (warped alpha above one half, less what occluders and clutter in front cover;
+    all False without a main object) and the annotation (size; with a main object its visible
+    and area fractions, box of the mask and warped corners).
     """
     hw = _image_shape(rng, cfg)
     H, W = hw
@@ -329,7 +334,7 @@ def render_scene(
     info: dict[str, Any] = {"height": H, "width": W}
     if main is None:
         _place_clutter(canvas, rng, assets, clutter_role, n_front, cfg)
-        return _finish(canvas, rng, cfg), info
+        return _finish(canvas, rng, cfg), np.zeros(hw, bool), info
 
     out, cut, slab, small_occluders = 0.0, 0.0, 0.0, 0
     if target == "easy":
@@ -367,7 +372,6 @@ def render_scene(
     if res is not None:
         a, (y0, y1, x0, x1) = res
         vis[y0:y1, x0:x1] = a
-    main_mask = vis > 0.5
     if slab > 0:
         _occlude(canvas, rng, vis, quad, slab)
     for _ in range(small_occluders):
@@ -383,14 +387,14 @@ def render_scene(
     _place_clutter(canvas, rng, assets, clutter_role, n_front, cfg, vis)
 
     visible_px = float(vis.sum())
-    mask = main_mask if target == "query" else vis > 0.5
+    mask = vis > 0.5
     info.update(
         visible_fraction=min(1.0, visible_px / max(full_area, 1e-6)),
         area_fraction=visible_px / (H * W),
         bbx=_mask_box(mask),
         quad=[[round(float(x), 2), round(float(y), 2)] for x, y in quad],
     )
-    return _finish(canvas, rng, cfg), info
+    return _finish(canvas, rng, cfg), mask, info
 
 
 def _mask_box(mask: np.ndarray) -> list[float] | None:
