@@ -5,25 +5,31 @@ from __future__ import annotations
 import io
 import json
 import pickle
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from scipy.ndimage import binary_dilation, binary_erosion
 from skimage.transform import warp
 
 import regattn_lib.datasets.synthetic as syn
 from regattn_lib.datasets.synthetic import (
     SYNTHETIC_PRESETS,
     SyntheticConfig,
+    assets,
+    building,
     generate_synthetic,
+    load_landmark_mask,
+    rendering,
     tiny_config,
     view_label,
 )
 
 CFG = tiny_config()
-_REAL_RENDER = syn._render
+_REAL_RENDER = building._render
 
 
 def _gen(root: Path, cfg: SyntheticConfig = CFG, seed: int = 0, workers: int = 1):
@@ -107,8 +113,8 @@ def test_ground_truth_is_consistent(tiny):
 def test_query_box_holds_the_landmark(tiny):
     gnd = _load_gnd(tiny.gnd_path)
     ann = json.loads((tiny.retrieval_dir / "annotations.json").read_text())
-    assets = syn._Assets(CFG, 0)
-    sprites = [assets.obj("landmark", lm) for lm in range(CFG.n_landmarks)]
+    bank = assets.Assets(CFG, 0)
+    sprites = [bank.obj("landmark", lm) for lm in range(CFG.n_landmarks)]
     for q, (qname, g) in enumerate(zip(gnd["qimlist"], gnd["gnd"], strict=True)):
         img = np.asarray(
             Image.open(tiny.retrieval_dir / "jpg" / f"{qname}.jpg").convert("L"), float
@@ -127,9 +133,9 @@ def test_query_box_holds_the_landmark(tiny):
         for sp in sprites:
             sh, sw = sp.shape[:2]
             src = np.array([[0, 0], [sw - 1, 0], [sw - 1, sh - 1], [0, sh - 1]], float)
-            hom = syn._homography(src, quad)
+            to_sprite = rendering.projective_transform(quad, src)
             tex = np.dstack([sp[..., :3].mean(axis=2), sp[..., 3]]).astype(np.float32) / 255
-            w = warp(tex, np.linalg.inv(hom), output_shape=(H, W), order=1, cval=0.0)
+            w = warp(tex, to_sprite, output_shape=(H, W), order=1, cval=0.0)
             inside = w[..., 1] > 0.99
             corr.append(np.corrcoef(img[inside], w[..., 0][inside])[0, 1])
             if len(corr) == q + 1:
@@ -152,8 +158,10 @@ def test_cls_split_is_an_image_folder(tiny):
 
 def test_same_seed_identical_other_seed_different(tiny, tmp_path):
     ref = _files(tiny)
-    # retrieval: 19 + 3 images, gnd, annotations, meta; whiten: 4 + 2; cls: 2 x (3 + 2) + meta
-    assert len(ref) == (19 + 3 + 3) + (4 + 2) + (2 * (3 + 2) + 1)
+    # retrieval: 19 + 3 images and their masks, gnd, annotations, meta; whiten: 4 + 2;
+    # cls: 2 x (3 + 2) + meta
+    assert len(ref) == (2 * (19 + 3) + 3) + (4 + 2) + (2 * (3 + 2) + 1)
+    assert sum(k.endswith(".png") for k in ref) == 19 + 3
     again = _gen(tmp_path / "a", workers=2)  # the worker count must not change a byte
     assert _files(again) == ref
     other = _files(_gen(tmp_path / "b", seed=1))
@@ -186,26 +194,26 @@ def _leftovers(root: Path) -> list[Path]:
 
 def test_interrupted_run_leaves_no_dataset_then_completes(tiny, tmp_path, monkeypatch):
     sp = syn.synthetic_paths(CFG.name, tmp_path)
-    monkeypatch.setattr(syn, "_render", _failing_render(after=5))
+    monkeypatch.setattr(building, "_render", _failing_render(after=5))
     with pytest.raises(KeyboardInterrupt):
         _gen(tmp_path)
     assert not sp.retrieval_dir.exists() and not sp.whiten_dir.exists() and not sp.cls_dir.exists()
     assert _leftovers(tmp_path) == []
     # Interrupted in the whitening part: the finished retrieval part stays, and counts as done.
     n_retrieval = 19 + CFG.n_landmarks
-    monkeypatch.setattr(syn, "_render", _failing_render(after=n_retrieval + 2))
+    monkeypatch.setattr(building, "_render", _failing_render(after=n_retrieval + 2))
     with pytest.raises(KeyboardInterrupt):
         _gen(tmp_path)
     assert (sp.retrieval_dir / "meta.json").is_file() and not sp.whiten_dir.exists()
     assert _leftovers(tmp_path) == []
-    monkeypatch.setattr(syn, "_render", _failing_render(after=10_000))
+    monkeypatch.setattr(building, "_render", _failing_render(after=10_000))
     _gen(tmp_path)
     assert _files(sp) == _files(tiny)
 
 
 def test_rerun_with_same_config_is_skipped(tiny, monkeypatch):
     stamp = [p.stat().st_mtime_ns for p in (tiny.retrieval_dir, tiny.whiten_dir, tiny.cls_dir)]
-    monkeypatch.setattr(syn, "_render", _failing_render(after=0))  # any rendering would raise
+    monkeypatch.setattr(building, "_render", _failing_render(after=0))  # any rendering would raise
     assert _gen(tiny.root) == tiny
     assert stamp == [
         p.stat().st_mtime_ns for p in (tiny.retrieval_dir, tiny.whiten_dir, tiny.cls_dir)
@@ -253,3 +261,79 @@ def test_presets_and_bad_profile():
         generate_synthetic("nope")
     with pytest.raises(ValueError, match="view_mix"):
         SyntheticConfig(view_mix=(0.5, 0.5, 0.5))
+
+
+def _mask_box(mask: np.ndarray) -> list[float]:
+    ys, xs = np.nonzero(mask)
+    return [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
+
+
+def test_masks_match_images_and_annotations(tiny):
+    gnd = _load_gnd(tiny.gnd_path)
+    ann = json.loads((tiny.retrieval_dir / "annotations.json").read_text())
+    images = [(n, ann["images"][n]) for n in gnd["imlist"]]
+    images += [(n, ann["queries"][n]) for n in gnd["qimlist"]]
+    for name, a in images:
+        mask = load_landmark_mask(tiny.retrieval_dir, name)
+        with Image.open(tiny.retrieval_dir / "jpg" / f"{name}.jpg") as im:
+            assert mask.dtype == bool and mask.shape == (im.height, im.width)
+        assert np.array_equal(load_landmark_mask(tiny.retrieval_dir, f"{name}.jpg"), mask)
+        if a["landmark"] is None:  # a distractor image: nothing is the landmark
+            assert not mask.any()
+            continue
+        assert mask.any() and _mask_box(mask) == a["bbx"]
+        # The annotated area is the soft visible coverage; the mask thresholds it at one
+        # half, so the two differ by less than the pixels on the mask's boundary.
+        boundary = binary_dilation(mask) & ~binary_erosion(mask)
+        assert abs(mask.sum() - a["area_fraction"] * mask.size) <= boundary.sum()
+    for qname, g in zip(gnd["qimlist"], gnd["gnd"], strict=True):
+        assert _mask_box(load_landmark_mask(tiny.retrieval_dir, qname)) == g["bbx"]
+    labels = {a.get("label") for _, a in images}
+    assert {"easy", "hard"} <= labels  # both kinds were checked non-empty above
+
+
+@pytest.mark.parametrize("target", ["query", "easy", "cls"])
+def test_mask_is_where_the_landmark_was_drawn(monkeypatch, target):
+    """On a flat background, with no clutter, occluders or camera effects, the mask holds
+    exactly the pixels the landmark was drawn on, up to its antialiased rim."""
+    flat = -1.0  # below every colour: any pixel the landmark touches moves away from it
+    monkeypatch.setattr(
+        rendering, "_background", lambda rng, hw, textures: np.full((*hw, 3), flat, np.float32)
+    )
+    monkeypatch.setattr(rendering, "_finish", lambda img, rng, cfg: img)
+    cfg = replace(CFG, clutter_per_scene=(0, 0))
+    bank = assets.Assets(cfg, 0)
+    for seed in range(6):
+        rng = np.random.default_rng([seed, 99])
+        img, mask, info = rendering.render_scene(
+            rng, cfg, bank, "clutter-retrieval", bank.obj("landmark", seed % 3), target
+        )
+        assert mask.shape == img.shape[:2] and mask.dtype == bool
+        drawn = np.abs(img - flat).max(axis=2) > 0.5 / 255
+        assert mask.sum() >= 0.5 * info["area_fraction"] * mask.size > 0
+        assert not (mask & ~drawn).any()  # every mask pixel was drawn on
+        # Drawn beyond the mask's 2-pixel rim (antialiasing, blur): only small occluders
+        # (pieces of clutter over 'easy' and 'cls' landmarks), never over a query's.
+        beyond_rim = drawn & ~binary_dilation(mask, iterations=2)
+        if target == "query":
+            assert not beyond_rim.any()
+
+
+def test_old_sets_without_masks_are_regenerated_with_them(tiny, tmp_path):
+    sp = syn.synthetic_paths(CFG.name, tmp_path)
+    for src, dst in zip(
+        (tiny.retrieval_dir, tiny.whiten_dir, tiny.cls_dir),
+        (sp.retrieval_dir, sp.whiten_dir, sp.cls_dir),
+        strict=True,
+    ):
+        shutil.copytree(src, dst)
+    # What version 1 wrote: no masks/ folder, version 1 in meta.json.
+    shutil.rmtree(sp.retrieval_dir / "masks")
+    meta = json.loads((sp.retrieval_dir / "meta.json").read_text())
+    (sp.retrieval_dir / "meta.json").write_text(json.dumps({**meta, "version": 1}))
+    with pytest.raises(FileNotFoundError, match="no landmark mask"):
+        load_landmark_mask(sp.retrieval_dir, "q_000")
+    with pytest.warns(UserWarning, match="regenerating"):
+        _gen(tmp_path)
+    assert _files(sp) == _files(tiny)  # masks included, byte for byte
+    assert load_landmark_mask(sp.retrieval_dir, "q_000").any()

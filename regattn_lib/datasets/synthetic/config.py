@@ -1,0 +1,190 @@
+"""Settings of the synthetic benchmark: the config, its presets, view labels and random streams."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+GENERATOR = "regattn_lib.datasets.synthetic"
+#: Bump whenever the rendering or the files written change, so that datasets made by older
+#: code are regenerated. 2: warps by scikit-image's ``ProjectiveTransform``; landmark masks.
+GENERATOR_VERSION = 2
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Everything that defines a synthetic benchmark (the seed is passed separately).
+
+    Sizes are in pixels; "scale" is the square root of the warped object's area over the
+    image's area (0.5 = the object covers a quarter of the image).
+
+    Parameters:
+        name: dataset name, used for the folders and ``gnd_<name>.pkl`` (``"synthetic-smoke"``).
+        image_size: longest image side (256).
+        aspect_ratios: width:height ratios drawn uniformly per image (4:3, 3:4, 1:1).
+        object_size: longest side of each object's texture before warping (96).
+        photo_tile: side of the square tiles cut from scikit-image photos, at the photos'
+            resolution capped to 800 px (112).
+        photo_fraction: share of the objects of each role built on a photo tile, the rest on a
+            procedural pattern; scaled down for all roles alike when tiles run out (0.5).
+        n_landmarks: retrieval landmarks, one query each (12).
+        views_per_landmark: database images of each landmark (8).
+        view_mix: targeted share of easy, hard and junk views of each landmark
+            ((0.4, 0.4, 0.2)); labels are measured, not assigned.
+        n_distractor_images: database images with no landmark (60).
+        n_clutter_objects: size of each split's own pool of recurring distractor objects (40).
+        clutter_per_scene: (min, max) distractor objects per scene, inclusive ((2, 5)).
+        clutter_scale: (min, max) scale of a distractor object ((0.08, 0.3)).
+        main_clutter_prob: chance that a landmark-free image shows one distractor object at
+            landmark size, so that a large object alone does not reveal a landmark (0.7).
+        query_scale: (min, max) scale of the landmark in a query ((0.4, 0.65)).
+        n_whiten_landmarks: landmark instances of the whitening split (15).
+        n_whiten_images: images of the whitening split, views of landmark ``i % n`` (150).
+        n_cls_classes: classes of the classification split (6).
+        n_cls_train: training images per class (20).
+        n_cls_val: validation images per class (6).
+        cls_scale: (min, max) scale of the class object ((0.3, 0.65)).
+        easy_min_visible: least visible fraction of an easy view (0.7).
+        easy_min_area: least area fraction of an easy view (0.08).
+        junk_max_visible: a view less visible than this is junk (0.25).
+        junk_max_area: a view with a smaller area fraction is junk (0.012).
+        jpeg_quality: JPEG quality of every image (90).
+    """
+
+    name: str = "synthetic-smoke"
+    image_size: int = 256
+    aspect_ratios: tuple[tuple[int, int], ...] = ((4, 3), (3, 4), (1, 1))
+    object_size: int = 96
+    photo_tile: int = 112
+    photo_fraction: float = 0.5
+    n_landmarks: int = 12
+    views_per_landmark: int = 8
+    view_mix: tuple[float, float, float] = (0.4, 0.4, 0.2)
+    n_distractor_images: int = 60
+    n_clutter_objects: int = 40
+    clutter_per_scene: tuple[int, int] = (2, 5)
+    clutter_scale: tuple[float, float] = (0.08, 0.3)
+    main_clutter_prob: float = 0.7
+    query_scale: tuple[float, float] = (0.4, 0.65)
+    n_whiten_landmarks: int = 15
+    n_whiten_images: int = 150
+    n_cls_classes: int = 6
+    n_cls_train: int = 20
+    n_cls_val: int = 6
+    cls_scale: tuple[float, float] = (0.3, 0.65)
+    easy_min_visible: float = 0.7
+    easy_min_area: float = 0.08
+    junk_max_visible: float = 0.25
+    junk_max_area: float = 0.012
+    jpeg_quality: int = 90
+
+    def __post_init__(self) -> None:
+        if min(self.image_size * min(a, b) / max(a, b) for a, b in self.aspect_ratios) < 32:
+            raise ValueError("image_size too small: the shorter side must stay >= 32 px")
+        if self.n_landmarks < 1 or self.views_per_landmark < 1:
+            raise ValueError("need at least one landmark with one view")
+        if self.n_clutter_objects < 1 or self.n_whiten_landmarks < 1 or self.n_cls_classes < 1:
+            raise ValueError("object pools must not be empty")
+        if abs(sum(self.view_mix) - 1.0) > 1e-6 or min(self.view_mix) < 0:
+            raise ValueError(
+                f"view_mix must be 3 non-negative shares summing to 1: {self.view_mix}"
+            )
+
+
+#: ``smoke``: 168 retrieval images + 150 whitening + 156 classification, 256 px, seconds.
+#: ``demo``: 1,650 retrieval images (50 queries) + 1,500 whitening + 1,500 classification, 512 px.
+SYNTHETIC_PRESETS: dict[str, SyntheticConfig] = {
+    "smoke": SyntheticConfig(),
+    "demo": SyntheticConfig(
+        name="synthetic-demo",
+        image_size=512,
+        object_size=192,
+        n_landmarks=50,
+        views_per_landmark=12,
+        n_distractor_images=1000,
+        n_clutter_objects=120,
+        n_whiten_landmarks=60,
+        n_whiten_images=1500,
+        n_cls_classes=20,
+        n_cls_train=60,
+        n_cls_val=15,
+    ),
+}
+
+
+def view_label(visible: float, area: float, cfg: SyntheticConfig) -> str:
+    """``'easy'``, ``'hard'`` or ``'junk'`` for a view, by the thresholds of ``cfg``.
+
+    Parameters:
+        visible: visible landmark pixels over the whole warped landmark's pixels.
+        area: visible landmark pixels over the image's pixels.
+        cfg: the config holding the thresholds (see the package docstring).
+    """
+    if visible < cfg.junk_max_visible or area < cfg.junk_max_area:
+        return "junk"
+    if visible >= cfg.easy_min_visible and area >= cfg.easy_min_area:
+        return "easy"
+    return "hard"
+
+
+def tiny_config(name: str = "synthetic-tiny") -> SyntheticConfig:
+    """A config far smaller than ``smoke`` (about 40 images of 128 px), for unit tests.
+
+    Parameters:
+        name: dataset name (``"synthetic-tiny"``).
+    """
+    return replace(
+        SYNTHETIC_PRESETS["smoke"],
+        name=name,
+        image_size=128,
+        object_size=48,
+        n_landmarks=3,
+        views_per_landmark=5,
+        n_distractor_images=4,
+        n_clutter_objects=6,
+        n_whiten_landmarks=2,
+        n_whiten_images=4,
+        n_cls_classes=2,
+        n_cls_train=3,
+        n_cls_val=2,
+    )
+
+
+def resolve_config(profile_or_config: str | SyntheticConfig) -> SyntheticConfig:
+    """The config itself, or the preset of that name (``ValueError`` for an unknown name)."""
+    if isinstance(profile_or_config, SyntheticConfig):
+        return profile_or_config
+    try:
+        return SYNTHETIC_PRESETS[profile_or_config]
+    except KeyError:
+        raise ValueError(
+            f"unknown synthetic profile {profile_or_config!r}; choose one of {sorted(SYNTHETIC_PRESETS)} "
+            "or pass a SyntheticConfig"
+        ) from None
+
+
+# Seeds: one integer code per stream, so that no two images or objects share a random stream.
+
+STREAM_CODES = {
+    "tiles": 1,
+    "photo-choice": 2,
+    "order": 3,
+    "view": 10,
+    "clutter-image": 11,
+    "query": 12,
+    "whiten": 13,
+    "cls-train": 14,
+    "cls-val": 15,
+    "landmark": 20,
+    "whiten-landmark": 21,
+    "cls": 22,
+    "clutter-retrieval": 23,
+    "clutter-whiten": 24,
+    "clutter-cls": 25,
+}
+
+
+def stream_rng(seed: int, stream: str, *index: int) -> np.random.Generator:
+    """The random generator of image or object ``index`` of ``stream`` (a ``STREAM_CODES`` key)."""
+    return np.random.default_rng(np.random.SeedSequence([seed, STREAM_CODES[stream], *index]))

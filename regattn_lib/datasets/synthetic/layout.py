@@ -1,0 +1,92 @@
+"""Where a synthetic benchmark lives on disk, and its landmark masks (written and read)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from regattn_lib.paths import data_root as _data_root
+
+#: Folder of the landmark masks, beside ``jpg/`` in a retrieval folder.
+MASK_DIR = "masks"
+
+
+@dataclass(frozen=True)
+class SyntheticPaths:
+    """Where a generated benchmark lives.
+
+    Parameters:
+        name: dataset name (``gnd_<name>.pkl``).
+        root: the data root.
+        retrieval_dir: ``<root>/test/<name>`` (``jpg/``, ``masks/``, the gnd pickle,
+            ``annotations.json``).
+        gnd_path: ``<retrieval_dir>/gnd_<name>.pkl``.
+        whiten_dir: ``<root>/train/<name>-whiten`` (``jpg/``).
+        cls_dir: ``<root>/train/<name>-cls`` (``train/<class>/``, ``val/<class>/``).
+    """
+
+    name: str
+    root: Path
+    retrieval_dir: Path
+    gnd_path: Path
+    whiten_dir: Path
+    cls_dir: Path
+
+
+def synthetic_paths(name: str, data_root: str | os.PathLike | None = None) -> SyntheticPaths:
+    """The folders of dataset ``name`` under ``data_root`` (``paths.data_root`` default: None)."""
+    root = _data_root(data_root)
+    retrieval = root / "test" / name
+    return SyntheticPaths(
+        name=name,
+        root=root,
+        retrieval_dir=retrieval,
+        gnd_path=retrieval / f"gnd_{name}.pkl",
+        whiten_dir=root / "train" / f"{name}-whiten",
+        cls_dir=root / "train" / f"{name}-cls",
+    )
+
+
+def landmark_mask_path(dataset_root: str | os.PathLike, image_name: str) -> Path:
+    """``<dataset_root>/masks/<stem>.png``: the mask file of a database image or query.
+
+    Parameters:
+        dataset_root: a synthetic retrieval folder (``SyntheticPaths.retrieval_dir``, or the
+            ``root`` of its ``RetrievalDataset``).
+        image_name: the image's name as in ``imlist``/``qimlist`` (``"db_00003"``), with or
+            without ``.jpg``.
+    """
+    stem = image_name.removesuffix(".jpg")
+    return Path(dataset_root) / MASK_DIR / f"{stem}.png"
+
+
+def save_landmark_mask(path: str | os.PathLike, mask: np.ndarray) -> None:
+    """Write a bool (H, W) mask as a 1-bit PNG (lossless; a few hundred bytes)."""
+    Image.fromarray(np.asarray(mask, bool)).save(path, "PNG")
+
+
+def load_landmark_mask(dataset_root: str | os.PathLike, image_name: str) -> np.ndarray:
+    """The landmark mask of a synthetic database image or query: bool (H, W), the image's size.
+
+    True where the landmark is visible (its warped texture covers more than half the pixel and
+    no occluder or clutter object hides it); all False for an image without a landmark.
+
+    Parameters:
+        dataset_root: the synthetic retrieval folder (``<data_root>/test/<name>``).
+        image_name: the image's name as in ``imlist``/``qimlist``, with or without ``.jpg``.
+
+    Raises ``FileNotFoundError`` when there is no mask (not a synthetic set, or one written
+    before masks were kept: ``generate_synthetic`` regenerates it).
+    """
+    path = landmark_mask_path(dataset_root, image_name)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no landmark mask {path}: masks exist only for synthetic sets made by "
+            "regattn_lib.datasets.synthetic.generate_synthetic (version 2 or later)"
+        )
+    with Image.open(path) as im:
+        return np.asarray(im.convert("1"), dtype=bool)
