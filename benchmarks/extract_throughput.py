@@ -52,7 +52,9 @@ from regattn_lib.backbones import build_backbone, calibrate_batchnorm, default_w
 from regattn_lib.bench_report import command_line, device_name, shown_path, write_report
 from regattn_lib.datasets.retrieval import RetrievalDataset, load_retrieval_dataset
 from regattn_lib.evaluate import evaluate
-from regattn_lib.extract import RegionalHead, extract_images, resolve_precision, target_size
+from regattn_lib.extract import extract_images
+from regattn_lib.heads import RegionalHead
+from regattn_lib.image_stream import resolve_precision, target_size
 from regattn_lib.images import prepare_image
 from regattn_lib.regions import rmac_regions
 from regattn_lib.search import cosine_ranks

@@ -20,7 +20,7 @@ GLOBAL_LABELS = {"mac": "MAC", "spoc": "SPoC", "crow": "CroW"}  # the papers' sp
 
 def _heads(ctx, methods, whitening):
     from . import pipeline as P
-    from .extract import GlobalHead, RegionalHead
+    from .heads import GlobalHead, RegionalHead
 
     heads = {}
     for m in methods:
@@ -76,7 +76,7 @@ def precision_differences(reference, other, ref_table, other_table) -> pd.DataFr
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from . import pipeline as P
-    from .extract import resolve_precision
+    from .image_stream import resolve_precision
 
     t0 = time.perf_counter()
     ctx = P.setup(args.profile, data_root=args.data_root, device=args.device)

@@ -28,19 +28,14 @@ from .datasets.retrieval import (
 from .evaluate import evaluate
 from .extract import (
     Descriptors,
-    GlobalHead,
-    Head,
-    RegionalHead,
-    RegionalVectorsHead,
-    accumulate_images,
     cache_key,
     env_number,
     extract_dataset,
     list_digest,
-    resolve_device,
-    resolve_precision,
     write_skipped_images,
 )
+from .heads import GlobalHead, Head, RegionalHead, RegionalVectorsHead
+from .image_stream import resolve_device, resolve_precision
 from .io_utils import atomic_write, atomic_write_json
 from .paths import data_root as resolve_data_root
 from .paths import results_root
@@ -49,6 +44,7 @@ from .qe import average_query_expansion
 from .reports import results_dirs
 from .search import cosine_ranks
 from .whitening import PCAWhitening, learn_pca_whitening
+from .whitening_stream import accumulate_images
 
 #: Row labels of the ablation, as in the paper's table.
 RMAC, REGIONAL, CONTEXT = "R-MAC + PCA", "+ regional attention", "+ context awareness"
@@ -245,7 +241,7 @@ def learn_whitenings(
     """Full-dimensional whitenings of several kinds, learned in one pass over the whitening set.
 
     Each image's vectors go straight into one fp64 mean/covariance accumulator per kind
-    (``extract.accumulate_images``), so memory stays at a few C x C matrices however many
+    (``whitening_stream.accumulate_images``), so memory stays at a few C x C matrices however many
     images there are (SfM-120k at L = 3: 2.4M x 2048 vectors, never stacked). Images whose
     original shorter side is under ``whitening_min_side(profile)`` (authors: 200 px) and
     unreadable ones are skipped and listed in ``meta["skipped"]``; a truncated file is used as
@@ -583,7 +579,7 @@ def describe(
 ) -> dict[str, Descriptors]:
     """Descriptors of ``ds`` for every head (cached under ``<data>/cache/<profile>/``).
 
-    ``precision``: the backbone's (``extract.PRECISIONS``); ``None`` (default) takes the
+    ``precision``: the backbone's (``image_stream.PRECISIONS``); ``None`` (default) takes the
     profile's (``fp32`` in the paper profile). The cache is keyed by it.
     """
     descs = extract_dataset(
@@ -703,7 +699,7 @@ def time_per_image(
     the timer (default ``time.perf_counter``).
     """
     from .bench_report import device_name
-    from .extract import _backbone_features
+    from .image_stream import backbone_features
     from .images import prepare_image
 
     p, dev, bb = ctx.profile, ctx.device, ctx.backbone
@@ -724,7 +720,7 @@ def time_per_image(
             torch.cuda.synchronize(dev)
 
     def step(head: Head, batch: torch.Tensor) -> torch.Tensor:
-        feats = _backbone_features(bb, bb.preprocess(batch), precision)
+        feats = backbone_features(bb, bb.preprocess(batch), precision)
         return head(feats, batch).cpu()
 
     warmup = list({tuple(im.shape): im for im in images}.values())
@@ -755,14 +751,14 @@ def attention_for_image(
     """(image, regions, alpha) of one image as the descriptor sees it (resized, cropped, the
     backbone in the profile's precision)."""
     from .descriptor import pool_regions
-    from .extract import _backbone_features
+    from .image_stream import backbone_features
     from .images import prepare_image
     from .regions import rmac_regions
 
     image = prepare_image(path, ctx.profile.image_size, bbx)
     batch = torch.from_numpy(image).permute(2, 0, 1)[None].to(ctx.device)
     precision = resolve_precision(ctx.profile.precision, ctx.device)
-    feats = _backbone_features(ctx.backbone, ctx.backbone.preprocess(batch), precision)
+    feats = backbone_features(ctx.backbone, ctx.backbone.preprocess(batch), precision)
     regions = rmac_regions(image.shape[0], image.shape[1], levels or ctx.profile.levels)
     pooled = pool_regions(feats, regions)
     if attention is None:

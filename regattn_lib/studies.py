@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from . import pipeline as P
-from .extract import GlobalHead, Head, RegionalHead
+from .heads import GlobalHead, Head, RegionalHead
 from .regions import rmac_regions
 from .reports import side_by_side
 from .whitening import PCAWhitening

@@ -519,7 +519,7 @@ def _other_photos(side: int = 112) -> torch.Tensor:
 
 
 def _rmac(net: B.Backbone, images: torch.Tensor) -> torch.Tensor:
-    from regattn_lib.extract import RegionalHead
+    from regattn_lib.heads import RegionalHead
 
     with torch.no_grad():
         return RegionalHead(levels=2)(net.features(images), images)

@@ -15,7 +15,9 @@ from PIL import Image
 
 from regattn_lib.backbones import build_backbone
 from regattn_lib.distributed import DistInfo, extract_distributed, shard_batches
-from regattn_lib.extract import RegionalHead, extract_images, size_batches
+from regattn_lib.extract import extract_images
+from regattn_lib.heads import RegionalHead
+from regattn_lib.image_stream import size_batches
 
 REPO = Path(__file__).resolve().parents[1]
 #: (W, H) of the generated images: three sizes, so three buckets with a partial last batch.

@@ -17,7 +17,7 @@ from regattn_lib import images as I
 from regattn_lib import pipeline as P
 from regattn_lib import studies as S
 from regattn_lib.bench_report import device_name
-from regattn_lib.extract import RegionalHead
+from regattn_lib.heads import RegionalHead
 from regattn_lib.profiles import PAPER, get_profile
 
 
@@ -136,7 +136,7 @@ def test_whitening_is_extracted_in_the_profile_precision_and_keyed_by_it(tmp_pat
         g = torch.Generator().manual_seed(len(calls))
         return {k: accumulate([torch.randn(20, 4, generator=g) for _ in paths]) for k in heads}, []
 
-    # the whitening pass streams through extract.accumulate_images (issue 11, defect 2)
+    # the whitening pass streams through whitening_stream.accumulate_images (issue 11, defect 2)
     monkeypatch.setattr(P, "accumulate_images", fake_accumulate)
     monkeypatch.setattr(P, "_whitening_paths", lambda ctx: [Path(f"w{i}.jpg") for i in range(3)])
     for precision in ("fp32", "bf16", "fp32"):

@@ -119,7 +119,8 @@ def test_weights_column_is_carried_not_compared_on_other_datasets():
 
 
 def test_skipped_images_are_reported_beside_the_tables_with_a_note(tmp_path):
-    from regattn_lib.extract import Descriptors, SkippedImage
+    from regattn_lib.extract import Descriptors
+    from regattn_lib.image_stream import SkippedImage
 
     ctx = P.setup("smoke", data_root=tmp_path / "d", results=tmp_path / "r", device="cpu")
     clean = Descriptors(torch.ones(3, 2), torch.ones(1, 2), ["a", "b", "c"], ["q"])
