@@ -97,7 +97,7 @@ def weights_sha256(path: str | os.PathLike) -> str:
 
 def _weights_entry(name: str) -> dict:
     """The manifest entry of backbone ``name``'s weights file (``KeyError`` for Lite0)."""
-    from regattn_lib.datasets.downloads import manifest_entry
+    from regattn_lib.datasets.manifest import manifest_entry
 
     if name not in WEIGHTS:
         raise KeyError(

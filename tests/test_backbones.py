@@ -224,12 +224,12 @@ def test_missing_weights_error_gives_url_and_path(name, filename, url, tmp_path)
 
 def _fake_downloads(monkeypatch, behaviour):
     """Replace ``downloads.download_entry`` by ``behaviour(url, dest)``, recording each call."""
-    from regattn_lib.datasets import downloads
+    from regattn_lib.datasets import downloads, manifest
 
     calls = []
 
     def download_entry(key, data_root=None, **kwargs):
-        entry = downloads.manifest_entry(key)
+        entry = manifest.manifest_entry(key)
         dest = Path(data_root) / entry["dest"]
         calls.append((entry["url"], dest, key))
         return behaviour(entry["url"], dest)
@@ -270,13 +270,13 @@ def test_download_on_first_use_into_data_root(monkeypatch, tmp_path, cirtorch_st
 def test_real_downloader_records_size_and_sha256_in_the_data_root(
     monkeypatch, tmp_path, cirtorch_state
 ):
-    from regattn_lib.datasets import downloads
+    from regattn_lib.datasets import downloads, manifest
 
     _, source = cirtorch_state
     # A manifest override points the entry at a file:// URL standing in for the server; the
     # random file has no published hash, so its size and sha256 get recorded.
     override = tmp_path / "manifest.json"
-    entry = dict(downloads.manifest_entry("caffe_resnet101_features"), url=source.as_uri())
+    entry = dict(manifest.manifest_entry("caffe_resnet101_features"), url=source.as_uri())
     override.write_text(json.dumps({"files": {"caffe_resnet101_features": entry}}))
     monkeypatch.setenv("REGATTN_MANIFEST", str(override))
     monkeypatch.setenv("REGATTN_DATA", str(tmp_path / "elsewhere"))  # must not be used
@@ -292,10 +292,10 @@ def test_real_downloader_records_size_and_sha256_in_the_data_root(
 
 
 def test_weights_locations_come_from_the_manifest(monkeypatch, tmp_path):
-    from regattn_lib.datasets import downloads
+    from regattn_lib.datasets import manifest
 
     override = tmp_path / "manifest.json"
-    entry = dict(downloads.manifest_entry("torchvision_resnet101"), dest="elsewhere/tv.pth")
+    entry = dict(manifest.manifest_entry("torchvision_resnet101"), dest="elsewhere/tv.pth")
     override.write_text(json.dumps({"files": {"torchvision_resnet101": entry}}))
     monkeypatch.setenv("REGATTN_MANIFEST", str(override))
     assert B.default_weights_path("torchvision-resnet101", tmp_path) == (
