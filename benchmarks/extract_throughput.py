@@ -48,7 +48,9 @@ from PIL import Image
 
 from regattn_lib import pipeline as P
 from regattn_lib.attention import OFFICIAL_RELPATH, RegionalAttention, load_official_attention
-from regattn_lib.backbones import build_backbone, calibrate_batchnorm, default_weights_path
+from regattn_lib.backbone_weights import default_weights_path
+from regattn_lib.backbones import build_backbone
+from regattn_lib.batchnorm_calibration import calibrate_batchnorm
 from regattn_lib.bench_report import command_line, device_name, shown_path, write_report
 from regattn_lib.datasets.retrieval import RetrievalDataset, load_retrieval_dataset
 from regattn_lib.evaluate import evaluate

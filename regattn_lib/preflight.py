@@ -226,7 +226,7 @@ def profile_keys(profile: Profile) -> list[str]:
     """Manifest keys of every file ``profile`` needs except the distractors: the test sets'
     gnd pickles and image archives, the SfM-120k whitening database and images, the backbone's
     weights, the authors' attention (``train.source == 'official'``), the RPN's weights."""
-    from .backbones import WEIGHTS
+    from .backbone_weights import WEIGHTS
     from .datasets.retrieval import IMAGE_ARCHIVES, IMAGE_HOME, SFM_NAME
 
     keys: list[str] = []

@@ -351,7 +351,7 @@ def test_every_download_goes_through_the_mirror_into_the_data_root_in_use(
 ):
     """Attention, RPN, ResNet weights and datasets: fetched from <mirror>/<host><path>, checked
     against the override manifest, recorded in the lock file of the data root passed in."""
-    from regattn_lib import backbones
+    from regattn_lib import backbone_weights as BW
     from regattn_lib.attention import load_official_attention
     from regattn_lib.rpn import RPNRegions
 
@@ -382,7 +382,7 @@ def test_every_download_goes_through_the_mirror_into_the_data_root_in_use(
     module = load_official_attention(data_root=root)
     assert module.hidden == 4 and module.in_channels == 4
     assert torch.equal(RPNRegions._coco_state(root, True)["w"], torch.arange(3))
-    tv = backbones.ensure_weights("torchvision-resnet101", data_root=root)
+    tv = BW.ensure_weights("torchvision-resnet101", data_root=root)
     gnd = dl.download_entry("gnd_oxford5k", root, **FAST)
 
     assert tv.read_bytes() == PAYLOAD and gnd.read_bytes() == b"gnd bytes"
