@@ -14,7 +14,7 @@ Both produce the three descriptors of the paper's ablation (R-MAC + PCA, + regio
 ratio (all methods together, and per method alone), the largest cosine distance between the
 two pipelines' descriptors, their mAP on the dataset's queries against its database and the
 difference, the engine's batched seconds per image per method (a throughput figure; the
-paper's time column, one image at a time, is ``pipeline.time_per_image``), optionally ``torch.compile`` of the backbone (warm-up reported
+paper's time column, one image at a time, is ``timing.time_per_image``), optionally ``torch.compile`` of the backbone (warm-up reported
 separately), and on CUDA the share of time the GPU is busy (torch.profiler kernel time over
 the profiled window). Writes ``results/bench/<name>.json`` and ``.md``.
 
@@ -519,7 +519,7 @@ def measure_per_method(s: Setup, paths: list[Path]) -> dict[str, dict[str, Any]]
     The engine's seconds per image is its batched throughput with one head (``extract_images``
     on the first database images, the profile's image size and batch size, decoding included),
     best of the repeats; the paper's time column (one image at a time, decoding excluded,
-    median) is ``pipeline.time_per_image``.
+    median) is ``timing.time_per_image``.
     """
     out = {}
     for label in s.attentions:

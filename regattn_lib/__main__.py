@@ -14,30 +14,24 @@ import time
 
 import pandas as pd
 
-METHODS = ("rmac", "rmac-nowhiten", "regional", "context", "mac", "spoc", "crow")
-GLOBAL_LABELS = {"mac": "MAC", "spoc": "SPoC", "crow": "CroW"}  # the papers' spellings
+from .methods import METHODS
 
 
-def _heads(ctx, methods, whitening):
+def _heads(ctx, names, whitening):
+    """Heads of the chosen methods (``methods.METHODS`` names), keyed by their labels. The
+    global poolings (MAC, SPoC, CroW, CAM) stay raw here, unlike in the SOTA table."""
     from . import pipeline as P
-    from .heads import GlobalHead, RegionalHead
 
+    fc = getattr(ctx.backbone, "fc", None)
     heads = {}
-    for m in methods:
-        if m == "rmac":
-            heads["R-MAC + PCA"] = RegionalHead(
-                name=m, levels=ctx.profile.levels, whitening=whitening
-            )
-        elif m == "rmac-nowhiten":
-            heads["R-MAC"] = RegionalHead(name=m, levels=ctx.profile.levels)
-        elif m in ("regional", "context"):
-            att = P.load_attention(ctx, m)
-            label = P.REGIONAL if m == "regional" else P.CONTEXT
-            heads[label] = RegionalHead(
-                name=m, levels=ctx.profile.levels, attention=att, whitening=whitening
-            )
-        else:
-            heads[GLOBAL_LABELS[m]] = GlobalHead(name=m, pooling=m)
+    for name in names:
+        m = METHODS[name]
+        heads[m.label] = m.build(
+            levels=ctx.profile.levels,
+            whitening=whitening if m.family == "regional" else None,
+            attention=None if m.attention_kind is None else P.load_attention(ctx, m.attention_kind),
+            fc_weight=None if fc is None else fc.weight.detach(),
+        )
     return heads
 
 
@@ -118,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     ev = sub.add_parser("eval", help="extract descriptors and print mAP for a profile's test set")
     ev.add_argument("--profile", default="smoke", help="smoke | demo | paper (default smoke)")
     ev.add_argument("--dataset", default=None, help="default: the profile's first test set")
-    ev.add_argument("--methods", nargs="+", default=["rmac"], choices=METHODS)
+    ev.add_argument("--methods", nargs="+", default=["rmac"], choices=list(METHODS))
     ev.add_argument(
         "--qe", type=int, default=0, help="average query expansion with the top-k (0: off)"
     )

@@ -541,7 +541,7 @@ def imagenet(rng: np.random.Generator, root: Path) -> dict[str, int]:
 #: Residual branches damped this much (``bn3.weight`` of every bottleneck) before the
 #: BatchNorm calibration: a plain random ResNet-101 is chaotic (a one-grey-level change moves
 #: its descriptors far), damped it is about as stable as a trained one, so that near duplicates
-#: stay near (``backbones.random_caffe_state_dict``).
+#: stay near (``caffe_weights.random_caffe_state_dict``).
 RESIDUAL_SCALE = 0.2
 
 

@@ -10,6 +10,7 @@ from torch import nn
 
 from regattn_lib import pipeline as P
 from regattn_lib import studies as S
+from regattn_lib import training_plan as TP
 from regattn_lib.attention import RegionalAttention
 from regattn_lib.reports import PAPER_ABLATION
 
@@ -44,20 +45,20 @@ def _place_official(ctx, official_weights):
 
 def test_paper_trains_only_the_regional_model(tmp_path):
     ctx = _ctx(tmp_path)
-    assert P.kinds_to_train(ctx) == ["regional"]
+    assert TP.kinds_to_train(ctx) == ["regional"]
     with pytest.raises(ValueError, match="released context weights|released context"):
-        P.training_plan(ctx, ["context"])
+        TP.training_plan(ctx, ["context"])
     smoke = _ctx(tmp_path, "smoke")
-    assert P.kinds_to_train(smoke) == ["regional", "context"]
+    assert TP.kinds_to_train(smoke) == ["regional", "context"]
 
 
 def test_route_a_without_fc_and_route_b_with_it(tmp_path):
-    plan_a = P.training_plan(_ctx(tmp_path, with_fc=False, train={"recipe": {"crop": 64}}))
+    plan_a = TP.training_plan(_ctx(tmp_path, with_fc=False, train={"recipe": {"crop": 64}}))
     assert plan_a.fc_iterations == plan_a.iterations == 16_000
     assert len(plan_a.deviations) == 1 and "no ImageNet classifier" in plan_a.deviations[0]
     assert plan_a.seconds_per_iteration is not None and plan_a.seconds_per_iteration > 0
     assert plan_a.estimated_seconds == pytest.approx(32_000 * plan_a.seconds_per_iteration)
-    plan_b = P.training_plan(_ctx(tmp_path, with_fc=True, train={"recipe": {"crop": 64}}))
+    plan_b = TP.training_plan(_ctx(tmp_path, with_fc=True, train={"recipe": {"crop": 64}}))
     assert plan_b.fc_iterations == 0 and plan_b.deviations == []
     assert plan_b.estimated_seconds == pytest.approx(16_000 * plan_b.seconds_per_iteration)
     assert "regional attention for 16000 iterations" in plan_b.describe(torch.device("cpu"))
@@ -83,11 +84,11 @@ def test_notebook_training_without_imagenet_says_so_and_trains_nothing(tmp_path,
                                                                        official_weights):  # fmt: skip
     ctx = _ctx(tmp_path)
     _place_official(ctx, official_weights)
-    assert not P.can_train(ctx)
-    assert P.notebook_training(ctx) == {}
+    assert not TP.can_train(ctx)
+    assert TP.notebook_training(ctx) == {}
     out = capsys.readouterr().out
     assert "not training" in out and "released context-aware" in out
-    assert ctx.backbone.calls == 0 and P.training_notes(ctx) == []
+    assert ctx.backbone.calls == 0 and TP.training_notes(ctx) == []
 
 
 def test_tables_label_every_row_and_keep_paper_only_rows(tmp_path):
