@@ -15,7 +15,7 @@ Both produce the three descriptors of the paper's ablation (R-MAC + PCA, + regio
 ratio (all methods together, and per method alone), the largest cosine distance between the
 two pipelines' descriptors, their mAP on the dataset's queries against its database and the
 difference, the engine's batched seconds per image per method (a throughput figure; the
-paper's time column, one image at a time, is ``pipeline.time_per_image``), optionally ``torch.compile`` of the backbone (warm-up reported
+paper's time column, one image at a time, is ``timing.time_per_image``), optionally ``torch.compile`` of the backbone (warm-up reported
 separately), and on CUDA the share of time the GPU is busy (torch.profiler kernel time over
 the profiled window). Writes ``results/bench/<name>.json`` and ``.md``.
 
@@ -47,11 +47,15 @@ import torch.nn.functional as F
 
 from regattn_lib import pipeline as P
 from regattn_lib.attention import OFFICIAL_RELPATH, RegionalAttention, load_official_attention
-from regattn_lib.backbones import build_backbone, calibrate_batchnorm, default_weights_path
+from regattn_lib.backbone_weights import default_weights_path
+from regattn_lib.backbones import build_backbone
+from regattn_lib.batchnorm_calibration import calibrate_batchnorm
 from regattn_lib.bench_report import command_line, device_name, shown_path, write_report
 from regattn_lib.datasets.retrieval import RetrievalDataset, load_retrieval_dataset
 from regattn_lib.evaluate import evaluate
-from regattn_lib.extract import RegionalHead, extract_images, resolve_precision, target_size
+from regattn_lib.extract import extract_images
+from regattn_lib.heads import RegionalHead
+from regattn_lib.image_stream import resolve_precision, target_size
 from regattn_lib.images import prepare_image
 from regattn_lib.search import cosine_ranks
 from regattn_lib.whitening import PCAWhitening
@@ -429,7 +433,7 @@ def measure_per_method(s: Setup, paths: list[Path]) -> dict[str, dict[str, Any]]
     The engine's seconds per image is its batched throughput with one head (``extract_images``
     on the first database images, the profile's image size and batch size, decoding included),
     best of the repeats; the paper's time column (one image at a time, decoding excluded,
-    median) is ``pipeline.time_per_image``.
+    median) is ``timing.time_per_image``.
     """
     out = {}
     for label in s.attentions:

@@ -133,7 +133,8 @@ def _child(settings: Mapping[str, Any]) -> dict[str, Any]:
         if settings["mode"] == "streamed":
             w_ = P.learn_whitenings(ctx, ["regional"], progress=False)["regional"]
         else:  # the code before streaming, verbatim in substance
-            from regattn_lib.extract import RegionalVectorsHead, extract_images
+            from regattn_lib.extract import extract_images
+            from regattn_lib.heads import RegionalVectorsHead
             from regattn_lib.whitening import learn_pca_whitening
 
             head = {"r": RegionalVectorsHead(levels=levels)}

@@ -16,30 +16,24 @@ import time
 
 import pandas as pd
 
-METHODS = ("rmac", "rmac-nowhiten", "regional", "context", "mac", "spoc", "crow")
-GLOBAL_LABELS = {"mac": "MAC", "spoc": "SPoC", "crow": "CroW"}  # the papers' spellings
+from .methods import METHODS
 
 
-def _heads(ctx, methods, whitening):
+def _heads(ctx, names, whitening):
+    """Heads of the chosen methods (``methods.METHODS`` names), keyed by their labels. The
+    global poolings (MAC, SPoC, CroW, CAM) stay raw here, unlike in the SOTA table."""
     from . import pipeline as P
-    from .extract import GlobalHead, RegionalHead
 
+    fc = getattr(ctx.backbone, "fc", None)
     heads = {}
-    for m in methods:
-        if m == "rmac":
-            heads["R-MAC + PCA"] = RegionalHead(
-                name=m, levels=ctx.profile.levels, whitening=whitening
-            )
-        elif m == "rmac-nowhiten":
-            heads["R-MAC"] = RegionalHead(name=m, levels=ctx.profile.levels)
-        elif m in ("regional", "context"):
-            att = P.load_attention(ctx, m)
-            label = P.REGIONAL if m == "regional" else P.CONTEXT
-            heads[label] = RegionalHead(
-                name=m, levels=ctx.profile.levels, attention=att, whitening=whitening
-            )
-        else:
-            heads[GLOBAL_LABELS[m]] = GlobalHead(name=m, pooling=m)
+    for name in names:
+        m = METHODS[name]
+        heads[m.label] = m.build(
+            levels=ctx.profile.levels,
+            whitening=whitening if m.family == "regional" else None,
+            attention=None if m.attention_kind is None else P.load_attention(ctx, m.attention_kind),
+            fc_weight=None if fc is None else fc.weight.detach(),
+        )
     return heads
 
 
@@ -78,7 +72,7 @@ def precision_differences(reference, other, ref_table, other_table) -> pd.DataFr
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from . import pipeline as P
-    from .extract import resolve_precision
+    from .image_stream import resolve_precision
 
     t0 = time.perf_counter()
     ctx = P.setup(args.profile, data_root=args.data_root, device=args.device)
@@ -113,14 +107,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's parser (``eval`` and its options)."""
     ap = argparse.ArgumentParser(prog="python -m regattn_lib", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     sub = ap.add_subparsers(dest="command", required=True)
     ev = sub.add_parser("eval", help="extract descriptors and print mAP for a profile's test set")
     ev.add_argument("--profile", default="smoke", help="smoke | demo | paper (default smoke)")
     ev.add_argument("--dataset", default=None, help="default: the profile's first test set")
-    ev.add_argument("--methods", nargs="+", default=["rmac"], choices=METHODS)
+    ev.add_argument("--methods", nargs="+", default=["rmac"], choices=list(METHODS))
     ev.add_argument(
         "--qe", type=int, default=0, help="average query expansion with the top-k (0: off)"
     )
@@ -137,7 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     from .photo_search import add_photo_commands  # index / search a folder of one's own photos
 
     add_photo_commands(sub)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     return args.func(args)
 
 

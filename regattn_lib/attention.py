@@ -116,7 +116,7 @@ class AttentionFileError(ValueError):
 
 def official_entry() -> dict:
     """The manifest entry of the authors' weights (``url``, ``dest``, ``sha256``, ``size``)."""
-    from .datasets.downloads import manifest_entry
+    from .datasets.manifest import manifest_entry
 
     return manifest_entry(OFFICIAL_KEY)
 

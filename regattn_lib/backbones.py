@@ -22,7 +22,9 @@ Three backbones share one interface (:class:`Backbone`):
 Every backbone is built in eval mode with all parameters frozen, and stays in eval mode
 whatever ``train()`` is called with: BatchNorm statistics of a frozen backbone must not move.
 
-ResNet weight files live in ``<data_root>/weights/`` and are downloaded there on first use.
+ResNet weight files live in ``<data_root>/weights/`` and are downloaded there on first use
+(:mod:`regattn_lib.backbone_weights`); the Caffe files' key layouts and input convention are
+read by :mod:`regattn_lib.caffe_weights`.
 """
 
 from __future__ import annotations
@@ -35,6 +37,12 @@ import torch
 import torch.nn as nn
 import torchvision
 
+from regattn_lib.backbone_weights import (
+    ensure_weights,
+    load_strict,
+    load_weights_file,
+    weights_sha256,
+)
 from regattn_lib.conventions import (  # noqa: F401  (re-exported: the backbones' preprocessing)
     CAFFE_CONVENTIONS,
     CAFFE_MEAN_BGR,
@@ -51,193 +59,10 @@ from regattn_lib.conventions import (  # noqa: F401  (re-exported: the backbones
     preprocess_imagenet,
     preprocess_lite,
 )
-from regattn_lib.io_utils import sha256_file
-from regattn_lib.paths import data_root as _data_root
 
 BACKBONES: tuple[str, ...] = ("caffe-resnet101", "torchvision-resnet101", "efficientnet-lite0")
 
 _CHANNELS = {"caffe-resnet101": 2048, "torchvision-resnet101": 2048, "efficientnet-lite0": 1280}
-
-
-class WeightsError(RuntimeError):
-    """A weights file that cannot be used: unreadable, corrupt, or not matching the network."""
-
-
-class WeightsNotFoundError(WeightsError, FileNotFoundError):
-    """A weights file that is absent and could not (or may not) be downloaded."""
-
-
-# --------------------------------------------------------------------------------------------
-# Weight files
-# --------------------------------------------------------------------------------------------
-
-
-#: Backbone name -> key of its weights file in ``regattn_lib/datasets/manifest.json``, the one
-#: registry of downloads (URL, destination under the data root, sha256 or hash prefix, size).
-#: A manifest ``sha256_prefix`` (the hash prefix torch hub puts in a file name; torchvision
-#: loads its files with ``check_hash=True``) is also checked on a file already present.
-WEIGHTS: dict[str, str] = {
-    "caffe-resnet101": "caffe_resnet101_features",
-    "torchvision-resnet101": "torchvision_resnet101",
-}
-
-# (resolved path, size, mtime_ns) -> sha256; hashing a 170 MB file costs ~0.5 s, once is enough.
-_SHA256_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def weights_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a weights file, computed once per (path, size, mtime) and cached in-process."""
-    p = Path(path).resolve()
-    st = p.stat()
-    key = (str(p), st.st_size, st.st_mtime_ns)
-    if key not in _SHA256_CACHE:
-        _SHA256_CACHE[key] = sha256_file(p)
-    return _SHA256_CACHE[key]
-
-
-def _weights_entry(name: str) -> dict:
-    """The manifest entry of backbone ``name``'s weights file (``KeyError`` for Lite0)."""
-    from regattn_lib.datasets.downloads import manifest_entry
-
-    if name not in WEIGHTS:
-        raise KeyError(
-            f"no downloadable weights file for backbone {name!r}; known: {list(WEIGHTS)}"
-        )
-    return manifest_entry(WEIGHTS[name])
-
-
-def default_weights_path(name: str, data_root: str | os.PathLike | None = None) -> Path:
-    """``<data_root>/<dest>`` of a ResNet backbone's manifest entry (``weights/<file name>``).
-
-    Args:
-        name: ``'caffe-resnet101'`` or ``'torchvision-resnet101'``.
-        data_root: data root; ``None`` means ``$REGATTN_DATA``, else ``<repo>/data``.
-    """
-    return _data_root(data_root) / _weights_entry(name)["dest"]
-
-
-def _not_found_message(entry: dict, dest: Path, why: str) -> str:
-    return (
-        f"weights file {dest} is missing ({why}). Download it from {entry['url']} and place it "
-        f"at exactly {dest} (or pass weights_path=...)."
-    )
-
-
-def ensure_weights(
-    name: str, *, data_root: str | os.PathLike | None = None, download: bool = True
-) -> Path:
-    """Path of a ResNet backbone's weights file, downloading it on first use.
-
-    Args:
-        name: ``'caffe-resnet101'`` or ``'torchvision-resnet101'``.
-        data_root: data root (default ``$REGATTN_DATA``, else ``<repo>/data``); the file lives
-            at its manifest destination there (``<data_root>/weights/``).
-        download: fetch the file when absent (default ``True``), through
-            ``downloads.download_entry``: checked against the manifest's hash (or prefix) and
-            size, recorded in ``<data_root>/downloads.lock.json``, fetched from
-            ``$REGATTN_MIRROR`` when set. When ``False`` an absent file raises.
-
-    Raises:
-        WeightsNotFoundError: the file is absent and could not be downloaded; the message gives
-            the URL and the exact path to place the file at.
-        WeightsError: the file's sha256 does not match its name's hash prefix.
-    """
-    from regattn_lib.datasets import downloads
-
-    entry = _weights_entry(name)
-    dest = default_weights_path(name, data_root)
-    if not dest.exists():
-        if not download:
-            raise WeightsNotFoundError(_not_found_message(entry, dest, "download=False"))
-        try:
-            downloads.download_entry(WEIGHTS[name], data_root)
-        except Exception as e:  # DownloadError, or an OSError from the network stack
-            raise WeightsNotFoundError(
-                _not_found_message(entry, dest, f"download failed: {e}")
-            ) from e
-    _check_hash_prefix(entry, dest)
-    return dest
-
-
-def _check_hash_prefix(entry: dict, path: Path) -> None:
-    prefix = entry.get("sha256_prefix")
-    if prefix and not weights_sha256(path).startswith(prefix):
-        raise WeightsError(
-            f"weights file {path} has sha256 {weights_sha256(path)}, which does not start with "
-            f"{prefix} as its name says: the file is corrupt or a different file. "
-            f"Delete it and download it again from {entry['url']}."
-        )
-
-
-def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a state dict with ``torch.load(..., weights_only=True)`` onto the CPU.
-
-    A ``{'state_dict': ...}`` checkpoint is unwrapped. Raises ``WeightsNotFoundError`` for a
-    missing file and ``WeightsError`` naming the file when it is truncated, corrupt or not a
-    state dict.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsNotFoundError(f"weights file not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, bad pickle, EOF...: all mean "unusable file"
-        raise WeightsError(
-            f"cannot read weights file {path} (truncated or corrupt?): {type(e).__name__}: {e}. "
-            "Delete it so that it is downloaded again, or replace it with a good copy."
-        ) from e
-    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightsError(f"weights file {path} does not hold a state dict of tensors")
-    return dict(obj)
-
-
-def load_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
-    """Load ``state_dict`` into ``module``, every key accounted for.
-
-    Missing ``num_batches_tracked`` buffers are tolerated: files saved before PyTorch 0.4.1 lack
-    them and BatchNorm fills them in. Raises ``WeightsError`` naming ``source`` and listing the
-    missing and unexpected keys, or the shape mismatch.
-    """
-    try:
-        result = module.load_state_dict(dict(state_dict), strict=False)
-    except RuntimeError as e:  # size mismatches raise even with strict=False
-        raise WeightsError(f"weights from {source} do not fit the network: {e}") from e
-    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
-    unexpected = list(result.unexpected_keys)
-    if missing or unexpected:
-        raise WeightsError(
-            f"weights from {source} do not match the network: "
-            f"missing keys {missing}, unexpected keys {unexpected}"
-        )
-
-
-# The cirtorch file is the state dict of nn.Sequential(*list(resnet101().children())[:-2]): its
-# keys start with the child's index. 2 (relu) and 3 (maxpool) hold no tensors.
-_CIRTORCH_PREFIXES = {
-    "0": "conv1",
-    "1": "bn1",
-    "4": "layer1",
-    "5": "layer2",
-    "6": "layer3",
-    "7": "layer4",
-}
-
-
-def map_cirtorch_keys(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename cirtorch's ``nn.Sequential`` keys to the named ResNet layout.
-
-    ``0.weight`` -> ``conv1.weight``, ``1.*`` -> ``bn1.*``, ``4.*`` .. ``7.*`` ->
-    ``layer1.*`` .. ``layer4.*`` (e.g. ``6.22.conv2.weight`` -> ``layer3.22.conv2.weight``).
-    Keys with any other prefix are kept as they are, so a strict load reports them. Tensors are
-    not copied.
-    """
-    out = {}
-    for key, value in state_dict.items():
-        head, sep, rest = key.partition(".")
-        out[_CIRTORCH_PREFIXES[head] + sep + rest if head in _CIRTORCH_PREFIXES else key] = value
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -524,166 +349,6 @@ class EfficientNetLite0(Backbone):
 
 
 # --------------------------------------------------------------------------------------------
-# Caffe ResNet-101 files: key layouts, classifier, input convention
-# --------------------------------------------------------------------------------------------
-
-
-class InputConventionError(WeightsError):
-    """A Caffe ResNet file whose ``bn1`` statistics match no known input convention."""
-
-
-def detect_input_convention(
-    conv1: nn.Module,
-    bn1: nn.modules.batchnorm._BatchNorm,
-    source: str,
-    threshold: float = MATCH_THRESHOLD,
-) -> tuple[str, dict[str, float]]:
-    """The input convention a Caffe ResNet's ``conv1``/``bn1`` were trained with, and the scores.
-
-    Runs ``conv1`` on the scikit-image photos under each of :data:`CAFFE_CONVENTIONS` and
-    compares the per-channel output statistics with ``bn1``'s running statistics
-    (:func:`conventions.statistics_score`); the one convention scoring below ``threshold``
-    (default :data:`conventions.MATCH_THRESHOLD`) is returned.
-
-    Raises:
-        InputConventionError: no convention, or more than one, scores below ``threshold``;
-            the message names ``source`` (the file), the scores and how to force one.
-    """
-    scores = convention_scores(conv1, bn1)
-    chosen = choose_convention(scores, threshold)
-    if chosen is None:
-        shown = ", ".join(f"{k}: {v:.2f}" for k, v in scores.items())
-        raise InputConventionError(
-            f"weights file {source}: cannot tell which input convention it expects. conv1's "
-            f"output statistics on natural photos against bn1's running statistics score {shown} "
-            f"(a match is below {threshold}; exactly one must match). The file may not be a "
-            "trained Caffe ResNet-101, or its bn1 statistics were changed. If you know its "
-            "convention, pass input_convention='caffe-bgr' (BGR 0-255 minus the Caffe mean) or "
-            "'rgb-imagenet' (RGB / 255, ImageNet mean and std) to build_backbone."
-        )
-    return chosen, scores
-
-
-def _caffe_fc(state_dict: dict[str, torch.Tensor], source: str) -> nn.Linear | None:
-    """Pop ``fc.weight``/``fc.bias`` (the authors' file) into a frozen ``nn.Linear(2048, 1000)``."""
-    keys = [k for k in ("fc.weight", "fc.bias") if k in state_dict]
-    if not keys:
-        return None
-    if len(keys) != 2:
-        raise WeightsError(f"weights from {source} have {keys[0]} but not its pair")
-    weight, bias = state_dict.pop("fc.weight"), state_dict.pop("fc.bias")
-    if tuple(weight.shape) != (1000, 2048) or tuple(bias.shape) != (1000,):
-        raise WeightsError(
-            f"weights from {source}: fc.weight {tuple(weight.shape)} and fc.bias "
-            f"{tuple(bias.shape)} are not an ImageNet classifier (1000, 2048) and (1000,)"
-        )
-    fc = nn.Linear(2048, 1000)
-    with torch.no_grad():
-        fc.weight.copy_(weight)
-        fc.bias.copy_(bias)
-    return fc
-
-
-def load_caffe_resnet101(
-    state_dict: Mapping[str, torch.Tensor],
-    source: str,
-    weights_id: str,
-    input_convention: str = "auto",
-) -> CaffeResNet101:
-    """A :class:`CaffeResNet101` from a state dict in cirtorch's or the authors' key layout.
-
-    cirtorch's keys (``0.weight``, ``1.*``, ``4.*``..``7.*``) are renamed
-    (:func:`map_cirtorch_keys`); the authors' named keys (``conv1.weight``, ``layer1.0...``) are
-    used as they are, their ``fc.weight``/``fc.bias`` becoming the frozen ``fc``. Every other
-    key must match the network (:func:`load_strict`). ``input_convention='auto'`` reads it off
-    the file (:func:`detect_input_convention`), else the given one is used as ``'forced'``.
-    """
-    state = dict(state_dict)
-    fc = _caffe_fc(state, source) if "conv1.weight" in state else None
-    if "conv1.weight" not in state:
-        state = map_cirtorch_keys(state)
-    model = CaffeResNet101(weights_id)
-    load_strict(model, state, source)
-    model.fc = fc
-    if input_convention == "auto":
-        model.input_convention, model.convention_scores = detect_input_convention(
-            model.conv1, model.bn1, source
-        )
-        model.convention_source = "detected"
-    else:
-        model.input_convention, model.convention_source = input_convention, "forced"
-    return model
-
-
-def caffe_keys(state_dict: Mapping[str, torch.Tensor], layout: str) -> dict[str, torch.Tensor]:
-    """A named-layout Caffe ResNet state dict (``conv1.weight``, ...) in another key layout.
-
-    ``layout``: ``'cirtorch'`` (``0.weight``, ``4.0.conv1...``; inverse of
-    :func:`map_cirtorch_keys`; ``fc.*`` dropped, cirtorch's file has none) or ``'authors'``
-    (the named keys as they are, without ``num_batches_tracked``, as PyTorch 0.3 saved them).
-    """
-    if layout == "authors":
-        return {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
-    if layout != "cirtorch":
-        raise ValueError(f"layout must be 'cirtorch' or 'authors', got {layout!r}")
-    back = {v: k for k, v in _CIRTORCH_PREFIXES.items()}
-    out = {}
-    for key, value in state_dict.items():
-        head, sep, rest = key.partition(".")
-        if head != "fc":
-            out[back[head] + sep + rest] = value
-    return out
-
-
-def random_caffe_state_dict(
-    layout: str = "cirtorch",
-    convention: str = "caffe-bgr",
-    seed: int = 0,
-    image_size: int = 96,
-    with_fc: bool = False,
-    residual_scale: float = 0.2,
-) -> dict[str, torch.Tensor]:
-    """A random Caffe ResNet-101 state dict whose BatchNorm statistics fit natural images.
-
-    For tests and rehearsals that need a weights file without the real one: random weights
-    (``torch.manual_seed(seed)``), every BatchNorm calibrated (:func:`calibrate_batchnorm`) on
-    the scikit-image photos center-cropped to ``image_size`` px (default 96: fast) under the
-    ``caffe-bgr`` convention, so that :func:`detect_input_convention` recognises it.
-    The last BatchNorm scale (``bn3.weight``) of every bottleneck is multiplied by
-    ``residual_scale`` (default 0.2) before calibrating: a plain random ResNet-101 is chaotic
-    (a +-1 grey-level noise moved its R-MAC descriptors to cosine 0.93), with damped residual
-    branches it is about as stable as a trained one (0.997 under the same noise).
-    ``convention='rgb-imagenet'`` then folds it (:func:`conventions.fold_caffe_to_rgb`).
-    ``layout``: ``'cirtorch'`` or ``'authors'`` (:func:`caffe_keys`); ``with_fc`` adds a random
-    ``fc.weight`` (1000, 2048) and ``fc.bias`` (authors' layout only).
-    """
-    from regattn_lib.conventions import natural_images
-
-    if convention not in CAFFE_CONVENTIONS:
-        raise ValueError(f"convention must be one of {CAFFE_CONVENTIONS}, got {convention!r}")
-    if with_fc and layout != "authors":
-        raise ValueError("only the authors' layout has an fc")
-    torch.manual_seed(seed)
-    model = CaffeResNet101()
-    with torch.no_grad():
-        for block in model.modules():
-            if isinstance(block, torchvision.models.resnet.Bottleneck):
-                block.bn3.weight.mul_(residual_scale)
-    photos = []
-    for im in natural_images(image_size):
-        h, w = im.shape[-2:]
-        top, left = (h - image_size) // 2, (w - image_size) // 2
-        photos.append(im[..., top : top + image_size, left : left + image_size])
-    calibrate_batchnorm(model, torch.cat(photos))
-    state = model.state_dict()
-    if with_fc:
-        fc = nn.Linear(2048, 1000)
-        state = {**state, "fc.weight": fc.weight.detach(), "fc.bias": fc.bias.detach()}
-    state = caffe_keys(state, layout)
-    return fold_caffe_to_rgb(state) if convention == "rgb-imagenet" else state
-
-
-# --------------------------------------------------------------------------------------------
 # Factory
 # --------------------------------------------------------------------------------------------
 
@@ -753,6 +418,9 @@ def build_backbone(
     state_dict = load_weights_file(path)
     weights_id = weights_sha256(path)
     if name == "caffe-resnet101":
+        # imported here: caffe_weights builds this module's CaffeResNet101
+        from regattn_lib.caffe_weights import load_caffe_resnet101
+
         model = load_caffe_resnet101(state_dict, str(path), weights_id, input_convention)
     elif name == "torchvision-resnet101":
         model = TorchvisionResNet101(weights_id)
@@ -761,46 +429,3 @@ def build_backbone(
         model = EfficientNetLite0(weights_id)
         model.load_original_state_dict(state_dict, str(path))
     return model.freeze()
-
-
-@torch.no_grad()
-def calibrate_batchnorm(
-    backbone: Backbone, images: torch.Tensor, min_var_ratio: float = 1e-2
-) -> Backbone:
-    """Set each BatchNorm's running mean and variance to those of its input on ``images``.
-
-    For randomly initialised backbones that only time things: with the default running
-    statistics (0 and 1) the activations of a random ResNet-101 grow to about 1e7 and overflow
-    fp16, so every batch would be redone in fp32. Calibrated in one pass (a pre-hook sets a
-    layer's statistics just before it runs, so later layers see calibrated inputs), the
-    activations keep the scale of a trained network.
-
-    Args:
-        images: uint8 (B, 3, H, W), as for ``backbone.features``; several images, so that a
-            channel nearly constant on one image does not get a near-zero variance.
-        min_var_ratio: each channel's variance is at least this fraction of the layer's mean
-            variance (default 0.01): a near-dead channel would otherwise be scaled up by
-            ``1/sqrt(eps)`` and blow up on other images.
-
-    A random network stays far more sensitive to rounding than a trained one, so it checks
-    speed, not precision. Changes the
-    backbone in place and returns it.
-    """
-
-    def set_stats(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-        x = args[0].float()
-        dims = [0, *range(2, x.dim())]
-        var = x.var(dims, unbiased=False)
-        module.running_mean.copy_(x.mean(dims))
-        module.running_var.copy_(var.clamp_min(min_var_ratio * float(var.mean())))
-
-    norms = [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        raise ValueError(f"{getattr(backbone, 'name', type(backbone).__name__)} has no BatchNorm")
-    handles = [m.register_forward_pre_hook(set_stats) for m in norms]
-    try:
-        backbone.features(images)
-    finally:
-        for h in handles:
-            h.remove()
-    return backbone

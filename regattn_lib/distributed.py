@@ -7,7 +7,7 @@ dataset order on every process. Launch, e.g. on 4 GPUs::
     torchrun --standalone --nproc_per_node=4 -m regattn_lib.distributed \\
         --dataset synthetic-demo --image-size 1024 --out results/bench/rmac-demo.pt
 
-Shards are made of whole single-process batches (``extract.size_batches``), so each process
+Shards are made of whole single-process batches (``image_stream.size_batches``), so each process
 forms exactly the batches a single process would have formed for those images: with
 deterministic kernels the gathered descriptors equal the single-process ones bit for bit.
 Outside ``torchrun`` (no ``RANK``/``WORLD_SIZE`` in the environment) everything falls back to
@@ -29,7 +29,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .extract import Head, RegionalHead, extract_images, resolve_device, size_batches, target_size
+from .extract import extract_images
+from .heads import Head, RegionalHead
+from .image_stream import resolve_device, size_batches, target_size
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,7 @@ def shard_batches(
     Parameters
     ----------
     sizes:
-        (H, W) of each image after resizing/cropping (``extract.target_size``).
+        (H, W) of each image after resizing/cropping (``image_stream.target_size``).
     batch_size:
         The batch size ``extract_images`` will use on each shard.
     world_size:

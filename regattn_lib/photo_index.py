@@ -183,10 +183,10 @@ class _FileSet(torch.utils.data.Dataset):
 def describe_images(model: PhotoModel, images: torch.Tensor) -> torch.Tensor:
     """Descriptors (N, D) of uint8 RGB images (N, 3, H, W) of one size: the backbone in the
     model's precision, then its head (regions, attention, whitening, L2)."""
-    from .extract import _backbone_features  # the backbone runner pipeline.py uses too
+    from .image_stream import backbone_features  # the backbone runner extraction uses
 
     batch = images.to(model.device)
-    feats = _backbone_features(model.backbone, model.backbone.preprocess(batch), model.precision)
+    feats = backbone_features(model.backbone, model.backbone.preprocess(batch), model.precision)
     return model.head(feats, batch).float().cpu()
 
 

@@ -23,7 +23,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .attention import RegionalAttention
-from .extract import RegionalHead, resolve_device, resolve_precision
+from .heads import RegionalHead
+from .image_stream import resolve_device, resolve_precision
 from .images import ImageError, check_rgb, crop_box, resize_longest, truncated_images_allowed
 from .paths import data_root as resolve_data_root
 from .paths import results_root

@@ -15,7 +15,6 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from .descriptor import batch_regions, describe_feature_map
 from .figures import _figure, plot_attention
 from .photo_index import FolderIndex
 from .photo_model import PhotoModel, read_photo
@@ -34,15 +33,13 @@ def photo_attention(
     """(image, regions, alpha) of a photo as its descriptor sees it: upright, resized,
     cropped to ``box``, through the descriptor's own regions and attention (alpha = 1 for
     R-MAC)."""
-    from .extract import _backbone_features
+    from .image_stream import backbone_features
 
     photo = read_photo(path, model.profile.image_size, box=box)
     batch = torch.from_numpy(photo.image).permute(2, 0, 1)[None].to(model.device)
-    feats = _backbone_features(model.backbone, model.backbone.preprocess(batch), model.precision)
-    ((_, regions),) = batch_regions(batch, model.head.levels)
-    stride = getattr(model.backbone, "stride", 32)
-    out = describe_feature_map(feats.float(), regions, model.head.attention, None, stride)
-    return photo.image, regions, out.weights()[0].numpy()
+    feats = backbone_features(model.backbone, model.backbone.preprocess(batch), model.precision)
+    ((_, out),) = model.head.describe(feats, batch)
+    return photo.image, out.features.regions, out.weights()[0].numpy()
 
 
 def results_grid(

@@ -4,12 +4,9 @@ descriptors and scores for a profile. Notebooks call these and present the resul
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -18,6 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import methods
 from .attention import RegionalAttention, load_official_attention
 from .datasets.retrieval import (
     RetrievalDataset,
@@ -28,20 +26,14 @@ from .datasets.retrieval import (
 from .evaluate import evaluate
 from .extract import (
     Descriptors,
-    GlobalHead,
-    Head,
-    RegionalHead,
-    RegionalVectorsHead,
-    accumulate_images,
     cache_key,
     env_number,
     extract_dataset,
     list_digest,
-    resolve_device,
-    resolve_precision,
     write_skipped_images,
 )
-from .io_utils import atomic_write, atomic_write_json
+from .heads import GlobalHead, Head, RegionalVectorsHead
+from .image_stream import resolve_device, resolve_precision
 from .paths import data_root as resolve_data_root
 from .paths import results_root
 from .profiles import Profile, get_profile
@@ -49,9 +41,10 @@ from .qe import average_query_expansion
 from .reports import results_dirs
 from .search import cosine_ranks
 from .whitening import PCAWhitening, learn_pca_whitening
+from .whitening_stream import accumulate_images
 
-#: Row labels of the ablation, as in the paper's table.
-RMAC, REGIONAL, CONTEXT = "R-MAC + PCA", "+ regional attention", "+ context awareness"
+#: Row labels of the ablation, as in the paper's table (``methods.ABLATION_METHODS``).
+RMAC, REGIONAL, CONTEXT = (methods.label(name) for name in methods.ABLATION_METHODS)
 ATTENTION_KINDS = {REGIONAL: "regional", CONTEXT: "context"}
 
 
@@ -245,7 +238,7 @@ def learn_whitenings(
     """Full-dimensional whitenings of several kinds, learned in one pass over the whitening set.
 
     Each image's vectors go straight into one fp64 mean/covariance accumulator per kind
-    (``extract.accumulate_images``), so memory stays at a few C x C matrices however many
+    (``whitening_stream.accumulate_images``), so memory stays at a few C x C matrices however many
     images there are (SfM-120k at L = 3: 2.4M x 2048 vectors, never stacked). Images whose
     original shorter side is under ``whitening_min_side(profile)`` (authors: 200 px) and
     unreadable ones are skipped and listed in ``meta["skipped"]``; a truncated file is used as
@@ -328,7 +321,7 @@ def load_attention(ctx: Context, kind: str) -> RegionalAttention:
 
     The authors released only the context-aware model (ResNet-101, 2048 channels); with
     ``source='official'`` it is always that file, and the regional-only model must be trained
-    (``train_profile_attention``). The module's ``provenance`` attribute says which
+    (``training_plan.train_profile_attention``). The module's ``provenance`` attribute says which
     (:data:`RELEASED` or :data:`TRAINED`).
     """
     if uses_released_weights(ctx, kind):
@@ -367,201 +360,6 @@ def available_attention(ctx: Context) -> dict[str, RegionalAttention | None]:
     return out
 
 
-def training_root(ctx: Context) -> Path:
-    """The classification set the attention trains on (``$REGATTN_IMAGENET`` for ImageNet)."""
-    from .datasets.imagenet import IMAGENET_ENV
-
-    t = ctx.profile.train
-    if t.train_set == "imagenet" and os.environ.get(IMAGENET_ENV):
-        return Path(os.environ[IMAGENET_ENV]).expanduser()
-    return ctx.data_root / "train" / t.train_set
-
-
-def kinds_to_train(ctx: Context) -> list[str]:
-    """Attention kinds the profile trains: both, or only the regional one next to released
-    context weights (``source='official'``)."""
-    return [k for k in ATTENTION_KINDS.values() if not uses_released_weights(ctx, k)]
-
-
-def can_train(ctx: Context) -> bool:
-    """Whether the training set is in place (``<root>/train`` and ``<root>/val``)."""
-    root = training_root(ctx)
-    return (root / "train").is_dir() and (root / "val").is_dir()
-
-
-@dataclass
-class TrainingPlan:
-    """What ``train_profile_attention`` will do, said before it starts.
-
-    ``fc_iterations``: iterations of a new fc trained first (0: the backbone's own fc1000);
-    ``iterations``: of each attention model; ``seconds_per_iteration``: the backbone forward of
-    one mini-batch at the crop size, measured now on the device (validation excluded);
-    ``deviations``: named departures from the authors' recipe.
-    """
-
-    kinds: list[str]
-    fc_iterations: int
-    iterations: int
-    seconds_per_iteration: float | None
-    deviations: list[str]
-
-    @property
-    def estimated_seconds(self) -> float | None:
-        if self.seconds_per_iteration is None:
-            return None
-        n = self.fc_iterations + self.iterations * len(self.kinds)
-        return n * self.seconds_per_iteration
-
-    def describe(self, device: torch.device) -> str:
-        est = self.estimated_seconds
-        time_s = (
-            f"about {est / 3600:.1f} h" if est is not None and est >= 3600
-            else f"about {est / 60:.1f} min" if est is not None
-            else "time not estimated (cached features)"
-        )  # fmt: skip
-        fc = f"a new fc for {self.fc_iterations} iterations, then " if self.fc_iterations else ""
-        return (
-            f"[train] {fc}{' and '.join(self.kinds)} attention for {self.iterations} iterations "
-            f"each: {time_s} on {device} (backbone forward measured per mini-batch); "
-            "resumable: a rerun continues from the last checkpoint"
-        )
-
-
-@torch.no_grad()
-def _seconds_per_iteration(ctx: Context, recipe: Any) -> float | None:
-    if recipe.feature_cache_views:
-        return None  # the backbone runs once per image up front, not per iteration
-    bb = ctx.backbone
-    x = torch.randint(0, 256, (recipe.batch_size, 3, recipe.crop, recipe.crop), dtype=torch.uint8)
-    bb.features(x)  # warm-up
-    if ctx.device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    bb.features(x)
-    if ctx.device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
-
-
-def training_plan(ctx: Context, kinds: Sequence[str] | None = None) -> TrainingPlan:
-    """The profile's training: which models, the fc route, iterations and a time estimate.
-
-    Route (b), the authors' setting: a backbone with its own ImageNet fc1000 (their Caffe file)
-    trains the attention under it. Route (a): a backbone without one (cirtorch's Caffe file)
-    first trains a new fc with alpha = 1, then the attention under it, the authors' advice for
-    such a backbone; a named deviation in the tables. ``train.fc_iterations > 0`` forces (a).
-    """
-    t = ctx.profile.train
-    kinds = kinds_to_train(ctx) if kinds is None else list(kinds)
-    for k in kinds:
-        if uses_released_weights(ctx, k):
-            raise ValueError(
-                f"profile {ctx.profile.name!r} uses the authors' released {k} weights; training a "
-                f"{k} model here would replace them in the tables (set train.source='train')"
-            )
-    has_fc = getattr(ctx.backbone, "fc", None) is not None
-    fc_iterations = t.fc_iterations or (0 if has_fc else t.recipe.iterations)
-    deviations = []
-    if fc_iterations and t.train_set == "imagenet":
-        deviations.append(
-            f"the backbone ({ctx.profile.backbone}) has no ImageNet classifier, so a fc was "
-            f"trained here first ({fc_iterations} iterations, frozen backbone, alpha = 1) and "
-            "the attention under it; the authors trained under their Caffe file's own fc1000"
-        )
-    if t.recipe.feature_cache_views:
-        deviations.append(
-            f"attention trained on cached backbone features of {t.recipe.feature_cache_views} "
-            "augmented views per image (feature_cache_views), not a fresh crop per iteration"
-        )
-    return TrainingPlan(kinds, fc_iterations, t.recipe.iterations,
-                        _seconds_per_iteration(ctx, t.recipe), deviations)  # fmt: skip
-
-
-def notebook_training(ctx: Context, train: bool | None = None) -> dict[str, Any]:
-    """Notebook 02's step: train what the profile trains, or say why nothing is trained.
-
-    ``train``: ``None`` trains when the profile trains its own attention (offline profiles) or
-    when its training set is present (the paper profile's regional model on ImageNet);
-    ``False`` never trains; ``True`` trains and fails naming the missing set if it is absent.
-    Returns the runs of ``train_profile_attention`` (empty when nothing was trained).
-    """
-    if train is None:
-        train = ctx.profile.train.source == "train" or can_train(ctx)
-    runs = train_profile_attention(ctx) if train and kinds_to_train(ctx) else {}
-    if not train:
-        print(
-            f"not training: no training set at {training_root(ctx)} (train/ and val/); the "
-            "'+ regional attention' rows stay empty"
-        )
-    if ctx.profile.train.source == "official":
-        print(
-            "using the authors' released context-aware attention:", load_attention(ctx, "context")
-        )
-    return runs
-
-
-def _plan_file(ctx: Context) -> Path:
-    return ctx.dirs["models"] / "training_plan.json"
-
-
-def training_notes(ctx: Context) -> list[str]:
-    """The named deviations of the attention trained here (for the tables' notes)."""
-    f = _plan_file(ctx)
-    if not f.is_file():
-        return []
-    return [f"trained here: {d}" for d in json.loads(f.read_text()).get("deviations", [])]
-
-
-def train_profile_attention(
-    ctx: Context, kinds: Sequence[str] | None = None, plan: TrainingPlan | None = None
-) -> dict[str, Any]:
-    """Train the profile's attention models (fc first where needed), saved under models/.
-
-    ``kinds`` default: :func:`kinds_to_train`. Prints the plan (with its time estimate) before
-    starting. Every stage resumes from its last checkpoint, so an interrupted run loses at most
-    ``checkpoint_every`` iterations.
-    """
-    from .training.routes import train_from_folder
-
-    p, t = ctx.profile, ctx.profile.train
-    plan = training_plan(ctx, kinds) if plan is None else plan
-    print(plan.describe(ctx.device), flush=True)
-    atomic_write_json(_plan_file(ctx), asdict(plan))
-    bb = ctx.backbone
-    base = replace(
-        t.recipe, levels=p.levels, device=str(ctx.device),
-        feature_cache_dir=str(ctx.cache_dir / "train_features"),
-    )  # fmt: skip
-    out: dict[str, Any] = {}
-    fc = None
-    if plan.fc_iterations > 0:
-        cfg = replace(base, iterations=plan.fc_iterations, stage="fc")
-        res = train_from_folder(
-            ctx.data_root, bb, cfg, ctx.dirs["models"] / "train_fc", resume=True, name=t.train_set
-        )
-        fc = res.module
-        out["fc"] = res
-    for kind in plan.kinds:
-        cfg = replace(base, stage="attention", context=kind == "context")
-        res = train_from_folder(
-            ctx.data_root,
-            bb,
-            cfg,
-            ctx.dirs["models"] / f"train_{kind}",
-            fc=fc,
-            resume=True,
-            name=t.train_set,
-        )
-        if res.artefact is None:
-            raise RuntimeError(
-                f"training of the {kind} attention did not finish ({res.steps} steps)"
-            )
-        src = res.artefact
-        atomic_write(attention_file(ctx, kind), lambda tmp, src=src: shutil.copyfile(src, tmp))
-        out[kind] = res
-    return out
-
-
 # ----------------------------------------------------------------------------- descriptors
 def ablation_heads(
     ctx: Context,
@@ -571,14 +369,25 @@ def ablation_heads(
     region_fn: Any = None,
     region_source: str = "rmac-grid",
 ) -> dict[str, Head]:
-    """One ``RegionalHead`` per ablation row (R-MAC, + regional, + context)."""
+    """One head per ablation row (R-MAC, + regional, + context), built by ``methods``.
+
+    ``attentions``: row label -> attention model (default :func:`available_attention`: the
+    rows whose weights exist); ``levels`` default: the profile's; ``region_fn`` and
+    ``region_source``: regions other than the R-MAC grid (the RPN study).
+    """
     attentions = available_attention(ctx) if attentions is None else attentions
     lv = ctx.profile.levels if levels is None else levels
     return {
-        label: RegionalHead(name=label, levels=lv, attention=att, whitening=whitening,
-                            region_fn=region_fn, region_source=region_source)
+        label: methods.build_head(
+            label,
+            levels=lv,
+            attention=att,
+            whitening=whitening,
+            region_fn=region_fn,
+            region_source=region_source,
+        )
         for label, att in attentions.items()
-    }  # fmt: skip
+    }
 
 
 def describe(
@@ -590,7 +399,7 @@ def describe(
 ) -> dict[str, Descriptors]:
     """Descriptors of ``ds`` for every head (cached under ``<data>/cache/<profile>/``).
 
-    ``precision``: the backbone's (``extract.PRECISIONS``); ``None`` (default) takes the
+    ``precision``: the backbone's (``image_stream.PRECISIONS``); ``None`` (default) takes the
     profile's (``fp32`` in the paper profile). The cache is keyed by it.
     """
     descs = extract_dataset(
@@ -673,84 +482,6 @@ def score(
     return out
 
 
-@dataclass(frozen=True)
-class ImageTiming:
-    """Seconds per image of one method, as the paper's time column.
-
-    ``median_s``: median over the ``n`` timed images; ``times_s``: each image's time;
-    ``device``: the GPU's or CPU's name; ``precision``: the backbone's (``fp32``, ``fp16``,
-    ``bf16``); ``image_size``: the longest side the images were resized to.
-    """
-
-    median_s: float
-    device: str
-    precision: str
-    n: int
-    image_size: int | None
-    times_s: tuple[float, ...]
-
-
-@torch.no_grad()
-def time_per_image(
-    ctx: Context,
-    ds: RetrievalDataset,
-    heads: Mapping[str, Head],
-    n_images: int = 20,
-    clock: Callable[[], float] = time.perf_counter,
-) -> dict[str, ImageTiming]:
-    """Seconds per image of each method (backbone + its head), measured as the paper's column.
-
-    The first ``n_images`` database images (default 20) are decoded and resized to the
-    profile's ``timing_image_size`` (``None``: ``image_size``, 1024 px in the paper) and put
-    on the device before any timing, so decoding is excluded. Per method: one untimed warm-up
-    pass on each distinct image shape, then one image at a time, the device synchronised
-    before and after each; each image's time covers normalisation, the backbone in the
-    profile's ``precision`` and the head up to the descriptor on the host. Returns method ->
-    :class:`ImageTiming` (median over the images, device and precision named). ``clock`` is
-    the timer (default ``time.perf_counter``).
-    """
-    from .bench_report import device_name
-    from .extract import _backbone_features
-    from .images import prepare_image
-
-    p, dev, bb = ctx.profile, ctx.device, ctx.backbone
-    size = p.timing_image_size if p.timing_image_size is not None else p.image_size
-    precision = resolve_precision(p.precision, dev)
-    paths = list(ds.db_paths)[:n_images]
-    if not paths:
-        raise ValueError(f"{ds.name}: no database images to time")
-    images = [
-        torch.from_numpy(np.ascontiguousarray(prepare_image(path, size)))
-        .permute(2, 0, 1)[None]
-        .to(dev)
-        for path in paths
-    ]
-
-    def sync() -> None:
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-
-    def step(head: Head, batch: torch.Tensor) -> torch.Tensor:
-        feats = _backbone_features(bb, bb.preprocess(batch), precision)
-        return head(feats, batch).cpu()
-
-    warmup = list({tuple(im.shape): im for im in images}.values())
-    out = {}
-    for name, head in heads.items():
-        for im in warmup:
-            step(head, im)
-        times = []
-        for im in images:
-            sync()
-            t0 = clock()
-            step(head, im)
-            sync()
-            times.append(clock() - t0)
-        out[name] = ImageTiming(float(np.median(times)), device_name(dev), precision, len(times),
-                                size, tuple(times))  # fmt: skip
-    return out
-
-
 @torch.no_grad()
 def attention_for_image(
     ctx: Context,
@@ -761,19 +492,15 @@ def attention_for_image(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(image, regions, alpha) of one image as the descriptor sees it (resized, cropped, the
     backbone in the profile's precision)."""
-    from .descriptor import pool_regions
-    from .extract import _backbone_features
+    from .heads import RegionalHead
+    from .image_stream import backbone_features
     from .images import prepare_image
-    from .regions import rmac_regions
 
     image = prepare_image(path, ctx.profile.image_size, bbx)
     batch = torch.from_numpy(image).permute(2, 0, 1)[None].to(ctx.device)
     precision = resolve_precision(ctx.profile.precision, ctx.device)
-    feats = _backbone_features(ctx.backbone, ctx.backbone.preprocess(batch), precision)
-    regions = rmac_regions(image.shape[0], image.shape[1], levels or ctx.profile.levels)
-    pooled = pool_regions(feats, regions)
-    if attention is None:
-        alpha = np.ones(len(regions))
-    else:
-        alpha = attention(pooled.avg_pooled, pooled.global_avg)[0].cpu().numpy()
-    return image, regions, alpha
+    feats = backbone_features(ctx.backbone, ctx.backbone.preprocess(batch), precision)
+    stride = getattr(ctx.backbone, "stride", 32)
+    head = RegionalHead(levels=levels or ctx.profile.levels, attention=attention, stride=stride)
+    ((_, out),) = head.describe(feats, batch)
+    return image, out.features.regions, out.weights()[0].numpy()

@@ -198,7 +198,7 @@ def _placed_by_hand(folder: Path) -> bool:
 def item_state(key: str, entry: dict[str, Any], root: Path) -> Item:
     """What is left for manifest entry ``key`` under ``root``: download (less a ``.part``
     already fetched) and, for an archive, extraction."""
-    from .datasets.downloads import done_marker
+    from .datasets.archives import done_marker
 
     dest = root / entry["dest"]
     part = dest.with_name(dest.name + ".part")
@@ -226,7 +226,7 @@ def profile_keys(profile: Profile) -> list[str]:
     """Manifest keys of every file ``profile`` needs except the distractors: the test sets'
     gnd pickles and image archives, the SfM-120k whitening database and images, the backbone's
     weights, the authors' attention (``train.source == 'official'``), the RPN's weights."""
-    from .backbones import WEIGHTS
+    from .backbone_weights import WEIGHTS
     from .datasets.retrieval import IMAGE_ARCHIVES, IMAGE_HOME, SFM_NAME
 
     keys: list[str] = []
@@ -252,8 +252,9 @@ def distractor_plan(profile: Profile, root: Path) -> tuple[list[str], list[Check
     which is right when the list follows the archives' order. Revisitop documents no order
     (its own script fetches all 100), so the loader may need more; the report says so.
     """
-    from .datasets.downloads import done_marker, manifest_entry
+    from .datasets.archives import done_marker
     from .datasets.imagenet import list_images
+    from .datasets.manifest import manifest_entry
     from .datasets.retrieval import flickr100k_dir, resolve_distractors
 
     name, n = profile.distractors, profile.n_distractors
@@ -399,14 +400,8 @@ def profile_checks(
     """Every file, the disk, the memory and ImageNet for ``profile``, checked in order (see
     the module docstring). A missing file found under one of ``import_from`` (by its file
     name, verified against the manifest or the lock file) is copied into the data root first."""
-    from .datasets.downloads import (
-        DownloadError,
-        checksum_source,
-        describe_url,
-        import_local,
-        load_manifest,
-        resolve_url,
-    )
+    from .datasets.downloads import DownloadError, checksum_source, import_local
+    from .datasets.manifest import describe_url, load_manifest, resolve_url
 
     root = resolve_data_root(data_root)
     files = load_manifest()

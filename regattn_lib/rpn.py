@@ -98,10 +98,11 @@ class RPNRegions:
         """The COCO weights from ``<data_root>/<dest>``, downloaded (and recorded in that data
         root's lock file) when absent and ``download`` is true."""
         from .datasets import downloads as dl
+        from .datasets.manifest import manifest_entry
         from .paths import data_root as resolve_root
 
         root = resolve_root(data_root)
-        entry = dl.manifest_entry(COCO_KEY)
+        entry = manifest_entry(COCO_KEY)
         dest = root / entry["dest"]
         if not dest.is_file():
             if not download:

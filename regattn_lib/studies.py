@@ -12,15 +12,16 @@ from dataclasses import asdict
 import numpy as np
 import pandas as pd
 
+from . import methods
 from . import pipeline as P
 from .evaluate import per_query_table
-from .extract import GlobalHead, Head, RegionalHead
+from .heads import Head
 from .regions import rmac_regions
 from .reports import side_by_side
 from .stats import paired_gain
+from .timing import time_per_image
 from .whitening import PCAWhitening
 
-SOTA_POOLINGS = {"MAC": "mac", "SPoC": "spoc", "CroW": "crow", "CAM": "cam"}
 #: Column naming where each row's attention weights came from (``pipeline.provenance``).
 WEIGHTS = "weights"
 PAPER_ONLY = "paper only"
@@ -155,8 +156,9 @@ def ablation(
 
     Columns: one classic mAP per test set, ``<set> medium`` / ``<set> hard`` where the set has
     revisited labels, each with the gain over R-MAC + PCA and its 95% paired-bootstrap
-    interval over queries (``gain_intervals``), and ``time_s``: the median seconds per image of each method over
-    ``n_timing`` database images of the first test set (:func:`pipeline.time_per_image`: warm
+    interval over queries (``gain_intervals``), and ``time_s``: the median seconds per image of
+    each method over ``n_timing`` database images of the first test set
+    (:func:`timing.time_per_image`: warm
     model, one image at a time, decoding excluded). ``table.attrs["notes"]`` says how, on which
     device and in which precision; ``table.attrs["timing"]`` holds the measurements.
     """
@@ -182,7 +184,7 @@ def ablation(
             table[col] = values
     if timing:
         ds = P.dataset(ctx, ctx.profile.datasets[0])
-        t = P.time_per_image(ctx, ds, heads, n_timing)
+        t = time_per_image(ctx, ds, heads, n_timing)
         table["time_s"] = [t[m].median_s for m in heads]
         first = next(iter(t.values()))
         table.attrs["notes"] = [
@@ -224,8 +226,8 @@ def scale_study(
     heads: dict[str, Head] = {}
     for lv in levels:
         for label, att in atts.items():
-            heads[f"{label}|L={lv}"] = RegionalHead(
-                name=label, levels=lv, attention=att, whitening=whitening
+            heads[f"{label}|L={lv}"] = methods.build_head(
+                label, levels=lv, attention=att, whitening=whitening
             )
     rows = []
     for name in ctx.profile.datasets:
@@ -250,23 +252,40 @@ def scale_study(
 
 
 def sota_heads(ctx: P.Context, whitening: PCAWhitening) -> dict[str, Head]:
-    """MAC, SPoC, CroW, CAM (whitened on the whitening set), R-MAC and ours (context)."""
-    heads: dict[str, Head] = {}
+    """The state-of-the-art rows (``methods.SOTA_ROWS``): MAC, SPoC, CroW, CAM, each whitened on
+    the whitening set with its own whitening, R-MAC, and ours (the context-aware attention, else
+    the regional one). CAM needs the backbone's ImageNet classifier and is left out without
+    one; ours is left out without any attention model."""
     fc = getattr(ctx.backbone, "fc", None)
-    poolings = {k: v for k, v in SOTA_POOLINGS.items() if v != "cam" or fc is not None}
-    full = P.learn_whitenings(ctx, list(poolings.values()))  # one pass for all of them
+    fc_weight = None if fc is None else fc.weight.detach()
+    atts = {
+        methods.method(lbl).attention_kind: a
+        for lbl, a in P.available_attention(ctx).items()
+        if a is not None
+    }
+    rows: dict[str, methods.Method] = {}
+    for row, names in methods.SOTA_ROWS.items():
+        candidates = [methods.METHODS[n] for n in ((names,) if isinstance(names, str) else names)]
+        usable = [m for m in candidates if m.attention_kind is None or m.attention_kind in atts]
+        if usable and not (usable[0].pooling == "cam" and fc_weight is None):
+            rows[row] = usable[0]
+    poolings = [m.pooling for m in rows.values() if m.family == "global"]
+    full = P.learn_whitenings(ctx, poolings)  # one pass for all of them
     dims = ctx.profile.global_whitening_dims
-    for label, pooling in poolings.items():
-        w = full[pooling] if dims is None else full[pooling].truncate(dims)
-        heads[label] = GlobalHead(name=label, pooling=pooling, whitening=w,
-                                  fc_weight=None if fc is None else fc.weight.detach())  # fmt: skip
-    atts = P.available_attention(ctx)
-    heads["R-MAC"] = RegionalHead(name="R-MAC", levels=ctx.profile.levels, whitening=whitening)
-    best = atts.get(P.CONTEXT) or atts.get(P.REGIONAL)
-    if best is not None:
-        heads["Ours"] = RegionalHead(
-            name="Ours", levels=ctx.profile.levels, attention=best, whitening=whitening
+    heads: dict[str, Head] = {}
+    for row, m in rows.items():
+        if m.family == "global":
+            w = full[m.pooling] if dims is None else full[m.pooling].truncate(dims)
+        else:
+            w = whitening
+        head = m.build(
+            levels=ctx.profile.levels,
+            whitening=w,
+            attention=atts.get(m.attention_kind),
+            fc_weight=fc_weight,
         )
+        head.name = row  # the paper's row label
+        heads[row] = head
     return heads
 
 
@@ -342,13 +361,15 @@ def revisited(ctx: P.Context, whitening: PCAWhitening) -> pd.DataFrame:
 def whitening_study(ctx: P.Context, dims: Sequence[int | None]) -> pd.DataFrame:
     """R-MAC without whitening and with whitening of several dimensions (None = all)."""
     heads: dict[str, Head] = {
-        "R-MAC, no whitening": RegionalHead(name="nw", levels=ctx.profile.levels)
+        methods.label("rmac-nowhiten"): methods.build_head(
+            "rmac-nowhiten", levels=ctx.profile.levels
+        )
     }
     info = {}
     for d in dims:
         w = P.learn_whitening(ctx, n_components=d)
         label = f"R-MAC + PCA-whitening {w.out_dim}-d"
-        heads[label] = RegionalHead(name=label, levels=ctx.profile.levels, whitening=w)
+        heads[label] = methods.build_head("rmac", levels=ctx.profile.levels, whitening=w)
         info[label] = w.meta["n_vectors"]
     rows = []
     for name in ctx.profile.datasets:

@@ -268,11 +268,8 @@ def _pickle(path: Path, obj: Any) -> Path:
 
 
 def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def mirror_path(mirror: Path, url: str) -> Path:
@@ -544,7 +541,7 @@ def imagenet(rng: np.random.Generator, root: Path) -> dict[str, int]:
 #: Residual branches damped this much (``bn3.weight`` of every bottleneck) before the
 #: BatchNorm calibration: a plain random ResNet-101 is chaotic (a one-grey-level change moves
 #: its descriptors far), damped it is about as stable as a trained one, so that near duplicates
-#: stay near (``backbones.random_caffe_state_dict``).
+#: stay near (``caffe_weights.random_caffe_state_dict``).
 RESIDUAL_SCALE = 0.2
 
 
@@ -557,7 +554,7 @@ def caffe_features_state(seed: int) -> OrderedDict:
         sys.path.insert(0, str(REPO))
     import torch
 
-    from regattn_lib.backbones import random_caffe_state_dict
+    from regattn_lib.caffe_weights import random_caffe_state_dict
 
     with torch.random.fork_rng():
         state = random_caffe_state_dict(

@@ -11,7 +11,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
+from regattn_lib import backbone_weights as BW
 from regattn_lib import backbones as B
+from regattn_lib import batchnorm_calibration as BN
+from regattn_lib import caffe_weights as CW
 from regattn_lib.io_utils import sha256_file
 
 CAFFE_FILE = "imagenet-caffe-resnet101-features-10a101d.pth"
@@ -46,7 +49,7 @@ def cirtorch_state(tmp_path_factory) -> tuple[dict[str, torch.Tensor], Path]:
     """A state dict in cirtorch's key format (``0.weight``, ``4.0.conv1.weight``...), random
     weights with BatchNorm statistics calibrated on photos under the caffe-bgr convention (so
     that the file's input convention can be read off it), saved to a file."""
-    state = B.random_caffe_state_dict("cirtorch", seed=0)
+    state = CW.random_caffe_state_dict("cirtorch", seed=0)
     path = tmp_path_factory.mktemp("weights") / CAFFE_FILE
     torch.save(state, path)
     return state, path
@@ -135,7 +138,7 @@ def test_feature_map_size_matches_real_forward(name, size, caffe_random, tv_rand
 
 def test_map_cirtorch_keys_renames_prefixes():
     t = torch.zeros(1)
-    mapped = B.map_cirtorch_keys(
+    mapped = CW.map_cirtorch_keys(
         {
             "0.weight": t,
             "1.running_mean": t,
@@ -162,7 +165,7 @@ def test_cirtorch_keys_cover_caffe_layout_exactly(cirtorch_state):
     # the fixture has exactly the keys of cirtorch's nn.Sequential(*resnet101.children()[:-2])
     seq = nn.Sequential(*list(torchvision.models.resnet101().children())[:-2])
     assert set(state) == set(seq.state_dict())
-    assert set(B.map_cirtorch_keys(state)) == set(B.CaffeResNet101().state_dict())
+    assert set(CW.map_cirtorch_keys(state)) == set(B.CaffeResNet101().state_dict())
 
 
 def test_caffe_loads_cirtorch_file(cirtorch_state):
@@ -187,27 +190,27 @@ def test_truncated_weights_file_names_the_file(cirtorch_state, tmp_path):
     _, path = cirtorch_state
     bad = tmp_path / "truncated.pth"
     bad.write_bytes(path.read_bytes()[:100_000])
-    with pytest.raises(B.WeightsError, match="truncated.pth"):
+    with pytest.raises(BW.WeightsError, match="truncated.pth"):
         B.build_backbone("caffe-resnet101", weights_path=bad)
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")
-    with pytest.raises(B.WeightsError, match="garbage.pth"):
+    with pytest.raises(BW.WeightsError, match="garbage.pth"):
         B.build_backbone("caffe-resnet101", weights_path=garbage)
 
 
 def test_missing_and_unexpected_keys_are_named(cirtorch_state):
     state, _ = cirtorch_state
-    mapped = B.map_cirtorch_keys(state)
+    mapped = CW.map_cirtorch_keys(state)
     del mapped["layer3.22.conv2.weight"]
-    with pytest.raises(B.WeightsError, match=r"layer3\.22\.conv2\.weight") as err:
-        B.load_strict(B.CaffeResNet101(), mapped, "some/file.pth")
+    with pytest.raises(BW.WeightsError, match=r"layer3\.22\.conv2\.weight") as err:
+        BW.load_strict(B.CaffeResNet101(), mapped, "some/file.pth")
     assert "some/file.pth" in str(err.value)
-    extra = B.map_cirtorch_keys({**state, "8.weight": torch.zeros(3)})
-    with pytest.raises(B.WeightsError, match=r"unexpected keys \['8\.weight'\]"):
-        B.load_strict(B.CaffeResNet101(), extra, "x.pth")
-    wrong_shape = B.map_cirtorch_keys({**state, "0.weight": torch.zeros(64, 3, 3, 3)})
-    with pytest.raises(B.WeightsError, match="conv1.weight"):
-        B.load_strict(B.CaffeResNet101(), wrong_shape, "x.pth")
+    extra = CW.map_cirtorch_keys({**state, "8.weight": torch.zeros(3)})
+    with pytest.raises(BW.WeightsError, match=r"unexpected keys \['8\.weight'\]"):
+        BW.load_strict(B.CaffeResNet101(), extra, "x.pth")
+    wrong_shape = CW.map_cirtorch_keys({**state, "0.weight": torch.zeros(64, 3, 3, 3)})
+    with pytest.raises(BW.WeightsError, match="conv1.weight"):
+        BW.load_strict(B.CaffeResNet101(), wrong_shape, "x.pth")
 
 
 @pytest.mark.parametrize(
@@ -216,7 +219,7 @@ def test_missing_and_unexpected_keys_are_named(cirtorch_state):
 )
 def test_missing_weights_error_gives_url_and_path(name, filename, url, tmp_path):
     dest = tmp_path / "weights" / filename
-    with pytest.raises(B.WeightsNotFoundError) as err:
+    with pytest.raises(BW.WeightsNotFoundError) as err:
         B.build_backbone(name, data_root=tmp_path, download=False)
     assert url in str(err.value) and str(dest) in str(err.value)
     assert isinstance(err.value, FileNotFoundError)
@@ -224,12 +227,12 @@ def test_missing_weights_error_gives_url_and_path(name, filename, url, tmp_path)
 
 def _fake_downloads(monkeypatch, behaviour):
     """Replace ``downloads.download_entry`` by ``behaviour(url, dest)``, recording each call."""
-    from regattn_lib.datasets import downloads
+    from regattn_lib.datasets import downloads, manifest
 
     calls = []
 
     def download_entry(key, data_root=None, **kwargs):
-        entry = downloads.manifest_entry(key)
+        entry = manifest.manifest_entry(key)
         dest = Path(data_root) / entry["dest"]
         calls.append((entry["url"], dest, key))
         return behaviour(entry["url"], dest)
@@ -244,7 +247,7 @@ def test_failed_download_gives_url_and_path(monkeypatch, tmp_path):
 
     _fake_downloads(monkeypatch, fail)
     dest = tmp_path / "weights" / CAFFE_FILE
-    with pytest.raises(B.WeightsNotFoundError) as err:
+    with pytest.raises(BW.WeightsNotFoundError) as err:
         B.build_backbone("caffe-resnet101", data_root=tmp_path)
     msg = str(err.value)
     assert CAFFE_URL in msg and str(dest) in msg and "network unreachable" in msg
@@ -270,13 +273,13 @@ def test_download_on_first_use_into_data_root(monkeypatch, tmp_path, cirtorch_st
 def test_real_downloader_records_size_and_sha256_in_the_data_root(
     monkeypatch, tmp_path, cirtorch_state
 ):
-    from regattn_lib.datasets import downloads
+    from regattn_lib.datasets import downloads, manifest
 
     _, source = cirtorch_state
     # A manifest override points the entry at a file:// URL standing in for the server; the
     # random file has no published hash, so its size and sha256 get recorded.
     override = tmp_path / "manifest.json"
-    entry = dict(downloads.manifest_entry("caffe_resnet101_features"), url=source.as_uri())
+    entry = dict(manifest.manifest_entry("caffe_resnet101_features"), url=source.as_uri())
     override.write_text(json.dumps({"files": {"caffe_resnet101_features": entry}}))
     monkeypatch.setenv("REGATTN_MANIFEST", str(override))
     monkeypatch.setenv("REGATTN_DATA", str(tmp_path / "elsewhere"))  # must not be used
@@ -292,13 +295,13 @@ def test_real_downloader_records_size_and_sha256_in_the_data_root(
 
 
 def test_weights_locations_come_from_the_manifest(monkeypatch, tmp_path):
-    from regattn_lib.datasets import downloads
+    from regattn_lib.datasets import manifest
 
     override = tmp_path / "manifest.json"
-    entry = dict(downloads.manifest_entry("torchvision_resnet101"), dest="elsewhere/tv.pth")
+    entry = dict(manifest.manifest_entry("torchvision_resnet101"), dest="elsewhere/tv.pth")
     override.write_text(json.dumps({"files": {"torchvision_resnet101": entry}}))
     monkeypatch.setenv("REGATTN_MANIFEST", str(override))
-    assert B.default_weights_path("torchvision-resnet101", tmp_path) == (
+    assert BW.default_weights_path("torchvision-resnet101", tmp_path) == (
         tmp_path.resolve() / "elsewhere" / "tv.pth"
     )
     assert not hasattr(B, "WeightsSource")  # no second registry of URLs and hashes
@@ -308,7 +311,7 @@ def test_torchvision_file_with_wrong_hash_is_rejected(tmp_path):
     dest = tmp_path / "weights" / TV_FILE
     dest.parent.mkdir()
     dest.write_bytes(b"something else")
-    with pytest.raises(B.WeightsError, match="63fe2227") as err:
+    with pytest.raises(BW.WeightsError, match="63fe2227") as err:
         B.build_backbone("torchvision-resnet101", data_root=tmp_path, download=False)
     assert str(dest) in str(err.value)
 
@@ -463,7 +466,7 @@ def test_calibrated_random_backbone_keeps_fp16_range():
     with torch.no_grad():
         before = float(bb.features(images).abs().max())
     assert before > 65504  # the default statistics would overflow fp16
-    B.calibrate_batchnorm(bb, images)
+    BN.calibrate_batchnorm(bb, images)
 
     # every BatchNorm now normalises its own input on these images: mean 0, variance 1
     outputs: list[torch.Tensor] = []
@@ -498,7 +501,7 @@ def test_calibrate_needs_batchnorm():
             return self.conv(images.float())
 
     with pytest.raises(ValueError, match="nonorm has no BatchNorm"):
-        B.calibrate_batchnorm(NoNorm(), torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+        BN.calibrate_batchnorm(NoNorm(), torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
 
 
 # ---------------------------------------------------------------------------- input convention
@@ -519,7 +522,7 @@ def _other_photos(side: int = 112) -> torch.Tensor:
 
 
 def _rmac(net: B.Backbone, images: torch.Tensor) -> torch.Tensor:
-    from regattn_lib.extract import RegionalHead
+    from regattn_lib.heads import RegionalHead
 
     with torch.no_grad():
         return RegionalHead(levels=2)(net.features(images), images)
@@ -603,9 +606,9 @@ def test_file_matching_no_convention_is_refused(cirtorch_state, tmp_path):
     bad["1.running_mean"] = state["1.running_mean"] * 10
     path = tmp_path / "odd-stats.pth"
     torch.save(bad, path)
-    with pytest.raises(B.InputConventionError, match="odd-stats.pth") as err:
+    with pytest.raises(CW.InputConventionError, match="odd-stats.pth") as err:
         B.build_backbone("caffe-resnet101", weights_path=path)
-    assert isinstance(err.value, B.WeightsError)
+    assert isinstance(err.value, BW.WeightsError)
     assert "caffe-bgr" in str(err.value) and "input_convention=" in str(err.value)
     forced = B.build_backbone("caffe-resnet101", weights_path=path, input_convention="caffe-bgr")
     assert (forced.input_convention, forced.convention_source) == ("caffe-bgr", "forced")
@@ -630,7 +633,7 @@ def test_authors_file_with_fc_loads(cirtorch_state, tmp_path):
     # resnet101_caffeProto.pth: named keys (conv1.weight, layer1.0...) as the authors'
     # Resnet.py, no num_batches_tracked (PyTorch 0.3), plus the ImageNet fc.weight / fc.bias.
     state, _ = cirtorch_state
-    named = B.caffe_keys(B.map_cirtorch_keys(state), "authors")
+    named = CW.caffe_keys(CW.map_cirtorch_keys(state), "authors")
     assert "conv1.weight" in named and not any("num_batches" in k for k in named)
     torch.manual_seed(3)
     fc_w, fc_b = torch.randn(1000, 2048) * 0.01, torch.randn(1000)
@@ -646,13 +649,13 @@ def test_authors_file_with_fc_loads(cirtorch_state, tmp_path):
     assert not net.fc.weight.requires_grad and not net.fc.training
     assert torch.equal(net.layer3[22].conv2.weight, state["6.22.conv2.weight"])
     torch.save({**named, "fc.weight": fc_w}, path)
-    with pytest.raises(B.WeightsError, match="fc.weight but not its pair"):
+    with pytest.raises(BW.WeightsError, match="fc.weight but not its pair"):
         B.build_backbone("caffe-resnet101", weights_path=path)
     torch.save({**named, "fc.weight": fc_w[:10], "fc.bias": fc_b[:10]}, path)
-    with pytest.raises(B.WeightsError, match="resnet101_caffeProto.pth"):
+    with pytest.raises(BW.WeightsError, match="resnet101_caffeProto.pth"):
         B.build_backbone("caffe-resnet101", weights_path=path)
     torch.save({**named, "fc.weight": fc_w, "fc.bias": fc_b, "extra.weight": fc_b}, path)
-    with pytest.raises(B.WeightsError, match=r"unexpected keys \['extra\.weight'\]"):
+    with pytest.raises(BW.WeightsError, match=r"unexpected keys \['extra\.weight'\]"):
         B.build_backbone("caffe-resnet101", weights_path=path)
 
 

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from regattn_lib.datasets import downloads as dl
+from regattn_lib.datasets import manifest as mf
 from regattn_lib.datasets.imagenet import imagenet_split, list_image_folder
 from regattn_lib.datasets.retrieval import (
     PARIS_BLACKLIST,
@@ -193,10 +194,10 @@ def test_download_true_fetches_gnd_and_images(tmp_path, monkeypatch):
     t = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     t.start()
     base = f"http://127.0.0.1:{httpd.server_address[1]}"
-    real = dl.load_manifest()
+    real = mf.load_manifest()
     real["gnd_oxford5k"]["url"] = f"{base}/gnd_oxford5k.pkl"
     real["images_oxford5k"]["url"] = f"{base}/ox.tgz"
-    monkeypatch.setattr(dl, "load_manifest", lambda: real)
+    monkeypatch.setattr(mf, "load_manifest", lambda: real)
     try:
         data = tmp_path / "data"
         ds = load_retrieval_dataset("oxford5k", data_root=data, download=True)

@@ -16,7 +16,9 @@ from PIL import Image
 
 from regattn_lib.backbones import build_backbone
 from regattn_lib.distributed import shard_batches
-from regattn_lib.extract import RegionalHead, extract_images, size_batches
+from regattn_lib.extract import extract_images
+from regattn_lib.heads import RegionalHead
+from regattn_lib.image_stream import size_batches
 from regattn_lib.training.data import Loader, Stream, rank_shard, rank_slice
 
 REPO = Path(__file__).resolve().parents[1]

@@ -20,17 +20,17 @@ import numpy as np
 import pytest
 
 from regattn_lib.datasets import downloads as dl
+from regattn_lib.datasets import manifest as mf
+from regattn_lib.datasets.archives import extract_archive
 from regattn_lib.datasets.downloads import (
     ChecksumError,
     DownloadError,
-    UnsafePickleError,
     download,
     download_entry,
-    extract_archive,
     lock_record,
-    manifest_entry,
-    safe_load_pickle,
 )
+from regattn_lib.datasets.manifest import manifest_entry
+from regattn_lib.datasets.safe_pickle import UnsafePickleError, safe_load_pickle
 
 PAYLOAD = np.random.default_rng(0).integers(0, 256, 150_000, dtype=np.uint8).tobytes()
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -258,7 +258,7 @@ def test_download_entry_uses_manifest_prefix(site, tmp_path, monkeypatch):
         "good": {"url": url, "dest": "weights/w.pth", "sha256": None, "sha256_prefix": SHA[:8]},
         "bad": {"url": url, "dest": "weights/v.pth", "sha256": None, "sha256_prefix": "00000000"},
     }
-    monkeypatch.setattr(dl, "load_manifest", lambda: entries)
+    monkeypatch.setattr(mf, "load_manifest", lambda: entries)
     out = download_entry("good", data_root=tmp_path, **FAST)
     assert out == tmp_path / "weights" / "w.pth" and out.read_bytes() == PAYLOAD
     with pytest.raises(ChecksumError):
@@ -277,7 +277,7 @@ def test_manifest_entries():
     assert g["url"].endswith("/test/roxford5k/gnd_roxford5k.pkl")
     assert g["dest"] == "test/roxford5k/gnd_roxford5k.pkl"
     assert manifest_entry("revisitop1m_tar_100")["url"].endswith("/jpg/revisitop1m.100.tar.gz")
-    for key, e in dl.load_manifest().items():
+    for key, e in mf.load_manifest().items():
         assert e["url"].startswith(("http://", "https://")), key
         assert not Path(e["dest"]).is_absolute() and ".." not in Path(e["dest"]).parts
     with pytest.raises(KeyError, match="gnd_oxford5k"):
@@ -306,25 +306,25 @@ GND_URL = "http://cmp.felk.cvut.cz/cnnimageretrieval/data/test/oxford5k/gnd_oxfo
 
 def test_mirror_path_and_resolve_url(monkeypatch):
     monkeypatch.delenv("REGATTN_MIRROR", raising=False)
-    assert dl.mirror_path(GND_URL) == (
+    assert mf.mirror_path(GND_URL) == (
         "cmp.felk.cvut.cz/cnnimageretrieval/data/test/oxford5k/gnd_oxford5k.pkl"
     )
-    assert dl.mirror_path("https://h.org:8443/a/b.tgz?x=1") == "h.org:8443/a/b.tgz?x=1"
-    assert dl.resolve_url(GND_URL) == GND_URL  # no mirror: the canonical URL
+    assert mf.mirror_path("https://h.org:8443/a/b.tgz?x=1") == "h.org:8443/a/b.tgz?x=1"
+    assert mf.resolve_url(GND_URL) == GND_URL  # no mirror: the canonical URL
     monkeypatch.setenv("REGATTN_MIRROR", "http://127.0.0.1:9/base/")
-    assert dl.resolve_url(GND_URL) == (
+    assert mf.resolve_url(GND_URL) == (
         "http://127.0.0.1:9/base/cmp.felk.cvut.cz/cnnimageretrieval/data/test/oxford5k/"
         "gnd_oxford5k.pkl"
     )
-    for e in dl.load_manifest().values():  # every entry is redirected, host first
+    for e in mf.load_manifest().values():  # every entry is redirected, host first
         parts = urlsplit(e["url"])
-        assert dl.resolve_url(e["url"]) == f"http://127.0.0.1:9/base/{parts.netloc}{parts.path}"
-    assert dl.resolve_url("file:///tmp/x.pth") == "file:///tmp/x.pth"  # local files stay
+        assert mf.resolve_url(e["url"]) == f"http://127.0.0.1:9/base/{parts.netloc}{parts.path}"
+    assert mf.resolve_url("file:///tmp/x.pth") == "file:///tmp/x.pth"  # local files stay
     with pytest.raises(ValueError, match="http"):
-        dl.mirror_path("file:///tmp/x.pth")
+        mf.mirror_path("file:///tmp/x.pth")
     monkeypatch.setenv("REGATTN_MIRROR", "ftp.example.org/mirror")
     with pytest.raises(ValueError, match="REGATTN_MIRROR"):
-        dl.resolve_url(GND_URL)
+        mf.resolve_url(GND_URL)
 
 
 def write_manifest(path: Path, files: dict) -> Path:
@@ -351,7 +351,7 @@ def test_every_download_goes_through_the_mirror_into_the_data_root_in_use(
 ):
     """Attention, RPN, ResNet weights and datasets: fetched from <mirror>/<host><path>, checked
     against the override manifest, recorded in the lock file of the data root passed in."""
-    from regattn_lib import backbones
+    from regattn_lib import backbone_weights as BW
     from regattn_lib.attention import load_official_attention
     from regattn_lib.rpn import RPNRegions
 
@@ -375,18 +375,18 @@ def test_every_download_goes_through_the_mirror_into_the_data_root_in_use(
         entry = {**manifest_entry(key), **fields}
         del entry["key"]
         files[key] = entry
-        site.add("/mirror/" + dl.mirror_path(entry["url"]), data)
+        site.add("/mirror/" + mf.mirror_path(entry["url"]), data)
     monkeypatch.setenv("REGATTN_MANIFEST", str(write_manifest(tmp_path / "m.json", files)))
     root = tmp_path / "root"
 
     module = load_official_attention(data_root=root)
     assert module.hidden == 4 and module.in_channels == 4
     assert torch.equal(RPNRegions._coco_state(root, True)["w"], torch.arange(3))
-    tv = backbones.ensure_weights("torchvision-resnet101", data_root=root)
+    tv = BW.ensure_weights("torchvision-resnet101", data_root=root)
     gnd = dl.download_entry("gnd_oxford5k", root, **FAST)
 
     assert tv.read_bytes() == PAYLOAD and gnd.read_bytes() == b"gnd bytes"
-    wanted = sorted("/mirror/" + dl.mirror_path(e["url"]) for e in files.values())
+    wanted = sorted("/mirror/" + mf.mirror_path(e["url"]) for e in files.values())
     assert sorted(p for p, _ in site.requests) == wanted  # each once, each from the mirror
     lock = json.loads((root / "downloads.lock.json").read_text())
     # keyed by the canonical URLs; the attention's full hash is known, so it is not recorded
@@ -403,13 +403,13 @@ def test_manifest_override_supplies_hashes_and_a_wrong_one_is_quarantined(
     site, tmp_path, monkeypatch
 ):
     monkeypatch.setenv("REGATTN_MIRROR", site.base)
-    mirror_url = site.add("/" + dl.mirror_path(GND_URL), PAYLOAD)
-    package = dl.load_manifest()
+    mirror_url = site.add("/" + mf.mirror_path(GND_URL), PAYLOAD)
+    package = mf.load_manifest()
     gnd = {**package["gnd_oxford5k"], "sha256": SHA, "size": len(PAYLOAD)}
     extra = {"url": "https://example.org/x.bin", "dest": "x/x.bin"}
     override = write_manifest(tmp_path / "m.json", {"gnd_oxford5k": gnd, "fixture_x": extra})
     monkeypatch.setenv("REGATTN_MANIFEST", str(override))
-    merged = dl.load_manifest()
+    merged = mf.load_manifest()
     assert merged["gnd_oxford5k"] == gnd and merged["fixture_x"] == extra
     assert {k: v for k, v in merged.items() if k not in ("gnd_oxford5k", "fixture_x")} == {
         k: v for k, v in package.items() if k != "gnd_oxford5k"
@@ -434,13 +434,13 @@ def test_mirror_failure_names_both_urls(site, tmp_path, monkeypatch):
     with pytest.raises(DownloadError) as e:
         dl.download_entry("gnd_oxford5k", tmp_path, **FAST)
     msg = str(e.value)
-    assert GND_URL in msg and f"{site.base}/m/{dl.mirror_path(GND_URL)}" in msg and "404" in msg
+    assert GND_URL in msg and f"{site.base}/m/{mf.mirror_path(GND_URL)}" in msg and "404" in msg
 
 
 def test_a_local_folder_serves_as_mirror(tmp_path, monkeypatch):
     mirror = tmp_path / "mirror"
-    (mirror / dl.mirror_path(GND_URL)).parent.mkdir(parents=True)
-    (mirror / dl.mirror_path(GND_URL)).write_bytes(PAYLOAD)
+    (mirror / mf.mirror_path(GND_URL)).parent.mkdir(parents=True)
+    (mirror / mf.mirror_path(GND_URL)).write_bytes(PAYLOAD)
     monkeypatch.setenv("REGATTN_MIRROR", mirror.as_uri())
     out = dl.download_entry("gnd_oxford5k", tmp_path / "data", **FAST)
     assert out.read_bytes() == PAYLOAD
@@ -464,8 +464,8 @@ def test_malformed_manifest_override_is_named(tmp_path, monkeypatch, content, wh
     if content is not None:
         path.write_text(content)
     monkeypatch.setenv("REGATTN_MANIFEST", str(path))
-    with pytest.raises(dl.ManifestError, match=why) as e:
-        dl.load_manifest()
+    with pytest.raises(mf.ManifestError, match=why) as e:
+        mf.load_manifest()
     assert str(path) in str(e.value)
 
 
@@ -518,26 +518,28 @@ def test_failed_extraction_leaves_nothing(tmp_path, monkeypatch):
     arc = tmp_path / "a.tar"
     arc.write_bytes(make_tar({"a.txt": b"a", "b.txt": b"b"}, mode="w"))
     calls = []
+    real = tarfile.TarFile.makefile
 
-    def boom(src, dst, n=0):
+    def boom(self, tarinfo, targetpath):
         calls.append(1)
         if len(calls) == 2:
             raise OSError("disk full")
-        dst.write(src.read())
+        real(self, tarinfo, targetpath)
 
-    monkeypatch.setattr(dl.shutil, "copyfileobj", boom)
+    monkeypatch.setattr(tarfile.TarFile, "makefile", boom)
     with pytest.raises(OSError, match="disk full"):
         extract_archive(arc, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tar"]
 
 
-@pytest.mark.parametrize("bad", ["../evil.txt", "/tmp/evil.txt", "ok/../../evil.txt"])
+@pytest.mark.parametrize("bad", ["../evil", "../evil.txt", "/tmp/evil.txt", "ok/../../evil.txt"])
 def test_tar_traversal_rejected(tmp_path, bad):
     arc = tmp_path / "t.tgz"
     arc.write_bytes(make_tar({"fine.txt": b"x", bad: b"evil"}))
-    with pytest.raises(DownloadError, match="path traversal"):
+    with pytest.raises(DownloadError, match="path traversal") as e:
         extract_archive(arc, tmp_path / "d" / "out")
+    assert str(arc) in str(e.value) and repr(bad) in str(e.value)
     assert not (tmp_path / "d" / "out").exists() and not (tmp_path / "evil.txt").exists()
     assert list((tmp_path / "d").iterdir()) == []
 

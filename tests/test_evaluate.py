@@ -284,7 +284,8 @@ def test_matches_naive_on_random_rankings():
 
 
 def _descriptors(skipped=()):
-    from regattn_lib.extract import Descriptors, SkippedImage
+    from regattn_lib.extract import Descriptors
+    from regattn_lib.image_stream import SkippedImage
 
     g = torch.Generator().manual_seed(3)
     db = torch.nn.functional.normalize(torch.randn(30, 8, generator=g), dim=1)

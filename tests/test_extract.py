@@ -9,15 +9,9 @@ from torch import nn
 
 from regattn_lib.attention import RegionalAttention
 from regattn_lib.descriptor import describe_feature_map, pool_regions
-from regattn_lib.extract import (
-    GlobalHead,
-    RegionalHead,
-    RegionalVectorsHead,
-    extract_dataset,
-    extract_images,
-    size_batches,
-    target_size,
-)
+from regattn_lib.extract import extract_dataset, extract_images
+from regattn_lib.heads import GlobalHead, RegionalHead, RegionalVectorsHead
+from regattn_lib.image_stream import size_batches, target_size
 from regattn_lib.images import ImageError, prepare_image
 from regattn_lib.regions import rmac_regions
 from regattn_lib.whitening import learn_pca_whitening
@@ -225,7 +219,7 @@ def test_autocast_precisions_are_close_to_fp32_and_auto_is_fp32_on_cpu(images):
 
 
 def test_resolve_precision_per_device():
-    from regattn_lib.extract import resolve_precision
+    from regattn_lib.image_stream import resolve_precision
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert [resolve_precision("auto", d) for d in (cpu, cuda)] == ["fp32", "fp16"]

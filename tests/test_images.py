@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from regattn_lib.extract import target_size
+from regattn_lib.image_stream import target_size
 from regattn_lib.images import ImageError, crop_box, prepare_image, resize_longest
 
 

@@ -8,8 +8,11 @@ import torch
 from PIL import Image
 
 from regattn_lib.attention import load_official_attention
-from regattn_lib.backbones import build_backbone, default_weights_path, random_caffe_state_dict
-from regattn_lib.extract import RegionalHead, RegionalVectorsHead, extract_images
+from regattn_lib.backbone_weights import default_weights_path
+from regattn_lib.backbones import build_backbone
+from regattn_lib.caffe_weights import random_caffe_state_dict
+from regattn_lib.extract import extract_images
+from regattn_lib.heads import RegionalHead, RegionalVectorsHead
 from regattn_lib.whitening import learn_pca_whitening
 
 

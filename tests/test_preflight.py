@@ -16,13 +16,11 @@ from test_downloads import FAST, PAYLOAD, SHA, site  # noqa: F401  (site: the lo
 
 from regattn_lib import preflight as pf
 from regattn_lib.datasets import downloads as dl
-from regattn_lib.datasets.downloads import (
-    ChecksumError,
-    done_marker,
-    import_local,
-    load_manifest,
-    sha256_file,
-)
+from regattn_lib.datasets import manifest as mf
+from regattn_lib.datasets.archives import done_marker
+from regattn_lib.datasets.downloads import ChecksumError, import_local
+from regattn_lib.datasets.manifest import load_manifest
+from regattn_lib.io_utils import sha256_file
 from regattn_lib.preflight import main, paper_checks, profile_checks
 from regattn_lib.profiles import PAPER, get_profile
 
@@ -127,15 +125,15 @@ def test_each_url_is_checked_through_the_mirror(site, tmp_path, monkeypatch):  #
     files = load_manifest()
     served = ("official_attention", "gnd_oxford5k", "revisitop1m_tar_003")
     for key in served:
-        site.add("/mirror/" + dl.mirror_path(files[key]["url"]), b"x")
+        site.add("/mirror/" + mf.mirror_path(files[key]["url"]), b"x")
     checks = by_name(profile_checks(PAPER, tmp_path / "data", timeout=5))
     needed = [k for k, c in checks.items() if k in files]
     assert len(needed) == WANTED
     heads = [p for p, r in site.requests if r == "HEAD"]
-    assert sorted(heads) == sorted("/mirror/" + dl.mirror_path(files[k]["url"]) for k in needed)
+    assert sorted(heads) == sorted("/mirror/" + mf.mirror_path(files[k]["url"]) for k in needed)
     for key in needed:
         c, url = checks[key], files[key]["url"]
-        mirrored = f"{site.base}/mirror/{dl.mirror_path(url)}"
+        mirrored = f"{site.base}/mirror/{mf.mirror_path(url)}"
         assert url in c.detail and f"via mirror {mirrored}" in c.detail
         if key in served:
             assert c.ok and c.detail.startswith("will download: ")

@@ -36,6 +36,7 @@ import yaml
 from PIL import Image, ImageFile
 
 from regattn_lib import reports as R
+from regattn_lib.datasets import archives, safe_pickle
 from regattn_lib.datasets import downloads as dl
 from regattn_lib.datasets.imagenet import list_image_folder
 from regattn_lib.datasets.retrieval import (
@@ -264,11 +265,11 @@ def test_fixture_manifest_override_describes_the_mirror_files(fixture):
 
 
 def test_fixture_image_archives_have_the_real_inner_layout(fixture):
-    ox = dl.safe_load_pickle(fixture.files["gnd_oxford5k"])
+    ox = safe_pickle.safe_load_pickle(fixture.files["gnd_oxford5k"])
     members = _members(fixture.files["images_oxford5k"])
     assert all(m.isfile() and "/" not in n and n.endswith(".jpg") for n, m in members.items())
     assert {n[:-4] for n in members} == set(ox["imlist"])  # flat <name>.jpg, every image
-    pa = dl.safe_load_pickle(fixture.files["gnd_paris6k"])
+    pa = safe_pickle.safe_load_pickle(fixture.files["gnd_paris6k"])
     names = set()
     for key, landmarks in FX.PARIS_ARCHIVE_LANDMARKS.items():
         mem = _members(fixture.files[key])
@@ -297,9 +298,9 @@ def test_fixture_image_archives_have_the_real_inner_layout(fixture):
 
 
 def test_fixture_gnd_pickles_have_the_real_types(fixture):
-    ox = dl.safe_load_pickle(fixture.files["gnd_oxford5k"])
-    rox = dl.safe_load_pickle(fixture.files["gnd_roxford5k"])
-    for cfg in (ox, dl.safe_load_pickle(fixture.files["gnd_paris6k"])):
+    ox = safe_pickle.safe_load_pickle(fixture.files["gnd_oxford5k"])
+    rox = safe_pickle.safe_load_pickle(fixture.files["gnd_roxford5k"])
+    for cfg in (ox, safe_pickle.safe_load_pickle(fixture.files["gnd_paris6k"])):
         assert isinstance(cfg["imlist"], list) and isinstance(cfg["qimlist"], list)
         for q, g in zip(cfg["qimlist"], cfg["gnd"], strict=True):
             assert set(g) == {"bbx", "ok", "junk"}
@@ -308,7 +309,7 @@ def test_fixture_gnd_pickles_have_the_real_types(fixture):
                 isinstance(i, int) and 0 <= i < len(cfg["imlist"]) for i in g["ok"] + g["junk"]
             )
             assert cfg["imlist"].index(q) in g["ok"]  # classic: the query is a database image
-    for cfg in (rox, dl.safe_load_pickle(fixture.files["gnd_rparis6k"])):
+    for cfg in (rox, safe_pickle.safe_load_pickle(fixture.files["gnd_rparis6k"])):
         assert not set(cfg["qimlist"]) & set(cfg["imlist"])  # revisited: queries not in the db
         for g in cfg["gnd"]:
             assert set(g) == {"bbx", "easy", "hard", "junk"}
@@ -327,7 +328,7 @@ def test_fixture_gnd_pickles_have_the_real_types(fixture):
 def test_fixture_known_answer_queries_have_only_near_duplicate_positives(fixture):
     """Every oxford5k query's positives are the same picture; every other image is unrelated
     (pixel distances after resizing to the query's size), so its AP must be 100."""
-    ox = dl.safe_load_pickle(fixture.files["gnd_oxford5k"])
+    ox = safe_pickle.safe_load_pickle(fixture.files["gnd_oxford5k"])
     assert ox["qimlist"] == fixture.expected["known_answer"]["queries"]
     arc = fixture.files["images_oxford5k"]
 
@@ -356,7 +357,9 @@ def _data_root_from_mirror(fixture, root: Path) -> Path:
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(fixture.files[key], dest)
         if e.get("extract_to"):
-            dl.extract_archive(dest, root / e["extract_to"], flatten=key.startswith("images_"))
+            archives.extract_archive(
+                dest, root / e["extract_to"], flatten=key.startswith("images_")
+            )
     return root
 
 
@@ -407,11 +410,11 @@ def test_fixture_distractors_and_whitening_layout(fixture):
     )
     assert Image.open(io.BytesIO(tiny)).size[0] < 10
     # SfM-120k: cid2filename paths without a top folder or an extension
-    whiten = dl.safe_load_pickle(fixture.files["sfm_db_retrieval-SfM-120k-whiten"])
+    whiten = safe_pickle.safe_load_pickle(fixture.files["sfm_db_retrieval-SfM-120k-whiten"])
     assert set(whiten) == {"cids", "cluster", "qidxs", "pidxs"}
     members = _members(fixture.files["sfm120k_ims"])
     assert set(members) == {str(cid2filename(c, ".").relative_to(".")) for c in whiten["cids"]}
-    db = dl.safe_load_pickle(fixture.files["sfm_db_retrieval-SfM-120k"])
+    db = safe_pickle.safe_load_pickle(fixture.files["sfm_db_retrieval-SfM-120k"])
     assert set(db) == {"train", "val"} and set(db["train"]) == set(whiten)
 
 
@@ -751,7 +754,7 @@ def test_interrupted_rehearsal_reruns_download_and_extract_nothing_twice(tmp_pat
     def finished(e) -> bool:  # on disk, or extracted and deleted (distractor archives)
         dest = data / e["dest"]
         return dest.is_file() or (
-            e.get("extract_to") and dl.done_marker(dest, data / e["extract_to"]).is_file()
+            e.get("extract_to") and archives.done_marker(dest, data / e["extract_to"]).is_file()
         )
 
     done1 = {str(FX.mirror_path(Path(), e["url"])) for e in entries.values() if finished(e)}

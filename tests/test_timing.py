@@ -1,4 +1,4 @@
-"""The ablation's time column (``pipeline.time_per_image``) and the profile's precision reaching
+"""The ablation's time column (``timing.time_per_image``) and the profile's precision reaching
 every extraction of the pipeline. No speed is asserted: a fake clock gives known durations."""
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from torch import nn
 from regattn_lib import images as I
 from regattn_lib import pipeline as P
 from regattn_lib import studies as S
+from regattn_lib import timing as T
 from regattn_lib.bench_report import device_name
-from regattn_lib.extract import RegionalHead
+from regattn_lib.heads import RegionalHead
 from regattn_lib.profiles import PAPER, get_profile
 
 
@@ -87,7 +88,7 @@ def test_time_per_image_excludes_decoding_and_takes_the_median(tmp_path, photos,
 
     ctx = _context(tmp_path, events, image_size=96, timing_image_size=48, precision="fp32")
     heads = {"a": RegionalHead(levels=1), "b": RegionalHead(levels=2)}
-    out = P.time_per_image(ctx, FakeSet("toy", photos), heads, n_images=5, clock=clock)
+    out = T.time_per_image(ctx, FakeSet("toy", photos), heads, n_images=5, clock=clock)
 
     assert list(out) == ["a", "b"]
     assert out["a"].median_s == pytest.approx(0.3)  # median of 0.5, 0.1, 0.3, 0.2, 0.9
@@ -111,7 +112,7 @@ def test_time_per_image_excludes_decoding_and_takes_the_median(tmp_path, photos,
 
 def test_time_per_image_uses_the_profile_precision(tmp_path, photos):
     ctx = _context(tmp_path, [], image_size=64, precision="bf16")
-    out = P.time_per_image(ctx, FakeSet("toy", photos), {"a": RegionalHead(levels=1)}, n_images=2)
+    out = T.time_per_image(ctx, FakeSet("toy", photos), {"a": RegionalHead(levels=1)}, n_images=2)
     assert (out["a"].precision, out["a"].n, out["a"].image_size) == ("bf16", 2, 64)
     assert out["a"].median_s > 0 and len(out["a"].times_s) == 2
 
@@ -136,7 +137,7 @@ def test_whitening_is_extracted_in_the_profile_precision_and_keyed_by_it(tmp_pat
         g = torch.Generator().manual_seed(len(calls))
         return {k: accumulate([torch.randn(20, 4, generator=g) for _ in paths]) for k in heads}, []
 
-    # the whitening pass streams through extract.accumulate_images (issue 11, defect 2)
+    # the whitening pass streams through whitening_stream.accumulate_images (issue 11, defect 2)
     monkeypatch.setattr(P, "accumulate_images", fake_accumulate)
     monkeypatch.setattr(P, "_whitening_paths", lambda ctx: [Path(f"w{i}.jpg") for i in range(3)])
     for precision in ("fp32", "bf16", "fp32"):
@@ -154,10 +155,10 @@ def test_ablation_time_column_is_the_median_with_a_note(tmp_path, monkeypatch):
     monkeypatch.setattr(P, "dataset", lambda ctx, name: FakeSet(name, []))
     monkeypatch.setattr(S, "_classic_maps", lambda ctx, name, h: (FakeSet(name, []), {}, {m: 50.0 for m in h}))  # fmt: skip
     timing = {
-        m: P.ImageTiming(t, "Some GPU", "fp32", 7, 1024, (t,) * 7)
+        m: T.ImageTiming(t, "Some GPU", "fp32", 7, 1024, (t,) * 7)
         for m, t in ((P.RMAC, 0.1), (P.CONTEXT, 0.2))
     }
-    monkeypatch.setattr(P, "time_per_image", lambda ctx, ds, h, n: timing)
+    monkeypatch.setattr(S, "time_per_image", lambda ctx, ds, h, n: timing)
     table = S.ablation(ctx, whitening=None, n_timing=7)
     assert isinstance(table, pd.DataFrame)
     assert table["time_s"].tolist() == [0.1, 0.2]

@@ -10,6 +10,7 @@ from torch import nn
 
 from regattn_lib import pipeline as P
 from regattn_lib import studies as S
+from regattn_lib import training_plan as TP
 from regattn_lib.attention import RegionalAttention
 from regattn_lib.reports import PAPER_ABLATION
 
@@ -44,20 +45,20 @@ def _place_official(ctx, official_weights):
 
 def test_paper_trains_only_the_regional_model(tmp_path):
     ctx = _ctx(tmp_path)
-    assert P.kinds_to_train(ctx) == ["regional"]
+    assert TP.kinds_to_train(ctx) == ["regional"]
     with pytest.raises(ValueError, match="released context weights|released context"):
-        P.training_plan(ctx, ["context"])
+        TP.training_plan(ctx, ["context"])
     smoke = _ctx(tmp_path, "smoke")
-    assert P.kinds_to_train(smoke) == ["regional", "context"]
+    assert TP.kinds_to_train(smoke) == ["regional", "context"]
 
 
 def test_route_a_without_fc_and_route_b_with_it(tmp_path):
-    plan_a = P.training_plan(_ctx(tmp_path, with_fc=False, train={"recipe": {"crop": 64}}))
+    plan_a = TP.training_plan(_ctx(tmp_path, with_fc=False, train={"recipe": {"crop": 64}}))
     assert plan_a.fc_iterations == plan_a.iterations == 16_000
     assert len(plan_a.deviations) == 1 and "no ImageNet classifier" in plan_a.deviations[0]
     assert plan_a.seconds_per_iteration is not None and plan_a.seconds_per_iteration > 0
     assert plan_a.estimated_seconds == pytest.approx(32_000 * plan_a.seconds_per_iteration)
-    plan_b = P.training_plan(_ctx(tmp_path, with_fc=True, train={"recipe": {"crop": 64}}))
+    plan_b = TP.training_plan(_ctx(tmp_path, with_fc=True, train={"recipe": {"crop": 64}}))
     assert plan_b.fc_iterations == 0 and plan_b.deviations == []
     assert plan_b.estimated_seconds == pytest.approx(16_000 * plan_b.seconds_per_iteration)
     assert "regional attention for 16000 iterations" in plan_b.describe(torch.device("cpu"))
@@ -83,11 +84,11 @@ def test_notebook_training_without_imagenet_says_so_and_trains_nothing(tmp_path,
                                                                        official_weights):  # fmt: skip
     ctx = _ctx(tmp_path)
     _place_official(ctx, official_weights)
-    assert not P.can_train(ctx)
-    assert P.notebook_training(ctx) == {}
+    assert not TP.can_train(ctx)
+    assert TP.notebook_training(ctx) == {}
     out = capsys.readouterr().out
     assert "not training" in out and "released context-aware" in out
-    assert ctx.backbone.calls == 0 and P.training_notes(ctx) == []
+    assert ctx.backbone.calls == 0 and TP.training_notes(ctx) == []
 
 
 def test_tables_label_every_row_and_keep_paper_only_rows(tmp_path):
@@ -119,7 +120,8 @@ def test_weights_column_is_carried_not_compared_on_other_datasets():
 
 
 def test_skipped_images_are_reported_beside_the_tables_with_a_note(tmp_path):
-    from regattn_lib.extract import Descriptors, SkippedImage
+    from regattn_lib.extract import Descriptors
+    from regattn_lib.image_stream import SkippedImage
 
     ctx = P.setup("smoke", data_root=tmp_path / "d", results=tmp_path / "r", device="cpu")
     clean = Descriptors(torch.ones(3, 2), torch.ones(1, 2), ["a", "b", "c"], ["q"])
@@ -157,8 +159,8 @@ def test_paper_training_reads_imagenet_from_the_variable(tmp_path, monkeypatch):
     recipe = dict(sizes, iterations=2, val_images=2, checkpoint_every=2, batch_size=2, hidden=4)
     recipe.update(accumulation=1, num_workers=0, progress=False, plot=False)
     ctx = _ctx(tmp_path, train={"recipe": recipe})
-    assert P.can_train(ctx) and P.kinds_to_train(ctx) == ["regional"]
-    runs = P.train_profile_attention(ctx)
+    assert TP.can_train(ctx) and TP.kinds_to_train(ctx) == ["regional"]
+    runs = TP.train_profile_attention(ctx)
     assert set(runs) == {"fc", "regional"} and runs["regional"].finished
     att = load_trained_attention(P.attention_file(ctx, "regional"))
     assert att.training_config["classes"] == wnids and att.training_config["steps"] == 2

@@ -1,77 +1,38 @@
-"""Resumable, verified downloads; safe archive extraction; checksummed, restricted unpickling.
+"""Resumable, verified downloads of the manifest's files.
 
-Every remote file of the project is an entry of ``manifest.json`` (``load_manifest``) and is
-fetched with ``download_entry(key, data_root)``. No project in the field publishes checksums
+Every remote file of the project is an entry of the manifest (``manifest.load_manifest``) and
+is fetched with ``download_entry(key, data_root)``. No project in the field publishes checksums
 (spec section 5), so a file whose hash is not in the manifest is recorded (size + sha256) in the
 data root's lock file ``<data_root>/downloads.lock.json`` on its first complete download and
 checked against that record from then on. A file that fails a check is moved aside to a
-quarantine folder, never silently used or overwritten.
-
-Manifest entry fields
-    ``url`` (canonical address), ``dest`` (path relative to the data root), ``sha256`` and
-    ``size`` (``null`` = unknown: recorded in the lock file), ``sha256_prefix`` (the hash prefix
-    a torch-hub style file name carries), ``extract_to`` (archives: folder they are extracted
-    into), ``keep_archive`` (archives: whether the code keeps the archive after extracting it;
-    default true), ``approx_bytes`` and ``extracted_bytes`` (approximate download size and
-    size once extracted, used by the preflight's disk estimate), ``note`` (what the file is
-    and where the sizes come from).
-
-Environment variables
-    ``REGATTN_MIRROR=<base url>``
-        Fetch every http(s) file from a mirror instead of its canonical host: the URL fetched
-        is ``<base>/<host><path>`` of the canonical URL (``mirror_path``), e.g. canonical
-        ``http://cmp.felk.cvut.cz/cnnimageretrieval/data/test/oxford5k/gnd_oxford5k.pkl`` is
-        fetched from ``<base>/cmp.felk.cvut.cz/cnnimageretrieval/data/test/oxford5k/
-        gnd_oxford5k.pkl``. A mirror is therefore a folder tree with one sub-folder per host,
-        served over http(s) or read directly (``file:///path/to/mirror``). A server that
-        honours ``Range`` requests lets interrupted downloads resume; one that does not (e.g.
-        ``python -m http.server``) works, but an interrupted file restarts from zero. Lock-file
-        records stay keyed by the canonical URL, so switching mirrors keeps each file's
-        identity; errors name both URLs.
-    ``REGATTN_MANIFEST=<file>``
-        A JSON file ``{"files": {key: entry, ...}}`` whose entries replace the package's
-        entries key by key (whole entries, not single fields) and may add keys; e.g. a test
-        fixture supplies the sha256 and size of its miniature files this way. Give an absolute
-        path: a relative one is taken from the current folder, which differs between the
-        notebooks and the command line. A missing or malformed file raises ``ManifestError``
-        naming it.
+quarantine folder, never silently used or overwritten. ``$REGATTN_MIRROR`` (see ``manifest``)
+makes every http(s) file come from a mirror.
 """
 
 from __future__ import annotations
 
-import _compat_pickle
 import contextlib
 import http.client
 import json
 import os
-import pickle
 import re
 import shutil
-import tarfile
-import tempfile
 import time
 import urllib.error
 import urllib.request
-import zipfile
 from collections.abc import Iterator, Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from ..io_utils import atomic_write_json, sha256_file
 from ..paths import data_root as resolve_data_root
+from .manifest import describe_url, manifest_entry, resolve_url
 
 #: Name of the lock file kept at the data root.
 LOCK_NAME = "downloads.lock.json"
-MANIFEST_PATH = Path(__file__).with_name("manifest.json")
-#: Environment variable: base URL of a mirror of every remote file (see the module docstring).
-MIRROR_ENV = "REGATTN_MIRROR"
-#: Environment variable: a JSON manifest whose entries replace the package's, key by key.
-MANIFEST_ENV = "REGATTN_MANIFEST"
 #: HTTP statuses worth retrying (server-side or rate limiting); every other 4xx is final.
 RETRY_STATUSES = frozenset({408, 425, 429})
 CHUNK = 1 << 16
-_URL_SCHEMES = ("http", "https", "file")
 
 
 class DownloadError(RuntimeError):
@@ -82,97 +43,12 @@ class ChecksumError(DownloadError):
     """A file whose size or sha256 differs from the manifest or the lock file record."""
 
 
-class ManifestError(ValueError):
-    """A manifest file (the package's or ``$REGATTN_MANIFEST``) that cannot be used."""
-
-
-class UnsafePickleError(ValueError):
-    """A pickle that asks for an object type outside the allowed plain-data set."""
-
-
 class _Restart(Exception):
     """Internal: the partial file cannot be resumed; start again from byte zero."""
 
 
 class _ShortRead(OSError):
     """Internal: the connection ended before the announced length arrived."""
-
-
-# --- manifest --------------------------------------------------------------------------------
-
-
-def _check_entry(source: Path, key: str, entry: Any) -> None:
-    """Raise ``ManifestError`` naming ``source`` and ``key`` for an unusable entry."""
-    where = f"{source}: entry {key!r}"
-    if not isinstance(entry, dict):
-        raise ManifestError(f"{where} must be an object, got {type(entry).__name__}")
-    url, dest = entry.get("url"), entry.get("dest")
-    if not isinstance(url, str) or urlsplit(url).scheme not in _URL_SCHEMES:
-        raise ManifestError(f"{where}: 'url' must be an http(s) or file URL, got {url!r}")
-    if not isinstance(dest, str) or not dest:
-        raise ManifestError(f"{where}: 'dest' must be a path relative to the data root")
-    parts = PurePosixPath(dest).parts
-    if PurePosixPath(dest).is_absolute() or ".." in parts:
-        raise ManifestError(f"{where}: 'dest' {dest!r} must stay inside the data root")
-    for field in ("sha256", "sha256_prefix"):
-        v = entry.get(field)
-        if v is not None and not (isinstance(v, str) and re.fullmatch(r"[0-9a-fA-F]{6,64}", v)):
-            raise ManifestError(f"{where}: {field!r} must be null or a hex digest, got {v!r}")
-    for field in ("size", "approx_bytes", "extracted_bytes"):
-        v = entry.get(field)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
-            raise ManifestError(f"{where}: {field!r} must be null or a byte count, got {v!r}")
-
-
-def _read_manifest_file(path: Path) -> dict[str, dict[str, Any]]:
-    """The checked ``files`` mapping of one manifest file."""
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise ManifestError(f"manifest file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ManifestError(f"cannot read manifest file {path}: {e}") from e
-    files = data.get("files") if isinstance(data, dict) else None
-    if not isinstance(files, dict):
-        raise ManifestError(f'{path}: expected a JSON object {{"files": {{key: entry, ...}}}}')
-    for key, entry in files.items():
-        _check_entry(path, key, entry)
-    return files
-
-
-def manifest_override() -> Path | None:
-    """The file named by ``$REGATTN_MANIFEST``, or ``None`` when it is unset or empty."""
-    value = os.environ.get(MANIFEST_ENV, "").strip()
-    return Path(value).expanduser() if value else None
-
-
-def load_manifest() -> dict[str, dict[str, Any]]:
-    """All manifest entries: key -> {'url', 'dest' (relative to the data root), 'sha256',
-    'size', ...}; unknown hashes and sizes are ``None``.
-
-    The package's ``manifest.json``, with the entries of ``$REGATTN_MANIFEST`` (when set)
-    replacing it key by key; raises ``ManifestError`` naming a missing or malformed file.
-    """
-    files = _read_manifest_file(MANIFEST_PATH)
-    override = manifest_override()
-    if override is not None:
-        files.update(_read_manifest_file(override))
-    return files
-
-
-def manifest_entry(key: str) -> dict[str, Any]:
-    """One manifest entry by key (e.g. ``'gnd_roxford5k'``); ``KeyError`` lists the keys."""
-    files = load_manifest()
-    if key not in files:
-        shown = ", ".join(k for k in sorted(files) if not k.startswith("revisitop1m_tar_"))
-        raise KeyError(f"no manifest entry {key!r}; known: {shown}, revisitop1m_tar_001..100")
-    return dict(files[key], key=key)
-
-
-def entry_path(key: str, data_root: str | os.PathLike | None = None) -> Path:
-    """``<data_root>/<dest>`` of manifest entry ``key``."""
-    return resolve_data_root(data_root) / manifest_entry(key)["dest"]
 
 
 def download_entry(key: str, data_root: str | os.PathLike | None = None, **kwargs: Any) -> Path:
@@ -256,51 +132,6 @@ def import_local(
     return source
 
 
-# --- mirror ----------------------------------------------------------------------------------
-
-
-def mirror_path(url: str) -> str:
-    """The path ``<host><path>`` under which a mirror serves the canonical ``url``.
-
-    E.g. ``'https://www.robots.ox.ac.uk/~vgg/data/oxbuildings/oxbuild_images-v1.tgz'`` ->
-    ``'www.robots.ox.ac.uk/~vgg/data/oxbuildings/oxbuild_images-v1.tgz'``. A port, when the
-    URL has one, stays part of the host (``host:port``); a query string is kept.
-    """
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"only http(s) URLs with a host can be mirrored, not {url!r}")
-    host = parts.netloc.rsplit("@", 1)[-1]  # never carry credentials into a mirror path
-    return host + (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-
-
-def mirror_base() -> str | None:
-    """``$REGATTN_MIRROR`` without trailing slashes, or ``None`` when unset or empty."""
-    base = os.environ.get(MIRROR_ENV, "").strip().rstrip("/")
-    if not base:
-        return None
-    if urlsplit(base).scheme not in _URL_SCHEMES:
-        raise ValueError(
-            f"{MIRROR_ENV}={base!r} is not an http(s) or file URL (e.g. http://host:8000 or "
-            "file:///srv/mirror)"
-        )
-    return base
-
-
-def resolve_url(url: str) -> str:
-    """The URL actually fetched for the canonical ``url``: ``<$REGATTN_MIRROR>/<host><path>``
-    when a mirror is set and ``url`` is http(s), else ``url`` itself."""
-    base = mirror_base()
-    if base is None or urlsplit(url).scheme not in ("http", "https"):
-        return url
-    return f"{base}/{mirror_path(url)}"
-
-
-def describe_url(url: str, fetched: str | None = None) -> str:
-    """``url``, plus the mirror URL it is fetched from when that differs (for messages)."""
-    fetched = resolve_url(url) if fetched is None else fetched
-    return url if fetched == url else f"{url} (via mirror {fetched})"
-
-
 # --- lock file -------------------------------------------------------------------------------
 
 
@@ -377,7 +208,7 @@ def _is_full(digest: str | None) -> bool:
     return digest is not None and len(digest) == 64
 
 
-def _hash_matches(actual: str, expected: str) -> bool:
+def hash_matches(actual: str, expected: str) -> bool:
     """Full digests must be equal; a shorter expected value is a prefix (torch hub names)."""
     expected = expected.lower()
     if len(expected) < 6 or not re.fullmatch(r"[0-9a-f]+", expected):
@@ -405,7 +236,7 @@ def _check(
     problems = [
         f"{source} expects sha256 {sha}"
         for sha, source in expected
-        if not _hash_matches(actual_sha, sha)
+        if not hash_matches(actual_sha, sha)
     ]
     if exp_size is not None and actual_size != int(exp_size):
         problems.insert(0, f"{size_source} expects {exp_size} bytes")
@@ -630,207 +461,3 @@ def download(
 
 
 # --- archives --------------------------------------------------------------------------------
-
-
-def _check_member(archive: Path, name: str) -> PurePosixPath:
-    """Reject absolute names and ``..`` components (path traversal)."""
-    p = PurePosixPath(name.replace("\\", "/"))
-    if p.is_absolute() or re.match(r"^[A-Za-z]:", name) or ".." in p.parts:
-        raise DownloadError(f"{archive}: refusing unsafe member path {name!r} (path traversal)")
-    return p
-
-
-def _target(root: Path, rel: PurePosixPath, flatten: bool, seen: set[str]) -> Path:
-    if flatten:
-        if rel.name in seen:
-            raise DownloadError(f"two archive members are both named {rel.name!r}: cannot flatten")
-        seen.add(rel.name)
-        return root / rel.name
-    return root.joinpath(*[part for part in rel.parts if part not in ("", ".")])
-
-
-def _extract_tar(archive: Path, root: Path, flatten: bool) -> None:
-    seen: set[str] = set()
-    with tarfile.open(archive, "r:*") as tf:
-        for m in tf:
-            rel = _check_member(archive, m.name)
-            if m.isdir():
-                if not flatten:
-                    _target(root, rel, False, seen).mkdir(parents=True, exist_ok=True)
-                continue
-            if not m.isfile():
-                # Links and device files could point outside the folder; image archives have none.
-                raise DownloadError(f"{archive}: refusing member {m.name!r} (not a regular file)")
-            out = _target(root, rel, flatten, seen)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            src = tf.extractfile(m)
-            assert src is not None  # regular files always have data
-            with src, open(out, "wb") as f:
-                shutil.copyfileobj(src, f, CHUNK)
-
-
-def _extract_zip(archive: Path, root: Path, flatten: bool) -> None:
-    seen: set[str] = set()
-    with zipfile.ZipFile(archive) as zf:
-        for info in zf.infolist():
-            rel = _check_member(archive, info.filename)
-            if info.is_dir():
-                if not flatten:
-                    _target(root, rel, False, seen).mkdir(parents=True, exist_ok=True)
-                continue
-            if (info.external_attr >> 16) & 0o170000 == 0o120000:
-                raise DownloadError(f"{archive}: refusing symbolic link member {info.filename!r}")
-            out = _target(root, rel, flatten, seen)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as src, open(out, "wb") as f:
-                shutil.copyfileobj(src, f, CHUNK)
-
-
-def done_marker(archive: str | os.PathLike, dest_dir: str | os.PathLike) -> Path:
-    """The marker ``<dest_dir>/.<archive name>.done`` written once ``archive`` is extracted."""
-    return Path(dest_dir) / f".{Path(archive).name}.done"
-
-
-def _merge(src: Path, dst: Path, marker_name: str) -> None:
-    """Move the tree ``src`` into the existing ``dst``; the marker goes last."""
-    for p in sorted(src.rglob("*")):
-        if p.is_dir() or p.name == marker_name:
-            continue
-        out = dst / p.relative_to(src)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(p, out)
-    os.replace(src / marker_name, dst / marker_name)
-
-
-def extract_archive(
-    archive: str | os.PathLike, dest_dir: str | os.PathLike, *, flatten: bool = False
-) -> Path:
-    """Extract a tar (any compression) or zip archive into ``dest_dir``, atomically.
-
-    Parameters
-    ----------
-    archive:
-        ``.tar``, ``.tar.gz``/``.tgz``, ``.tar.bz2``, ``.tar.xz`` or ``.zip``.
-    dest_dir:
-        Target folder. Members are written to a temporary sibling folder which is renamed into
-        place (or, when ``dest_dir`` already holds other archives' files, moved in file by file)
-        and a marker ``.<archive name>.done`` is written last, so a half-extracted archive is
-        never taken as done. When the marker exists, nothing is done.
-    flatten:
-        Put every file directly in ``dest_dir`` (the image archives of Paris6k nest images in
-        per-landmark folders; the datasets expect them flat). Default False.
-
-    Members with absolute paths or ``..`` components, links and device files are rejected with
-    ``DownloadError`` and nothing is written to ``dest_dir``. Returns ``dest_dir``.
-    """
-    archive, dest_dir = Path(archive), Path(dest_dir)
-    marker = done_marker(archive, dest_dir)
-    if marker.exists():
-        return dest_dir
-    if not archive.is_file():
-        raise FileNotFoundError(f"archive not found: {archive}")
-    dest_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(
-        tempfile.mkdtemp(prefix=f".{dest_dir.name}.", suffix=".extracting", dir=dest_dir.parent)
-    )
-    try:
-        if zipfile.is_zipfile(archive):
-            _extract_zip(archive, tmp, flatten)
-        elif tarfile.is_tarfile(archive):
-            _extract_tar(archive, tmp, flatten)
-        else:
-            raise DownloadError(f"{archive}: not a tar or zip archive")
-        (tmp / marker.name).write_text(json.dumps({"archive": str(archive)}) + "\n")
-        try:
-            os.rename(tmp, dest_dir)  # atomic when dest_dir does not exist yet
-        except OSError:
-            if not dest_dir.is_dir():
-                raise
-            _merge(tmp, dest_dir, marker.name)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return dest_dir
-
-
-# --- pickles ---------------------------------------------------------------------------------
-
-#: (module, name) pairs a ground-truth pickle may reference: plain containers and numpy arrays.
-SAFE_GLOBALS = frozenset(
-    {("builtins", n) for n in ("dict", "list", "tuple", "set", "frozenset", "int", "float")}
-    | {("builtins", n) for n in ("complex", "str", "bytes", "bytearray", "bool", "slice")}
-    | {("collections", "OrderedDict"), ("_codecs", "encode")}
-    | {
-        (mod, name)
-        for mod in ("numpy.core.multiarray", "numpy._core.multiarray")
-        for name in ("_reconstruct", "scalar")
-    }
-    | {(mod, "_frombuffer") for mod in ("numpy.core.numeric", "numpy._core.numeric")}
-    | {("numpy", "ndarray"), ("numpy", "dtype")}
-)
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, f: Any, source: Path):
-        # latin1 lets Python 2 pickles of numpy arrays load (their raw bytes are py2 str).
-        super().__init__(f, encoding="latin1")
-        self.source = source
-
-    def find_class(self, module: str, name: str) -> Any:
-        # protocol <= 2 pickles name Python 2's modules (e.g. __builtin__.bytes for an empty
-        # numpy array); check the names Python 3 will actually import (no Python 3 module has
-        # a Python 2 name, so mapping every pickle is safe)
-        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
-        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
-        if (module, name) in SAFE_GLOBALS:
-            return super().find_class(module, name)
-        raise UnsafePickleError(
-            f"{self.source}: the pickle asks for {module}.{name}, which is not allowed; only "
-            "dicts, lists, strings, numbers and numpy arrays are accepted in data pickles"
-        )
-
-
-def safe_load_pickle(
-    path: str | os.PathLike,
-    expected_sha256: str | None = None,
-    lock_file: str | os.PathLike | None = None,
-) -> Any:
-    """Unpickle a data file (e.g. ``gnd_<name>.pkl``) after checking its hash.
-
-    Parameters
-    ----------
-    path:
-        The pickle.
-    expected_sha256:
-        Hash (or >= 6 digit prefix) to check, e.g. from the manifest; ``None``: the lock file
-        record of this path is used when there is one.
-    lock_file:
-        Default ``<data_root>/downloads.lock.json``.
-
-    A file with neither (a local dataset made by hand) is read without a hash check; the
-    restricted unpickler, which only builds containers, strings, numbers and numpy arrays, is
-    what keeps a tampered pickle from running code. Raises ``ChecksumError`` on a hash
-    mismatch and ``UnsafePickleError`` naming the file for any other object type.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"pickle not found: {path}")
-    expected, source = expected_sha256, "the given hash"
-    if expected is None:
-        rec = lock_record_for_path(path, lock_file)
-        if rec is not None:
-            expected = rec["sha256"]
-            source = f"the lock file record of {rec['url']}"
-    if expected is not None:
-        actual = sha256_file(path)
-        if not _hash_matches(actual, expected):
-            raise ChecksumError(
-                f"{path}: sha256 {actual} differs from {source} ({expected}); not unpickled"
-            )
-    with open(path, "rb") as f:
-        try:
-            return _RestrictedUnpickler(f, path).load()
-        except UnsafePickleError:
-            raise
-        except Exception as e:  # truncated or garbage files raise many types
-            raise UnsafePickleError(f"{path}: cannot read the pickle: {e}") from e

@@ -25,7 +25,10 @@ from typing import Any
 from ..evaluate import protocol_gnd, supported_protocols
 from ..paths import data_root as resolve_data_root
 from . import downloads as dl
+from .archives import done_marker, extract_archive
 from .imagenet import IMAGE_EXTENSIONS, list_images
+from .manifest import manifest_entry
+from .safe_pickle import safe_load_pickle
 
 #: The 20 Paris6k images the authors' code leaves out (corrupt files), spec section 5.
 PARIS_BLACKLIST = (
@@ -214,20 +217,20 @@ def remove_images(
 
 def _how_to_get(name: str, root: Path) -> str:
     """The URLs and destinations of everything ``name`` needs."""
-    g = dl.manifest_entry(f"gnd_{name}")
+    g = manifest_entry(f"gnd_{name}")
     lines = [f"  {g['url']}\n    -> {root / g['dest']}"]
     home = IMAGE_HOME[name]
     for key in IMAGE_ARCHIVES[home]:
-        e = dl.manifest_entry(key)
+        e = manifest_entry(key)
         lines.append(f"  {e['url']}\n    -> extract its images flat into {root / e['extract_to']}/")
     return "\n".join(lines)
 
 
 def _fetch_images(home: str, root: Path) -> None:
     for key in IMAGE_ARCHIVES[home]:
-        e = dl.manifest_entry(key)
+        e = manifest_entry(key)
         archive = dl.download_entry(key, root)
-        dl.extract_archive(archive, root / e["extract_to"], flatten=True)
+        extract_archive(archive, root / e["extract_to"], flatten=True)
 
 
 def _missing(paths: Iterable[Path]) -> list[Path]:
@@ -286,8 +289,8 @@ def load_retrieval_dataset(
                 f"no dataset {name!r}: expected {gnd_path} (a pickle with imlist, qimlist, gnd) "
                 f"and images in {root / 'jpg'}/; downloadable sets: {', '.join(IMAGE_HOME)}"
             )
-    sha = dl.manifest_entry(f"gnd_{name}").get("sha256") if standard else None
-    cfg = dl.safe_load_pickle(gnd_path, expected_sha256=sha, lock_file=root_data / dl.LOCK_NAME)
+    sha = manifest_entry(f"gnd_{name}").get("sha256") if standard else None
+    cfg = safe_load_pickle(gnd_path, expected_sha256=sha, lock_file=root_data / dl.LOCK_NAME)
     if not isinstance(cfg, dict) or not {"imlist", "qimlist", "gnd"} <= set(cfg):
         raise ValueError(f"{gnd_path}: expected a dict with imlist, qimlist and gnd")
     imlist = [str(n) for n in cfg["imlist"]]
@@ -331,13 +334,13 @@ def load_retrieval_dataset(
 
 def _revisitop1m(base: Path, root: Path, n: int | None, download: bool) -> list[Path]:
     list_file = base / "revisitop1m.txt"
-    entry = dl.manifest_entry("revisitop1m_list")
+    entry = manifest_entry("revisitop1m_list")
     if not list_file.is_file():
         if not download:
             raise FileNotFoundError(
                 f"revisitop1m list not found: {list_file}\n  {entry['url']}\n    -> {list_file}\n"
                 "then the image archives (download=True fetches only those needed):\n"
-                f"  {dl.manifest_entry('revisitop1m_tar_001')['url'].replace('.1.', '.{1..100}.')}"
+                f"  {manifest_entry('revisitop1m_tar_001')['url'].replace('.1.', '.{1..100}.')}"
                 f"\n    -> extract into {base / 'jpg'}/"
             )
         dl.download_entry("revisitop1m_list", root)
@@ -353,9 +356,9 @@ def _revisitop1m(base: Path, root: Path, n: int | None, download: bool) -> list[
     i = 1
     while missing and download and i <= 100:
         key = f"revisitop1m_tar_{i:03d}"
-        if not dl.done_marker(root / dl.manifest_entry(key)["dest"], base / "jpg").exists():
+        if not done_marker(root / manifest_entry(key)["dest"], base / "jpg").exists():
             arc = dl.download_entry(key, root)
-            dl.extract_archive(arc, base / "jpg")
+            extract_archive(arc, base / "jpg")
             arc.unlink()
             missing = {p for p in missing if not p.is_file()}
         i += 1
@@ -364,7 +367,7 @@ def _revisitop1m(base: Path, root: Path, n: int | None, download: bool) -> list[
         raise FileNotFoundError(
             f"{len(missing)} of {len(paths)} revisitop1m distractors are missing, e.g. "
             f"{', '.join(map(str, example))}; extract the archives "
-            f"{dl.manifest_entry('revisitop1m_tar_001')['url'].replace('.1.', '.{1..100}.')} "
+            f"{manifest_entry('revisitop1m_tar_001')['url'].replace('.1.', '.{1..100}.')} "
             f"into {base / 'jpg'}/ (or pass download=True)"
         )
     return paths
@@ -562,21 +565,21 @@ def _sfm120k(root: Path, split: str, download: bool) -> list[Path]:
     else:
         raise ValueError(f"SfM-120k split must be 'whiten', 'train' or 'val', not {split!r}")
     ims = base / "ims"
-    ims_entry = dl.manifest_entry("sfm120k_ims")
+    ims_entry = manifest_entry("sfm120k_ims")
     how = (
-        f"Download (download=True) or fetch by hand:\n  {dl.manifest_entry(key)['url']}\n"
+        f"Download (download=True) or fetch by hand:\n  {manifest_entry(key)['url']}\n"
         f"    -> {pkl}\n  {ims_entry['url']}\n    -> extract into {ims}/"
     )
     if not pkl.is_file():
         if not download:
             raise FileNotFoundError(f"SfM-120k database {pkl} not found. {how}")
         dl.download_entry(key, root)
-    db = dl.safe_load_pickle(pkl, lock_file=root / dl.LOCK_NAME)
+    db = safe_load_pickle(pkl, lock_file=root / dl.LOCK_NAME)
     cids = db["cids"] if split == "whiten" else db[split]["cids"]
     paths = [cid2filename(str(c), ims) for c in cids]
     missing = _missing(paths)
     if missing and download:
-        dl.extract_archive(dl.download_entry("sfm120k_ims", root), ims)
+        extract_archive(dl.download_entry("sfm120k_ims", root), ims)
         missing = _missing(paths)
     if missing:
         raise FileNotFoundError(

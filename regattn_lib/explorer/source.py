@@ -13,7 +13,9 @@ from typing import Any
 from .. import pipeline as P
 from ..attention import RegionalAttention
 from ..datasets.retrieval import RetrievalDataset
-from ..extract import Descriptors, Head, extract_dataset
+from ..extract import Descriptors, extract_dataset
+from ..heads import Head
+from ..training_plan import train_profile_attention
 from ..whitening import PCAWhitening
 
 
@@ -107,6 +109,6 @@ def build_cache(ctx: P.Context, dataset: str | None = None, progress: bool = Fal
     if ctx.profile.train.source == "train":
         kinds = [k for k in P.ATTENTION_KINDS.values() if not P.attention_file(ctx, k).is_file()]
         if kinds:
-            P.train_profile_attention(ctx, kinds=kinds)
+            train_profile_attention(ctx, kinds=kinds)
     ds = P.dataset(ctx, dataset or ctx.profile.datasets[0])
     P.describe(ctx, ds, P.ablation_heads(ctx, whitening), progress=progress)

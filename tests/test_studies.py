@@ -1,0 +1,128 @@
+"""The table builders of ``studies``: column naming and scores on small hand-computed cases.
+
+Descriptors are unit vectors in the plane at chosen angles from the query (angle 0), so the
+ranking is the order of the angles; average QE with the top 1 turns the query halfway to its
+nearest neighbour, which keeps every ranking below unchanged, so the +QE rows equal the plain
+ones.
+"""
+
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from regattn_lib import pipeline as P
+from regattn_lib import studies as S
+from regattn_lib.extract import Descriptors
+
+
+def _vectors(angles):
+    a = torch.tensor(angles, dtype=torch.float32)
+    return torch.stack([torch.cos(a), torch.sin(a)], dim=1)
+
+
+def _descriptors(db_angles):
+    return Descriptors(
+        _vectors(db_angles), _vectors([0.0]), [f"d{i}" for i in range(len(db_angles))], ["q"]
+    )
+
+
+@dataclass
+class FakeSet:
+    name: str
+    gnd: list
+    distractors: list = field(default_factory=list)
+    qimlist: list = field(default_factory=lambda: ["q"])
+    notes: list = field(default_factory=list)
+
+
+def _context(**profile):
+    return SimpleNamespace(profile=SimpleNamespace(qe_k=1, **profile))
+
+
+HEADS = {"A": SimpleNamespace(attention=None), "B": SimpleNamespace(attention=None)}
+
+
+def test_sota_names_the_distractor_columns_105k_106k_and_scores_each(monkeypatch):
+    # database 0..2, the positive is 0; the distractor (index 3) is nearer than A's positive
+    angles = {"A": [0.1, 1.0, 2.0], "B": [2.0, 0.1, 1.0]}
+    distractor = {"A": 0.05, "B": 0.5}
+
+    def dataset(ctx, name, distractors=False):
+        return FakeSet(
+            name, [{"ok": [0], "junk": []}], ["x"] if distractors else [], notes=[f"note of {name}"]
+        )
+
+    def describe(ctx, ds, heads):
+        return {m: _descriptors(angles[m] + [distractor[m]] * bool(ds.distractors)) for m in heads}
+
+    monkeypatch.setattr(S, "sota_heads", lambda ctx, w: HEADS)
+    monkeypatch.setattr(P, "dataset", dataset)
+    monkeypatch.setattr(P, "describe", describe)
+    ctx = _context(datasets=("oxford5k", "paris6k", "synthetic-demo"), distractors=1)
+    table, notes = S.sota(ctx, whitening=None)
+
+    assert list(table["method"]) == ["A", "B", "A+QE", "B+QE"]
+    assert list(table.columns) == [
+        "method",
+        S.WEIGHTS,
+        "oxford5k",
+        "paris6k",
+        "synthetic-demo",
+        "oxford105k",
+        "paris106k",
+        "synthetic-demo+distractors",
+    ]
+    assert set(table[S.WEIGHTS]) == {P.NO_ATTENTION}
+    # positive first: AP 1; third: (0 + 1/3) / 2; second: (0 + 1/2) / 2; fourth: (0 + 1/4) / 2
+    plain = [100.0, 100 / 6, 100.0, 100 / 6]
+    distracted = [25.0, 12.5, 25.0, 12.5]
+    for col in ("oxford5k", "paris6k", "synthetic-demo"):
+        assert table[col].tolist() == pytest.approx(plain)
+    for col in ("oxford105k", "paris106k", "synthetic-demo+distractors"):
+        assert table[col].tolist() == pytest.approx(distracted)
+    assert notes[:3] == ["note of oxford5k", "note of paris6k", "note of synthetic-demo"]
+    assert "CAM is left out" in notes[-1]
+
+
+def test_sota_without_distractors_has_only_the_plain_columns(monkeypatch):
+    monkeypatch.setattr(S, "sota_heads", lambda ctx, w: {"A": HEADS["A"]})
+    monkeypatch.setattr(
+        P, "dataset", lambda ctx, name, distractors=False: FakeSet(name, [{"ok": [0], "junk": []}])
+    )
+    monkeypatch.setattr(P, "describe", lambda ctx, ds, heads: {"A": _descriptors([0.1, 1.0])})
+    table, _ = S.sota(_context(datasets=("oxford5k",), distractors=None), whitening=None)
+    assert list(table.columns) == ["method", S.WEIGHTS, "oxford5k"]
+
+
+def test_revisited_reports_map_and_mp10_per_protocol(monkeypatch):
+    # one query; easy = [0], hard = [2], junk = [1]
+    gnd = [{"easy": [0], "hard": [2], "junk": [1]}]
+    # R-MAC ranks the database 0, 1, 2, 3; ours 3, 2, 1, 0
+    angles = {"R-MAC": [0.1, 0.5, 1.0, 2.0], "Ours": [2.0, 1.0, 0.5, 0.1]}
+    heads = {**{k: SimpleNamespace(attention=None) for k in ("R-MAC", "Ours")}, "MAC": None}
+    monkeypatch.setattr(S, "sota_heads", lambda ctx, w: heads)
+    monkeypatch.setattr(P, "dataset", lambda ctx, name: FakeSet(name, gnd))
+    monkeypatch.setattr(P, "describe", lambda ctx, ds, h: {m: _descriptors(angles[m]) for m in h})
+    table = S.revisited(_context(revisited=("roxford5k",)), whitening=None)
+
+    assert list(table["method"]) == ["R-MAC", "Ours", "R-MAC+QE", "Ours+QE"]
+    assert set(table["dataset"]) == {"roxford5k"}
+    rows = table.set_index("method")
+    for m in ("R-MAC", "R-MAC+QE"):  # every positive ahead of everything but junk
+        assert rows.loc[m, ["easy mAP", "medium mAP", "hard mAP"]].tolist() == [100.0] * 3
+        assert rows.loc[m, ["easy mP@10", "medium mP@10", "hard mP@10"]].tolist() == [100.0] * 3
+    for m in ("Ours", "Ours+QE"):
+        # easy: 0 is 4th with 1 (junk) and 2 (hard: junk here) ahead -> 2nd: AP (0 + 1/2) / 2;
+        # mP@10 over the first 2: 1/2. medium: 2 is 2nd, 0 is 4th with junk 1 ahead -> 3rd:
+        # AP ((0 + 1/2) + (1/2 + 2/3)) / 2 / 2 = 5/12; mP@10 over the first 3: 2/3.
+        # hard: 2 is 2nd (3 ahead of it): as easy.
+        assert rows.loc[m, ["easy mAP", "medium mAP", "hard mAP"]].tolist() == pytest.approx(
+            [25.0, 500 / 12, 25.0]
+        )
+        assert rows.loc[m, ["easy mP@10", "medium mP@10", "hard mP@10"]].tolist() == pytest.approx(
+            [50.0, 200 / 3, 50.0]
+        )
+    assert np.all(table[S.WEIGHTS] == P.NO_ATTENTION)
