@@ -128,6 +128,17 @@ def list_digest(items: Sequence[Any]) -> str:
     return hashlib.sha256(json.dumps([str(i) for i in items]).encode()).hexdigest()[:16]
 
 
+def content_stamp(folder: str | os.PathLike | None) -> str | None:
+    """What a generated image folder's names do not say: the generator and its version from
+    the ``meta.json`` a synthetic set carries (images of one name change with the generator),
+    so caches of an older version are never reused. ``None`` for downloaded sets."""
+    meta = None if folder is None else Path(folder) / "meta.json"
+    if meta is None or not meta.is_file():
+        return None
+    info = json.loads(meta.read_text())
+    return f"{info.get('generator')}@{info.get('version')}"
+
+
 def cache_key(parts: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -310,6 +321,9 @@ def extract_dataset(
         "bbxs": list_digest(bbxs or []),
         **backbone_key,
     }
+    stamp = content_stamp(getattr(dataset, "root", None))
+    if stamp is not None:  # only generated sets: downloaded sets keep their keys
+        common["content"] = stamp
     dist_common = {"part": "distractors", "images": list_digest([p.name for p in dist_paths]),
                    "n_images": len(dist_paths), **backbone_key}  # fmt: skip
     root = None if cache_dir is None else Path(cache_dir)

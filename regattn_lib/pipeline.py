@@ -27,6 +27,7 @@ from .evaluate import evaluate
 from .extract import (
     Descriptors,
     cache_key,
+    content_stamp,
     env_number,
     extract_dataset,
     list_digest,
@@ -221,6 +222,9 @@ def _whitening_files(
         "levels": p.whitening_levels, "dims": None, "min_side": whitening_min_side(p),
         "precision": resolve_precision(p.precision, ctx.device),
     }  # fmt: skip
+    stamp = content_stamp(ctx.data_root / "train" / p.whitening_set)
+    if stamp is not None:  # a generated whitening set: its version is part of the key
+        common["content"] = stamp
     files = {
         kind: ctx.cache_dir / "whitening" / f"{kind}-{cache_key({'kind': kind, **common})}.pt"
         for kind in kinds

@@ -313,7 +313,9 @@ def sota(ctx: P.Context, whitening: PCAWhitening) -> tuple[pd.DataFrame, list[st
         columns[col].update({f"{m}+QE": qe[m]["protocols"]["classic"]["map"] for m in heads})
         aps = {m: np.asarray(plain[m]["protocols"]["classic"]["aps"]) for m in heads}
         aps.update({f"{m}+QE": np.asarray(qe[m]["protocols"]["classic"]["aps"]) for m in heads})
-        intervals[col] = gain_intervals(aps, "R-MAC", col)
+        intervals[col] = gain_intervals(
+            aps, "R-MAC" if "R-MAC" in heads else next(iter(heads)), col
+        )
         notes += [n for n in ds.notes if n not in notes]
     methods = list(heads) + [f"{m}+QE" for m in heads]
     labels = [head_weights(h) for h in heads.values()]

@@ -498,3 +498,20 @@ def test_shard_size_from_the_environment(images, tmp_path, monkeypatch):
     monkeypatch.setenv("REGATTN_SHARD_IMAGES", "many")
     with pytest.raises(ValueError, match="REGATTN_SHARD_IMAGES"):
         extract_dataset(ds, bb, {"r": RegionalHead(levels=2)}, None, tmp_path, progress=False)
+
+
+def test_a_new_generator_version_gets_new_cache_keys(images, tmp_path):
+    from regattn_lib.extract import content_stamp
+
+    root = tmp_path / "set"
+    root.mkdir()
+    assert content_stamp(root) is None and content_stamp(None) is None  # downloaded sets
+    (root / "meta.json").write_text('{"generator": "gen", "version": 1}')
+    assert content_stamp(root) == "gen@1"
+    ds = ToyDataset("toy", images[:3], images[3:], [None, None])
+    ds.root = root
+    heads = {"r": RegionalHead(levels=2)}
+    extract_dataset(ds, ToyBackbone(), heads, None, cache_dir=tmp_path / "c", progress=False)
+    (root / "meta.json").write_text('{"generator": "gen", "version": 2}')
+    extract_dataset(ds, ToyBackbone(), heads, None, cache_dir=tmp_path / "c", progress=False)
+    assert len(list((tmp_path / "c" / "toy").glob("*.pt"))) == 2  # the old vectors not reused

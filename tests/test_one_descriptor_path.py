@@ -44,3 +44,20 @@ def test_training_pools_and_weights_exactly_as_extraction():
     # the logits are the fc of the alpha-weighted mean with the descriptor's own alpha
     with torch.no_grad():
         torch.testing.assert_close(model(crops), fc(weighted_mean(x, test_time.alpha)))
+
+
+def test_extraction_head_and_figures_share_the_training_alpha():
+    from regattn_lib.heads import RegionalHead
+
+    torch.manual_seed(2)
+    bb = ToyBackbone()
+    att = RegionalAttention(5, hidden=4, context=False)
+    model = AttentionClassifier(bb, nn.Linear(5, 2), att, levels=2)
+    crops = torch.randint(0, 256, (3, 3, 160, 224), dtype=torch.uint8)
+    x, k, g = model.pooled(crops)
+    head = RegionalHead(levels=2, attention=att, stride=bb.stride)
+    ((_, out),) = head.describe(bb.features(crops), crops)
+    assert torch.equal(out.features.max_pooled, x)
+    with torch.no_grad():
+        torch.testing.assert_close(out.alpha, att(k, g))
+    torch.testing.assert_close(head(bb.features(crops), crops), out.descriptor)

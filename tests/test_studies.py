@@ -65,7 +65,7 @@ def test_sota_names_the_distractor_columns_105k_106k_and_scores_each(monkeypatch
     table, notes = S.sota(ctx, whitening=None)
 
     assert list(table["method"]) == ["A", "B", "A+QE", "B+QE"]
-    assert list(table.columns) == [
+    assert [c for c in table.columns if " gain" not in c] == [
         "method",
         S.WEIGHTS,
         "oxford5k",
@@ -83,6 +83,13 @@ def test_sota_names_the_distractor_columns_105k_106k_and_scores_each(monkeypatch
         assert table[col].tolist() == pytest.approx(plain)
     for col in ("oxford105k", "paris106k", "synthetic-demo+distractors"):
         assert table[col].tolist() == pytest.approx(distracted)
+    # each column's gain over the first row (no R-MAC here), one query: a point interval
+    gains = [0.0, 100 / 6 - 100, 0.0, 100 / 6 - 100]
+    for col in ("oxford5k", "oxford105k"):
+        base = table[col].iloc[0]
+        assert table[f"{col} gain"].tolist() == pytest.approx((table[col] - base).tolist())
+        assert table[f"{col} gain low"].tolist() == pytest.approx(table[f"{col} gain"].tolist())
+    assert table["oxford5k gain"].tolist() == pytest.approx(gains)
     assert notes[:3] == ["note of oxford5k", "note of paris6k", "note of synthetic-demo"]
     assert "CAM is left out" in notes[-1]
 
@@ -94,7 +101,7 @@ def test_sota_without_distractors_has_only_the_plain_columns(monkeypatch):
     )
     monkeypatch.setattr(P, "describe", lambda ctx, ds, heads: {"A": _descriptors([0.1, 1.0])})
     table, _ = S.sota(_context(datasets=("oxford5k",), distractors=None), whitening=None)
-    assert list(table.columns) == ["method", S.WEIGHTS, "oxford5k"]
+    assert [c for c in table.columns if " gain" not in c] == ["method", S.WEIGHTS, "oxford5k"]
 
 
 def test_revisited_reports_map_and_mp10_per_protocol(monkeypatch):

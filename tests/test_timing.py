@@ -153,7 +153,11 @@ def test_ablation_time_column_is_the_median_with_a_note(tmp_path, monkeypatch):
     heads = {P.RMAC: RegionalHead(levels=1), P.CONTEXT: RegionalHead(levels=2)}
     monkeypatch.setattr(P, "ablation_heads", lambda ctx, w: heads)
     monkeypatch.setattr(P, "dataset", lambda ctx, name: FakeSet(name, []))
-    monkeypatch.setattr(S, "_classic_maps", lambda ctx, name, h: (FakeSet(name, []), {}, {m: 50.0 for m in h}))  # fmt: skip
+
+    def classic_maps(ctx, name, h):
+        return FakeSet(name, []), {}, {m: 50.0 for m in h}, {m: np.array([40.0, 60.0]) for m in h}
+
+    monkeypatch.setattr(S, "_classic_maps", classic_maps)
     timing = {
         m: T.ImageTiming(t, "Some GPU", "fp32", 7, 1024, (t,) * 7)
         for m, t in ((P.RMAC, 0.1), (P.CONTEXT, 0.2))
