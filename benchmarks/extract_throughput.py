@@ -69,11 +69,21 @@ METHODS: dict[str, str | None] = {P.RMAC: None, P.REGIONAL: "regional", P.CONTEX
 #: Defaults per device: the CPU ones finish in about a minute on 2 cores; the CUDA ones are
 #: the paper's setting (ResNet-101 at 1024 px) on the synthetic set's varied aspect ratios.
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "cpu": {"backbone": "efficientnet-lite0", "image_size": 256, "n_images": 32,
-            "dataset": "synthetic-smoke", "profile": "smoke"},
-    "cuda": {"backbone": "caffe-resnet101", "image_size": 1024, "n_images": 256,
-             "dataset": "synthetic-demo", "profile": "paper"},
-}  # fmt: skip
+    "cpu": {
+        "backbone": "efficientnet-lite0",
+        "image_size": 256,
+        "n_images": 32,
+        "dataset": "synthetic-smoke",
+        "profile": "smoke",
+    },
+    "cuda": {
+        "backbone": "caffe-resnet101",
+        "image_size": 1024,
+        "n_images": 256,
+        "dataset": "synthetic-demo",
+        "profile": "paper",
+    },
+}
 
 Descs = dict[str, torch.Tensor]
 #: A pipeline: (paths, query boxes or None) -> method label -> (N, D) descriptors.
@@ -87,18 +97,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default cpu")
     p.add_argument("--backbone", help="cpu: efficientnet-lite0, cuda: caffe-resnet101")
     p.add_argument(
-        "--weights", choices=("auto", "pretrained", "random"), default="auto",
+        "--weights",
+        choices=("auto", "pretrained", "random"),
+        default="auto",
         help="auto (default): pretrained when the weights are on disk, else random (speed only)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--weights-note", default=None, metavar="TEXT",
+        "--weights-note",
+        default=None,
+        metavar="TEXT",
         help="what the weights file on disk really is, shown beside the weights in the report "
         "(e.g. the rehearsal's random stand-in: its precision numbers are a proxy)",
-    )  # fmt: skip
+    )
     p.add_argument("--image-size", type=int, help="longest side, px (cpu 256, cuda 1024)")
     p.add_argument("--n-images", type=int, help="timed database images (cpu 32, cuda 256)")
-    p.add_argument("--dataset", help="test set under <data>/test/ (cpu synthetic-smoke, cuda "
-                   "synthetic-demo)")  # fmt: skip
+    p.add_argument(
+        "--dataset", help="test set under <data>/test/ (cpu synthetic-smoke, cuda synthetic-demo)"
+    )
     p.add_argument("--profile", help="attention models / whitening source (cpu smoke, cuda paper)")
     p.add_argument("--levels", type=int, help="R-MAC levels L (default: the profile's)")
     p.add_argument("--batch-size", type=int, default=16, help="engine batch (default 16)")
@@ -106,30 +121,41 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision", default="auto", help="engine precision: auto | fp32 | fp16 | bf16"
     )
     p.add_argument(
-        "--whitening", choices=("auto", "learn", "random"), default="auto",
+        "--whitening",
+        choices=("auto", "learn", "random"),
+        default="auto",
         help="learn: the profile's PCA-whitening (pipeline.learn_whitening, cached); random: a "
         "random orthogonal CxC matrix; auto (default): learn for an offline profile's own "
         "pretrained backbone, else random",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--attention", choices=("auto", "random"), default="auto",
+        "--attention",
+        choices=("auto", "random"),
+        default="auto",
         help="auto (default): results/<profile>/models/attention_*.pt (or the authors' file) "
         "when it fits the backbone, else a random initialisation; random: always random",
-    )  # fmt: skip
+    )
     p.add_argument("--repeats", type=int, default=2, help="timed passes, best kept (default 2)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile(backbone)")
     p.add_argument(
-        "--sweep-batch-sizes", default="",
+        "--sweep-batch-sizes",
+        default="",
         help="comma-separated engine batch sizes to time as well (all methods), e.g. 1,4,16",
-    )  # fmt: skip
-    p.add_argument("--map", action=argparse.BooleanOptionalAction, default=True,
-                   help="extract the whole dataset with both pipelines for the mAP (default on)")  # fmt: skip
+    )
+    p.add_argument(
+        "--map",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="extract the whole dataset with both pipelines for the mAP (default on)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random attention/whitening seed")
     p.add_argument(
-        "--threads", type=int, default=None,
+        "--threads",
+        type=int,
+        default=None,
         help="torch intra-op threads (default: torch's). On a CPU shared with other jobs, 1 "
         "avoids OpenMP threads stalling at barriers while a sibling thread is descheduled",
-    )  # fmt: skip
+    )
     p.add_argument("--data-root", default=None, help="data root (default $REGATTN_DATA or data/)")
     p.add_argument("--results-root", default=None, help="where results/<profile>/ lives")
     p.add_argument("--out-dir", type=Path, default=REPO / "results" / "bench")
@@ -238,8 +264,17 @@ def engine_extract(
     precision: str,
 ) -> Descs:
     """The engine (b): ``extract_images`` with its defaults (workers, bucketing, fp16 on CUDA)."""
-    out = extract_images(paths, backbone, heads, image_size, bbxs, device=device,
-                         batch_size=batch_size, precision=precision, progress=False)  # fmt: skip
+    out = extract_images(
+        paths,
+        backbone,
+        heads,
+        image_size,
+        bbxs,
+        device=device,
+        batch_size=batch_size,
+        precision=precision,
+        progress=False,
+    )
     return {k: torch.stack(v).float() for k, v in out.items()}
 
 
@@ -301,8 +336,9 @@ def gpu_busy_share(fn: Callable[[], Any], device: torch.device) -> float | None:
         fn()
         _sync(device)
     events = [e for e in prof.events() if e.time_range.end > e.time_range.start]
-    gpu = [(e.time_range.start, e.time_range.end) for e in events
-           if e.device_type == DeviceType.CUDA]  # fmt: skip
+    gpu = [
+        (e.time_range.start, e.time_range.end) for e in events if e.device_type == DeviceType.CUDA
+    ]
     if not gpu:
         return None
     window = max(e.time_range.end for e in events) - min(e.time_range.start for e in events)
@@ -343,8 +379,12 @@ class Setup:
 
     def heads(self, labels: Sequence[str] | None = None) -> dict[str, RegionalHead]:
         labels = list(self.attentions) if labels is None else labels
-        return {k: RegionalHead(name=k, levels=self.levels, attention=self.attentions[k],
-                                whitening=self.whitening) for k in labels}  # fmt: skip
+        return {
+            k: RegionalHead(
+                name=k, levels=self.levels, attention=self.attentions[k], whitening=self.whitening
+            )
+            for k in labels
+        }
 
     def baseline(self, labels: Sequence[str] | None = None, backbone=None) -> Runner:
         att = {k: self.attentions[k] for k in (labels or self.attentions)}
@@ -384,9 +424,16 @@ def make_setup(args: argparse.Namespace) -> Setup:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device visible")
     results = None if args.results_root is None else Path(args.results_root) / args.profile
-    ctx = P.setup(args.profile, data_root=args.data_root, results=results, device=args.device,
-                  backbone=args.backbone, image_size=args.image_size, levels=args.levels,
-                  batch_size=args.batch_size)  # fmt: skip
+    ctx = P.setup(
+        args.profile,
+        data_root=args.data_root,
+        results=results,
+        device=args.device,
+        backbone=args.backbone,
+        image_size=args.image_size,
+        levels=args.levels,
+        batch_size=args.batch_size,
+    )
     ds = load_dataset(args.dataset, ctx.data_root)
     backbone, weights = load_backbone(args.backbone, args.weights, ctx.data_root, device)
     if weights == "random":
@@ -397,8 +444,12 @@ def make_setup(args: argparse.Namespace) -> Setup:
     whitening, w_source = choose_whitening(args, ctx, backbone, weights)
     # Resident on the device for both pipelines: a per-image host-to-GPU copy of a 2048 x 2048
     # projection would slow the batch-1 baseline for a reason that has nothing to do with it.
-    whitening = PCAWhitening(whitening.mean.to(device), whitening.projection.to(device),
-                             whitening.eigenvalues, whitening.meta)  # fmt: skip
+    whitening = PCAWhitening(
+        whitening.mean.to(device),
+        whitening.projection.to(device),
+        whitening.eigenvalues,
+        whitening.meta,
+    )
     attentions: dict[str, RegionalAttention | None] = {}
     sources: dict[str, str] = {}
     for label, kind in METHODS.items():
@@ -406,8 +457,19 @@ def make_setup(args: argparse.Namespace) -> Setup:
             attentions[label], sources[label] = None, "none (R-MAC)"
         else:
             attentions[label], sources[label] = choose_attention(kind, args, ctx, backbone, device)
-    return Setup(args, device, ctx, ds, backbone, weights, whitening, w_source, attentions,
-                 sources, ctx.profile.levels)  # fmt: skip
+    return Setup(
+        args,
+        device,
+        ctx,
+        ds,
+        backbone,
+        weights,
+        whitening,
+        w_source,
+        attentions,
+        sources,
+        ctx.profile.levels,
+    )
 
 
 def measure_joint(s: Setup, paths: list[Path]) -> dict[str, Any]:
@@ -454,10 +516,19 @@ def measure_batch_sweep(s: Setup, paths: list[Path], sizes: Sequence[int]) -> di
     """Engine images/s (all methods) at each batch size; sizes take turns within a round."""
     a = s.args
     fns = {
-        bs: partial(engine_extract, paths, None, s.backbone, s.heads(), a.image_size, s.device,
-                    bs, a.precision)
+        bs: partial(
+            engine_extract,
+            paths,
+            None,
+            s.backbone,
+            s.heads(),
+            a.image_size,
+            s.device,
+            bs,
+            a.precision,
+        )
         for bs in sizes
-    }  # fmt: skip
+    }
     for fn in fns.values():
         fn()  # warm-up: each batch size has its own batch shapes
     _, t = best_times(fns, s.device, a.repeats)
@@ -545,10 +616,13 @@ def _measure(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         sweep = phase("batch_sweep", lambda: measure_batch_sweep(s, paths, sizes))
     busy = None
     if s.device.type == "cuda":
-        busy = phase("gpu_busy", lambda: {
-            "baseline": gpu_busy_share(lambda: s.baseline()(paths, None), s.device),
-            "engine": gpu_busy_share(lambda: s.engine()(paths, None), s.device),
-        })  # fmt: skip
+        busy = phase(
+            "gpu_busy",
+            lambda: {
+                "baseline": gpu_busy_share(lambda: s.baseline()(paths, None), s.device),
+                "engine": gpu_busy_share(lambda: s.engine()(paths, None), s.device),
+            },
+        )
     acc = phase("map", lambda: measure_accuracy(s)) if args.map else {}
     for k, a in acc.items():
         per_method[k].update(a)
@@ -632,9 +706,15 @@ def markdown(r: Mapping[str, Any]) -> str:
             f"{m['time_per_image_s'] * 1000:.1f} ms | {dist:.1e} | {maps} |"
         )
     busy = r["gpu_busy_share"]
-    lines += ["", "GPU busy share: " + ("n/a (CPU run)" if busy is None else
-              ", ".join(f"{k} {v:.0%}" if v is not None else f"{k} n/a"
-                        for k, v in busy.items()))]  # fmt: skip
+    lines += [
+        "",
+        "GPU busy share: "
+        + (
+            "n/a (CPU run)"
+            if busy is None
+            else ", ".join(f"{k} {v:.0%}" if v is not None else f"{k} n/a" for k, v in busy.items())
+        ),
+    ]
     if r.get("fp16_overflow_batches"):
         lines.append(
             f"fp16 overflow: {r['fp16_overflow_batches']} engine batches were redone in fp32, "

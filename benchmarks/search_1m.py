@@ -57,10 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=2, help="timed searches, best kept (default 2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the vectors (default 0)")
     p.add_argument(
-        "--threads", type=int, default=None,
+        "--threads",
+        type=int,
+        default=None,
         help="torch intra-op threads (default: torch's). On a CPU shared with other jobs, 1 "
         "avoids OpenMP threads stalling at barriers while a sibling thread is descheduled",
-    )  # fmt: skip
+    )
     p.add_argument("--out-dir", type=Path, default=REPO / "results" / "bench")
     p.add_argument("--name", help="output file stem (default search_<cpu|cuda>)")
     return p
@@ -114,8 +116,12 @@ def make_queries(db: torch.Tensor, n_queries: int, seed: int) -> tuple[torch.Ten
 def memory(n: int, dim: int) -> dict[str, float]:
     """Database sizes: GB (1e9 bytes) and GiB, fp32 and fp16."""
     b = n * dim
-    return {"fp32_gb": 4 * b / 1e9, "fp16_gb": 2 * b / 1e9,
-            "fp32_gib": 4 * b / 2**30, "fp16_gib": 2 * b / 2**30}  # fmt: skip
+    return {
+        "fp32_gb": 4 * b / 1e9,
+        "fp16_gb": 2 * b / 1e9,
+        "fp32_gib": 4 * b / 2**30,
+        "fp16_gib": 2 * b / 2**30,
+    }
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -212,7 +218,9 @@ def faiss_rows(
         build = time.perf_counter() - t0
         r, t = best_time(lambda i=index: faiss_ranks(q, i, topk=args.topk), args.repeats)
         name = "faiss-gpu" if gpu else "faiss-cpu"
-        rows.append(record(name, r, t, src, ref, build_s=build, faiss_threads=faiss.omp_get_max_threads()))  # fmt: skip
+        rows.append(
+            record(name, r, t, src, ref, build_s=build, faiss_threads=faiss.omp_get_max_threads())
+        )
         del index
         gc.collect()
     return rows

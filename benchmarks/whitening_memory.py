@@ -53,14 +53,27 @@ TARGET_GB = 1.5
 def build_parser() -> argparse.ArgumentParser:
     """The command-line options."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--n", type=int, nargs="+", default=[1_000_000],
-                   help="numbers of vectors, one child process each (default 1000000)")  # fmt: skip
+    p.add_argument(
+        "--n",
+        type=int,
+        nargs="+",
+        default=[1_000_000],
+        help="numbers of vectors, one child process each (default 1000000)",
+    )
     p.add_argument("--dim", type=int, default=2048, help="vector dimensions (default 2048)")
-    p.add_argument("--image-size", type=int, default=800,
-                   help="whitening images' longest side (default 800, the paper's)")  # fmt: skip
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=800,
+        help="whitening images' longest side (default 800, the paper's)",
+    )
     p.add_argument("--levels", type=int, default=3, help="R-MAC levels (default 3, the paper's)")
-    p.add_argument("--stacked-n", type=int, default=0,
-                   help="also run the old stacked code at this N (default 0: not run)")  # fmt: skip
+    p.add_argument(
+        "--stacked-n",
+        type=int,
+        default=0,
+        help="also run the old stacked code at this N (default 0: not run)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default torch's)")
     p.add_argument("--out-dir", type=Path, default=REPO / "results" / "bench")
     p.add_argument("--name", default="whitening_memory_cpu", help="output file stem")
@@ -122,9 +135,14 @@ def _child(settings: Mapping[str, Any]) -> dict[str, Any]:
         Image.fromarray(pixels).save(src, quality=90)
         for i in range(n_images):
             os.link(src, jpg / f"{i:07d}.jpg")
-        prof = get_profile("smoke", whitening_set="bench-whiten", whitening_image_size=size,
-                           whitening_levels=levels, whitening_max_images=None,
-                           backbone="generated")  # fmt: skip
+        prof = get_profile(
+            "smoke",
+            whitening_set="bench-whiten",
+            whitening_image_size=size,
+            whitening_levels=levels,
+            whitening_max_images=None,
+            backbone="generated",
+        )
         ctx = P.Context(prof, root, root / "results", torch.device("cpu"))
         bb = GeneratedBackbone()
         ctx.__dict__["backbone"] = bb  # the cached_property, set: no weights to load
@@ -148,16 +166,23 @@ def _child(settings: Mapping[str, Any]) -> dict[str, Any]:
     maxrss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB
     ev = w_.eigenvalues
     return {
-        "mode": settings["mode"], "n_vectors": int(w_.meta["n_vectors"]), "n_images": n_images,
-        "vectors_per_image": per_image, "image_hw": [h, w], "dim": dim,
-        "backbone_calls": bb.calls, "seconds": seconds,
-        "rss_before_gb": rss_before_kb * 1024 / 1e9, "peak_rss_gb": peak_kb * 1024 / 1e9,
+        "mode": settings["mode"],
+        "n_vectors": int(w_.meta["n_vectors"]),
+        "n_images": n_images,
+        "vectors_per_image": per_image,
+        "image_hw": [h, w],
+        "dim": dim,
+        "backbone_calls": bb.calls,
+        "seconds": seconds,
+        "rss_before_gb": rss_before_kb * 1024 / 1e9,
+        "peak_rss_gb": peak_kb * 1024 / 1e9,
         "ru_maxrss_gb": maxrss_kb * 1024 / 1e9,
         "step_increase_gb": (peak_kb - rss_before_kb) * 1024 / 1e9,
         "stacked_fp32_gb": w_.meta["n_vectors"] * dim * 4 / 1e9,
-        "eigenvalues_finite": bool(torch.isfinite(ev).all()), "eigenvalue_max": float(ev[0]),
+        "eigenvalues_finite": bool(torch.isfinite(ev).all()),
+        "eigenvalue_max": float(ev[0]),
         "eigenvalue_min": float(ev[-1]),
-    }  # fmt: skip
+    }
 
 
 def measure(settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -204,8 +229,12 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
 
     if args.threads:
         torch.set_num_threads(args.threads)  # as in the children, so the report names it
-    base = {"dim": args.dim, "image_size": args.image_size, "levels": args.levels,
-            "threads": args.threads}  # fmt: skip
+    base = {
+        "dim": args.dim,
+        "image_size": args.image_size,
+        "levels": args.levels,
+        "threads": args.threads,
+    }
     load_before = os.getloadavg()[0]
     runs = [measure({**base, "n": n, "mode": "streamed"}) for n in args.n]
     if args.stacked_n:
@@ -233,13 +262,20 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
             "fp32)."
         )
     return {
-        "dim": args.dim, "image_size": args.image_size, "levels": args.levels,
-        "threads": torch.get_num_threads(), "runs": runs, "target_gb": TARGET_GB,
-        "target_met": ok, "conclusion": conclusion,
-        "cpu": cpu_name(), "torch": torch.__version__,
+        "dim": args.dim,
+        "image_size": args.image_size,
+        "levels": args.levels,
+        "threads": torch.get_num_threads(),
+        "runs": runs,
+        "target_gb": TARGET_GB,
+        "target_met": ok,
+        "conclusion": conclusion,
+        "cpu": cpu_name(),
+        "torch": torch.__version__,
         "load_average_1m": {"start": load_before, "end": os.getloadavg()[0]},
-        "command": command_line(__file__, argv), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-    }  # fmt: skip
+        "command": command_line(__file__, argv),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -64,9 +64,14 @@ def precision_differences(reference, other, ref_table, other_table) -> pd.DataFr
         dist = (1 - cos).clamp_min(0)
         r = ref_table[ref_table["method"] == method].set_index("protocol")["mAP"]
         o = other_table[other_table["method"] == method].set_index("protocol")["mAP"]
-        rows.append({"method": method, "max cos distance": float(dist.max()),
-                     "median cos distance": float(dist.median()),
-                     "max |mAP change|": float((o - r).abs().max())})  # fmt: skip
+        rows.append(
+            {
+                "method": method,
+                "max cos distance": float(dist.max()),
+                "median cos distance": float(dist.median()),
+                "max |mAP change|": float((o - r).abs().max()),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -88,8 +93,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for prec in dict.fromkeys(precisions):
         descs[prec] = P.describe(ctx, ds, heads, progress=not args.quiet, precision=prec)
         tables[prec] = _scores_table(P, descs[prec], ds, heads, args.qe)
-    print(f"{name}: {ds.n_db} database images, {ds.n_queries} queries; profile {ctx.profile.name}, "
-          f"backbone {ctx.profile.backbone}{f', AQE top-{args.qe}' if args.qe else ''}")  # fmt: skip
+    print(
+        f"{name}: {ds.n_db} database images, {ds.n_queries} queries; profile {ctx.profile.name}, "
+        f"backbone {ctx.profile.backbone}{f', AQE top-{args.qe}' if args.qe else ''}"
+    )
     fmt = {"float_format": lambda v: f"{v:.2f}", "index": False}
     for prec, table in tables.items():
         if len(tables) > 1:
@@ -100,17 +107,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
         whitening_precision = resolve_precision(ctx.profile.precision, ctx.device)
         print(f"\n{prec} against {ref} (whitening learned in {whitening_precision} for both):")
         diff = precision_differences(descs[ref], descs[prec], tables[ref], tables[prec])
-        print(diff.to_string(index=False, formatters={
-            "max cos distance": "{:.2e}".format, "median cos distance": "{:.2e}".format,
-            "max |mAP change|": "{:.2f}".format}))  # fmt: skip
+        print(
+            diff.to_string(
+                index=False,
+                formatters={
+                    "max cos distance": "{:.2e}".format,
+                    "median cos distance": "{:.2e}".format,
+                    "max |mAP change|": "{:.2f}".format,
+                },
+            )
+        )
     print(f"({time.perf_counter() - t0:.1f} s; descriptors cached in {ctx.cache_dir})")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line's parser (``eval`` and its options)."""
-    ap = argparse.ArgumentParser(prog="python -m regattn_lib", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    ap = argparse.ArgumentParser(
+        prog="python -m regattn_lib",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = ap.add_subparsers(dest="command", required=True)
     ev = sub.add_parser("eval", help="extract descriptors and print mAP for a profile's test set")
     ev.add_argument("--profile", default="smoke", help="smoke | demo | paper (default smoke)")
@@ -121,11 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--device", default="auto")
     ev.add_argument(
-        "--precision", nargs="+", default=None, choices=("auto", "fp32", "fp16", "bf16"),
+        "--precision",
+        nargs="+",
+        default=None,
+        choices=("auto", "fp32", "fp16", "bf16"),
         help="backbone precision (default: the profile's; paper fp32). Two or more, e.g. "
         "'fp32 fp16': scores each and prints the cosine distance between their descriptors "
         "and the mAP change against the first",
-    )  # fmt: skip
+    )
     ev.add_argument("--data-root", default=None)
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     ev.set_defaults(func=cmd_eval)

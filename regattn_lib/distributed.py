@@ -254,26 +254,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         heads = {"rmac": RegionalHead(name="rmac", levels=args.levels, whitening=white)}
         db_paths, q_paths, bbxs, source = _image_lists(args)
         opts = dict(
-            image_size=args.image_size, batch_size=args.batch_size, info=info,
-            precision=args.precision, num_workers=args.num_workers,
-        )  # fmt: skip
+            image_size=args.image_size,
+            batch_size=args.batch_size,
+            info=info,
+            precision=args.precision,
+            num_workers=args.num_workers,
+        )
         db = extract_distributed(db_paths, backbone, heads, progress="db", **opts)["rmac"]
         qs = extract_distributed(q_paths, backbone, heads, bbxs=bbxs, progress="queries", **opts)
         if info.is_main:
             dim = db[0].shape[-1] if db else 0
-            atomic_torch_save(args.out, {
-                "db": torch.stack(db) if db else torch.empty(0, dim),
-                "queries": torch.stack(qs["rmac"]) if q_paths else torch.empty(0, dim),
-                "db_names": [p.stem for p in db_paths],
-                "query_names": [p.stem for p in q_paths],
-                "config": {"source": source, "backbone": args.backbone,
-                           "random_weights": args.random_weights, "image_size": args.image_size,
-                           "levels": args.levels, "batch_size": args.batch_size,
-                           "whitening": None if args.whitening is None else str(args.whitening),
-                           "world_size": info.world_size, "backend": info.backend},
-            })  # fmt: skip
-            print(f"wrote {args.out}: {len(db_paths)} db + {len(q_paths)} queries, "
-                  f"{info.world_size} process(es)")  # fmt: skip
+            atomic_torch_save(
+                args.out,
+                {
+                    "db": torch.stack(db) if db else torch.empty(0, dim),
+                    "queries": torch.stack(qs["rmac"]) if q_paths else torch.empty(0, dim),
+                    "db_names": [p.stem for p in db_paths],
+                    "query_names": [p.stem for p in q_paths],
+                    "config": {
+                        "source": source,
+                        "backbone": args.backbone,
+                        "random_weights": args.random_weights,
+                        "image_size": args.image_size,
+                        "levels": args.levels,
+                        "batch_size": args.batch_size,
+                        "whitening": None if args.whitening is None else str(args.whitening),
+                        "world_size": info.world_size,
+                        "backend": info.backend,
+                    },
+                },
+            )
+            print(
+                f"wrote {args.out}: {len(db_paths)} db + {len(q_paths)} queries, "
+                f"{info.world_size} process(es)"
+            )
         if dist.is_initialized():
             dist.barrier()  # no rank leaves before rank 0 has written the file
     finally:

@@ -88,9 +88,17 @@ def extract_images(
     """
     outputs: dict[str, list[torch.Tensor | None]] = {k: [None] * len(paths) for k in heads}
     for item in iter_images(
-        paths, backbone, heads, image_size, bbxs, device=device, batch_size=batch_size,
-        num_workers=num_workers, precision=precision, progress=progress,
-    ):  # fmt: skip
+        paths,
+        backbone,
+        heads,
+        image_size,
+        bbxs,
+        device=device,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        precision=precision,
+        progress=progress,
+    ):
         assert item.outputs is not None  # on_bad="raise": no image is skipped
         for name, out in item.outputs.items():
             outputs[name][item.index] = out
@@ -188,8 +196,9 @@ def _extract_part(
         d = shard_dirs.get(name)
         return None if d is None else d / f"{c[0]:08d}-{c[1]:08d}.pt"
 
-    have = {n: {c for c in chunks if (f := shard_file(n, c)) is not None and f.is_file()}
-            for n in heads}  # fmt: skip
+    have = {
+        n: {c for c in chunks if (f := shard_file(n, c)) is not None and f.is_file()} for n in heads
+    }
     todo = [c for c in chunks if any(c not in have[n] for n in heads)]
     run = {n: h for n, h in heads.items() if any(c not in have[n] for c in todo)}
     memory: dict[str, dict[tuple[int, int], dict[str, Any]]] = {n: {} for n in heads}
@@ -199,8 +208,17 @@ def _extract_part(
             chunk_of.update(dict.fromkeys(range(*c), c))
         open_: dict[tuple[int, int], dict[str, Any]] = {}
         groups = [range(*c) for c in todo]
-        for item in iter_images(paths, backbone, run, image_size, bbxs, groups=groups,
-                                on_bad=on_bad, part=part, **kwargs):  # fmt: skip
+        for item in iter_images(
+            paths,
+            backbone,
+            run,
+            image_size,
+            bbxs,
+            groups=groups,
+            on_bad=on_bad,
+            part=part,
+            **kwargs,
+        ):
             c = chunk_of[item.index]
             buf = open_.setdefault(c, {"out": {n: {} for n in run}, "skipped": [], "count": 0})
             if item.skipped is not None:
@@ -217,10 +235,12 @@ def _extract_part(
                     continue
                 index = sorted(buf["out"][n])
                 shard = {
-                    "start": c[0], "end": c[1], "index": index,
+                    "start": c[0],
+                    "end": c[1],
+                    "index": index,
                     "rows": torch.stack([buf["out"][n][i] for i in index]) if index else None,
                     "skipped": [s.to_dict() for s in sorted(buf["skipped"], key=lambda s: s.index)],
-                }  # fmt: skip
+                }
                 f = shard_file(n, c)
                 if f is None:
                     memory[n][c] = shard
@@ -324,8 +344,12 @@ def extract_dataset(
     stamp = content_stamp(getattr(dataset, "root", None))
     if stamp is not None:  # only generated sets: downloaded sets keep their keys
         common["content"] = stamp
-    dist_common = {"part": "distractors", "images": list_digest([p.name for p in dist_paths]),
-                   "n_images": len(dist_paths), **backbone_key}  # fmt: skip
+    dist_common = {
+        "part": "distractors",
+        "images": list_digest([p.name for p in dist_paths]),
+        "n_images": len(dist_paths),
+        **backbone_key,
+    }
     root = None if cache_dir is None else Path(cache_dir)
     files: dict[str, Path | None] = {}
     dist_files: dict[str, Path | None] = {}
@@ -339,8 +363,11 @@ def extract_dataset(
             None if root is None or not n_dist else root / "_distractors" / f"{dkey}.pt"
         )
     todo = {n: h for n, h in heads.items() if files[n] is None or not files[n].is_file()}
-    dist_todo = {n: h for n, h in heads.items()
-                 if n_dist and (dist_files[n] is None or not dist_files[n].is_file())}  # fmt: skip
+    dist_todo = {
+        n: h
+        for n, h in heads.items()
+        if n_dist and (dist_files[n] is None or not dist_files[n].is_file())
+    }
     if cached_only and (todo or dist_todo):
         missing = [f"{n!r} ({files[n] or 'no cache_dir'})" for n in todo]
         missing += [f"{n!r} distractors ({dist_files[n] or 'no cache_dir'})" for n in dist_todo]
@@ -351,21 +378,41 @@ def extract_dataset(
         if name not in todo:
             d = torch.load(files[name], map_location="cpu", weights_only=True)
             result[name] = Descriptors(
-                d["db"], d["queries"], d["db_names"], d["query_names"], d["config"],
+                d["db"],
+                d["queries"],
+                d["db_names"],
+                d["query_names"],
+                d["config"],
                 [SkippedImage.from_dict(s) for s in d.get("skipped", [])],
-            )  # fmt: skip
+            )
     if todo:
         parts = {n: None if files[n] is None else files[n].with_suffix(".parts") for n in todo}
         db = _extract_part(
-            core_paths, None, backbone, todo, {n: p and p / "db" for n, p in parts.items()},
-            image_size, shard_size, "skip", "db", progress=progress and f"{dataset.name} db",
+            core_paths,
+            None,
+            backbone,
+            todo,
+            {n: p and p / "db" for n, p in parts.items()},
+            image_size,
+            shard_size,
+            "skip",
+            "db",
+            progress=progress and f"{dataset.name} db",
             **kwargs,
-        )  # fmt: skip
+        )
         qs = _extract_part(
-            q_paths, bbxs, backbone, todo, {n: p and p / "queries" for n, p in parts.items()},
-            image_size, shard_size, "raise", "queries",
-            progress=progress and f"{dataset.name} queries", **kwargs,
-        )  # fmt: skip
+            q_paths,
+            bbxs,
+            backbone,
+            todo,
+            {n: p and p / "queries" for n, p in parts.items()},
+            image_size,
+            shard_size,
+            "raise",
+            "queries",
+            progress=progress and f"{dataset.name} queries",
+            **kwargs,
+        )
         for name, head in todo.items():
             config = {**common, **head.cache_key(), "name": name}
             db_rows, skipped = db[name]
@@ -374,18 +421,36 @@ def extract_dataset(
             d = Descriptors(
                 (db_rows if db_rows is not None else torch.zeros((0, *dim))).float(),
                 (q_rows if q_rows is not None else torch.zeros((0, *dim))).float(),
-                _stems(core_paths), _stems(q_paths), config, skipped,
-            )  # fmt: skip
+                _stems(core_paths),
+                _stems(q_paths),
+                config,
+                skipped,
+            )
             result[name] = d
             if files[name] is not None:
-                saved = {"db": d.db, "queries": d.queries, "db_names": d.db_names,
-                         "query_names": d.query_names, "config": config,
-                         "skipped": [s.to_dict() for s in skipped]}  # fmt: skip
+                saved = {
+                    "db": d.db,
+                    "queries": d.queries,
+                    "db_names": d.db_names,
+                    "query_names": d.query_names,
+                    "config": config,
+                    "skipped": [s.to_dict() for s in skipped],
+                }
                 atomic_torch_save(files[name], saved)
         _remove_shards(parts.values())
     if n_dist:
-        _add_distractors(result, dist_paths, dist_files, dist_todo, backbone, image_size,
-                         shard_size, progress, dist_common, **kwargs)  # fmt: skip
+        _add_distractors(
+            result,
+            dist_paths,
+            dist_files,
+            dist_todo,
+            backbone,
+            image_size,
+            shard_size,
+            progress,
+            dist_common,
+            **kwargs,
+        )
     return {name: result[name] for name in heads}
 
 
@@ -406,14 +471,26 @@ def _add_distractors(
     if todo:
         parts = {n: None if files[n] is None else files[n].with_suffix(".parts") for n in todo}
         out = _extract_part(
-            paths, None, backbone, todo, parts, image_size, shard_size, "skip", "distractors",
-            progress=progress and "distractors", **kwargs,
-        )  # fmt: skip
+            paths,
+            None,
+            backbone,
+            todo,
+            parts,
+            image_size,
+            shard_size,
+            "skip",
+            "distractors",
+            progress=progress and "distractors",
+            **kwargs,
+        )
         for name, head in todo.items():
             rows, skipped = out[name]
-            d = {"db": rows.float(), "db_names": _stems(paths),
-                 "config": {**common, **head.cache_key()},
-                 "skipped": [s.to_dict() for s in skipped]}  # fmt: skip
+            d = {
+                "db": rows.float(),
+                "db_names": _stems(paths),
+                "config": {**common, **head.cache_key()},
+                "skipped": [s.to_dict() for s in skipped],
+            }
             dist[name] = d
             if files[name] is not None:
                 atomic_torch_save(files[name], d)
@@ -428,12 +505,18 @@ def _add_distractors(
         skipped = core.skipped + [
             replace(SkippedImage.from_dict(s), index=s["index"] + offset) for s in d["skipped"]
         ]
-        config = {**core.config, "distractors": {"images": common["images"],
-                                                  "n_images": common["n_images"]}}  # fmt: skip
+        config = {
+            **core.config,
+            "distractors": {"images": common["images"], "n_images": common["n_images"]},
+        }
         result[name] = Descriptors(
-            torch.cat([core.db, d["db"]]) if core.db.numel() else d["db"], core.queries,
-            core.db_names + list(d["db_names"]), core.query_names, config, skipped,
-        )  # fmt: skip
+            torch.cat([core.db, d["db"]]) if core.db.numel() else d["db"],
+            core.queries,
+            core.db_names + list(d["db_names"]),
+            core.query_names,
+            config,
+            skipped,
+        )
 
 
 def write_skipped_images(

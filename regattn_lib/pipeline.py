@@ -140,9 +140,12 @@ def dataset(ctx: Context, name: str, distractors: bool = False) -> RetrievalData
         if ctx.profile.distractors is None:
             raise ValueError(f"profile {ctx.profile.name!r} has no distractor set")
         ds = add_distractors(
-            ds, ctx.profile.distractors, ctx.profile.n_distractors, ctx.data_root,
+            ds,
+            ctx.profile.distractors,
+            ctx.profile.n_distractors,
+            ctx.data_root,
             download=ctx.profile.download,
-        )  # fmt: skip
+        )
     return ds
 
 
@@ -215,13 +218,18 @@ def _whitening_files(
     p = ctx.profile
     bb = ctx.backbone
     common = {
-        "set": p.whitening_set, "n_images": len(paths),
+        "set": p.whitening_set,
+        "n_images": len(paths),
         # every name, not a prefix: two lists that differ anywhere get different files
-        "images": list_digest([x.name for x in paths]), "backbone": p.backbone,
-        "weights": getattr(bb, "cache_id", getattr(bb, "weights_id", None)), "size": p.whitening_image_size,
-        "levels": p.whitening_levels, "dims": None, "min_side": whitening_min_side(p),
+        "images": list_digest([x.name for x in paths]),
+        "backbone": p.backbone,
+        "weights": getattr(bb, "cache_id", getattr(bb, "weights_id", None)),
+        "size": p.whitening_image_size,
+        "levels": p.whitening_levels,
+        "dims": None,
+        "min_side": whitening_min_side(p),
         "precision": resolve_precision(p.precision, ctx.device),
-    }  # fmt: skip
+    }
     stamp = content_stamp(ctx.data_root / "train" / p.whitening_set)
     if stamp is not None:  # a generated whitening set: its version is part of the key
         common["content"] = stamp
@@ -273,17 +281,30 @@ def learn_whitenings(
             / f"pass-{cache_key({**common, 'kinds': sorted(missing)})}.ckpt"
         )
         accs, skipped = accumulate_images(
-            paths, ctx.backbone, {k: _whitening_head(ctx, k) for k in missing},
-            p.whitening_image_size, group_size=group, checkpoint=checkpoint,
-            checkpoint_s=checkpoint_s, min_original_side=common["min_side"], device=ctx.device,
-            batch_size=p.batch_size, precision=common["precision"],
+            paths,
+            ctx.backbone,
+            {k: _whitening_head(ctx, k) for k in missing},
+            p.whitening_image_size,
+            group_size=group,
+            checkpoint=checkpoint,
+            checkpoint_s=checkpoint_s,
+            min_original_side=common["min_side"],
+            device=ctx.device,
+            batch_size=p.batch_size,
+            precision=common["precision"],
             progress=progress and f"whitening ({', '.join(missing)})",
-        )  # fmt: skip
+        )
         for kind in missing:
-            meta = {"kind": kind, "backbone": p.backbone, "levels": p.whitening_levels,
-                    "image_size": p.whitening_image_size, "set": p.whitening_set,
-                    "n_images": len(paths) - len(skipped), "min_side": common["min_side"],
-                    "skipped": [s.to_dict() for s in skipped]}  # fmt: skip
+            meta = {
+                "kind": kind,
+                "backbone": p.backbone,
+                "levels": p.whitening_levels,
+                "image_size": p.whitening_image_size,
+                "set": p.whitening_set,
+                "n_images": len(paths) - len(skipped),
+                "min_side": common["min_side"],
+                "skipped": [s.to_dict() for s in skipped],
+            }
             learn_pca_whitening(accs[kind], meta=meta).save(files[kind])
         checkpoint.unlink(missing_ok=True)
         for stale in checkpoint.parent.glob(f".{checkpoint.name}.*.tmp"):
@@ -407,10 +428,16 @@ def describe(
     profile's (``fp32`` in the paper profile). The cache is keyed by it.
     """
     descs = extract_dataset(
-        ds, ctx.backbone, heads, ctx.profile.image_size, cache_dir=ctx.cache_dir,
-        device=ctx.device, batch_size=ctx.profile.batch_size, progress=progress,
+        ds,
+        ctx.backbone,
+        heads,
+        ctx.profile.image_size,
+        cache_dir=ctx.cache_dir,
+        device=ctx.device,
+        batch_size=ctx.profile.batch_size,
+        progress=progress,
         precision=ctx.profile.precision if precision is None else precision,
-    )  # fmt: skip
+    )
     label = ds.name + ("+distractors" if getattr(ds, "distractors", None) else "")  # a file name
     report_skipped(ctx, label, next(iter(descs.values()), None))
     return descs

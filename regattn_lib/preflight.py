@@ -52,8 +52,12 @@ IMPORT_ENV = "REGATTN_IMPORT_FROM"
 REVISITOP1M_IMAGES = 1_001_001
 REVISITOP1M_ARCHIVES = 100
 #: Database + query images of the standard test sets (spec section 4; Paris less its blacklist).
-TEST_SET_IMAGES = {"oxford5k": 5063 + 55, "paris6k": 6392 + 55, "roxford5k": 4993 + 70,
-                   "rparis6k": 6322 + 70}  # fmt: skip
+TEST_SET_IMAGES = {
+    "oxford5k": 5063 + 55,
+    "paris6k": 6392 + 55,
+    "roxford5k": 4993 + 70,
+    "rparis6k": 6322 + 70,
+}
 #: Descriptor vectors cached per test-set image: ablation (3 heads), RPN (3), state of the art
 #: (6), scale study (2 heads x 7 levels), whitening study (~3): ~30, rounded up.
 DESCRIPTORS_PER_TEST_IMAGE = 32
@@ -103,10 +107,17 @@ def device_check(device: str) -> Check:
         )
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            why = ("this torch build has no CUDA support" if torch.version.cuda is None
-                   else "no CUDA device or driver found")  # fmt: skip
-            return Check("device", False, f"--device {device}: no usable CUDA GPU ({why}; "
-                         "torch.cuda.is_available() is False). Use --device auto or cpu.")  # fmt: skip
+            why = (
+                "this torch build has no CUDA support"
+                if torch.version.cuda is None
+                else "no CUDA device or driver found"
+            )
+            return Check(
+                "device",
+                False,
+                f"--device {device}: no usable CUDA GPU ({why}; "
+                "torch.cuda.is_available() is False). Use --device auto or cpu.",
+            )
         count = torch.cuda.device_count()
         if (dev.index or 0) >= count:
             return Check("device", False, f"--device {device}: only {count} CUDA device(s)")
@@ -265,9 +276,12 @@ def distractor_plan(profile: Profile, root: Path) -> tuple[list[str], list[Check
         folder = flickr100k_dir(root)
         found = len(list_images(folder)) if folder.is_dir() else 0
         ok = found > 0
-        detail = (f"Flickr100k, local copy at {folder}: {found} images" if ok else
-                  f"no Flickr100k copy at {folder}/ (it is no longer distributed): put the "
-                  "images there, or use distractors='auto' for the revisitop1m stand-in")  # fmt: skip
+        detail = (
+            f"Flickr100k, local copy at {folder}: {found} images"
+            if ok
+            else f"no Flickr100k copy at {folder}/ (it is no longer distributed): put the "
+            "images there, or use distractors='auto' for the revisitop1m stand-in"
+        )
         return [], [Check("distractors", ok, detail)], min(found, n or found)
     wanted = n if n is not None else REVISITOP1M_IMAGES
     base = root / "distractors" / "revisitop1m"
@@ -371,8 +385,10 @@ def memory_check(profile: Profile, meminfo: str | os.PathLike = "/proc/meminfo")
     channels = 1280 if profile.backbone == "efficientnet-lite0" else 2048
     need = whitening_memory_bytes(channels)
     have = mem_available(meminfo)
-    what = (f"the whitening pass needs ~{need / 1e9:.1f} GB ({channels}x{channels} fp64 "
-            f"covariance and eigenvectors, a batch, the process)")  # fmt: skip
+    what = (
+        f"the whitening pass needs ~{need / 1e9:.1f} GB ({channels}x{channels} fp64 "
+        f"covariance and eigenvectors, a batch, the process)"
+    )
     if have is None:
         return Check("memory", True, f"MemAvailable unknown (no {meminfo}); {what}", False)
     return Check("memory", have >= need, f"{have / 1e9:.1f} GB available (MemAvailable); {what}")
@@ -421,8 +437,11 @@ def profile_checks(
                 checks.append(Check(it.key, False, f"import failed: {err}"))
                 continue
             if source is not None:
-                checks.append(Check(it.key, True, f"imported from {source} -> {it.dest}, "
-                                    f"{_IMPORT_NOTE[known]}"))  # fmt: skip
+                checks.append(
+                    Check(
+                        it.key, True, f"imported from {source} -> {it.dest}, {_IMPORT_NOTE[known]}"
+                    )
+                )
                 it.fetch_bytes = 0
                 if it.entry.get("extract_to"):
                     continue
@@ -439,26 +458,45 @@ def profile_checks(
             status, why = url_status(fetched, timeout)
             if status == "unreachable":
                 hosts[host] = why
-            label = {"ok": "will download", "missing": f"MISSING ({why} at {fetched})",
-                     "error": f"MISSING ({why} at {fetched})",
-                     "unreachable": f"MISSING and unreachable ({why})"}[status]  # fmt: skip
+            label = {
+                "ok": "will download",
+                "missing": f"MISSING ({why} at {fetched})",
+                "error": f"MISSING ({why} at {fetched})",
+                "unreachable": f"MISSING and unreachable ({why})",
+            }[status]
             checks.append(Check(it.key, status == "ok", f"{label}: {what}"))
     fetch, extract = disk_need(items)
     caches = cache_bytes_needed(profile, root, n_distractors)
     need = fetch + extract + caches
     free = shutil.disk_usage(_existing(root)).free
-    checks.append(Check("disk space", free >= need, (
-        f"{free / 1e9:.1f} GB free at {root}; {need / 1e9:.1f} GB needed for what is missing "
-        f"(downloads {fetch / 1e9:.1f} GB, extracted {extract / 1e9:.1f} GB, descriptor caches "
-        f"{caches / 1e9:.1f} GB; sizes from the manifest's approx_bytes)")))  # fmt: skip
+    checks.append(
+        Check(
+            "disk space",
+            free >= need,
+            (
+                f"{free / 1e9:.1f} GB free at {root}; {need / 1e9:.1f} GB needed for what is missing "
+                f"(downloads {fetch / 1e9:.1f} GB, extracted {extract / 1e9:.1f} GB, descriptor caches "
+                f"{caches / 1e9:.1f} GB; sizes from the manifest's approx_bytes)"
+            ),
+        )
+    )
     checks.append(memory_check(profile))
     imagenet = root / "train" / "imagenet"
     has_imagenet = (imagenet / "train").is_dir() and (imagenet / "val").is_dir()
     trains = profile.train.source == "train" and profile.train.train_set == "imagenet"
-    checks.append(Check("ImageNet (ILSVRC-2012) for training", has_imagenet,
-                        f"{'present' if has_imagenet else 'absent'} at {imagenet}/{{train,val}}/<wnid>/*.JPEG"
-                        + ("" if has_imagenet else "; only needed to train the regional-only attention (register at image-net.org)"),
-                        required=train_imagenet or trains))  # fmt: skip
+    checks.append(
+        Check(
+            "ImageNet (ILSVRC-2012) for training",
+            has_imagenet,
+            f"{'present' if has_imagenet else 'absent'} at {imagenet}/{{train,val}}/<wnid>/*.JPEG"
+            + (
+                ""
+                if has_imagenet
+                else "; only needed to train the regional-only attention (register at image-net.org)"
+            ),
+            required=train_imagenet or trains,
+        )
+    )
     return checks
 
 
@@ -483,14 +521,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--train-imagenet", action="store_true")
-    ap.add_argument("--overrides", type=Path, default=None, metavar="FILE",
-                    help="YAML/JSON profile overrides, as run_all.sh --overrides")  # fmt: skip
+    ap.add_argument(
+        "--overrides",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="YAML/JSON profile overrides, as run_all.sh --overrides",
+    )
     ap.add_argument("--no-network", action="store_true", help="do not probe the download URLs")
     ap.add_argument(
-        "--import-from", action="append", type=Path, default=None, metavar="DIR",
+        "--import-from",
+        action="append",
+        type=Path,
+        default=None,
+        metavar="DIR",
         help=f"folder holding files obtained another way, copied in when verified (repeatable; "
         f"default ${IMPORT_ENV}, {os.pathsep!r}-separated)",
-    )  # fmt: skip
+    )
     args = ap.parse_args(argv)
     if args.import_from is None:
         env = os.environ.get(IMPORT_ENV, "")
@@ -502,13 +549,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[preflight] {device.detail}", file=sys.stderr)
         return 1
     if not profile.download:
-        print(f"[preflight] profile {profile.name}: offline, nothing to download; "
-              f"device {device.detail}")  # fmt: skip
+        print(
+            f"[preflight] profile {profile.name}: offline, nothing to download; "
+            f"device {device.detail}"
+        )
         return 0
     checks = [device] + profile_checks(
-        profile, resolve_data_root(args.data_root), args.train_imagenet,
-        not args.no_network, args.import_from,
-    )  # fmt: skip
+        profile,
+        resolve_data_root(args.data_root),
+        args.train_imagenet,
+        not args.no_network,
+        args.import_from,
+    )
     for c in checks:
         mark = "ok " if c.ok else ("MISSING" if c.required else "note")
         print(f"[preflight] {mark:7s} {c.what}: {c.detail}")

@@ -119,7 +119,7 @@ SMOKE = Profile(
             log_every=4,
             feature_cache_views=1,
         ),
-    ),  # fmt: skip
+    ),
     notes=("synthetic smoke data: numbers only prove the code path",),
 )
 
@@ -157,7 +157,7 @@ DEMO = replace(
             log_every=50,
             feature_cache_views=2,
         ),
-    ),  # fmt: skip
+    ),
     notes=("synthetic cluttered benchmark and EfficientNet-Lite0 (offline), not the paper's data",),
 )
 
@@ -261,9 +261,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", required=True)
     ap.add_argument("--overrides", required=True, type=Path, help="YAML/JSON file")
     ap.add_argument(
-        "--papermill-params", type=Path, default=None, metavar="OUT",
+        "--papermill-params",
+        type=Path,
+        default=None,
+        metavar="OUT",
         help="write {'overrides': ...} there, for papermill -f",
-    )  # fmt: skip
+    )
     args = ap.parse_args(argv)
     try:
         overrides = load_overrides(args.overrides)

@@ -31,22 +31,36 @@ PAPER_RPN = pd.DataFrame(
 #: State of the art, ResNet-101, 2048-d. "Ours+QE" is not in the slides: left empty (NaN).
 PAPER_SOTA = pd.DataFrame(
     {
-        "method": ["SDCF", "CroW", "R-MAC", "CAM", "Ours",
-                   "SDCF+QE", "CroW+QE", "R-MAC+QE", "CAM+QE", "Ours+QE"],
+        "method": [
+            "SDCF",
+            "CroW",
+            "R-MAC",
+            "CAM",
+            "Ours",
+            "SDCF+QE",
+            "CroW+QE",
+            "R-MAC+QE",
+            "CAM+QE",
+            "Ours+QE",
+        ],
         "oxford5k": [69.1, 68.7, 70.1, 69.9, 76.8, 68.5, 69.5, 73.8, 71.3, np.nan],
         "paris6k": [81.7, 82.8, 85.4, 84.3, 87.5, 84.9, 85.1, 86.4, 86.1, np.nan],
         "oxford105k": [65.4, 62.7, 66.9, 64.3, 73.6, 66.8, 66.7, 71.8, 68.7, np.nan],
         "paris106k": [74.3, 75.1, 80.8, 77.1, 82.5, 79.4, 79.9, 82.6, 80.8, np.nan],
     }
-)  # fmt: skip
+)
 PAPER_CITATION = (
     "Paper values: J. Kim and S.-E. Yoon, 'Regional Attention Based Deep Feature for Image "
     "Retrieval', BMVC 2018 (presentation slides)."
 )
 PAPER_COLUMN_FOR = {
-    "oxford5k": "oxford5k", "paris6k": "paris6k", "roxford5k": None, "rparis6k": None,
-    "oxford105k": "oxford105k", "paris106k": "paris106k",
-}  # fmt: skip
+    "oxford5k": "oxford5k",
+    "paris6k": "paris6k",
+    "roxford5k": None,
+    "rparis6k": None,
+    "oxford105k": "oxford105k",
+    "paris106k": "paris106k",
+}
 
 
 def side_by_side(

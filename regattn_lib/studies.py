@@ -200,8 +200,14 @@ def rpn_ablation(ctx: P.Context, whitening: PCAWhitening) -> tuple[pd.DataFrame,
     """The ablation with RPN proposals instead of the grid. Returns the table and the RPN label."""
     from .rpn import RPNRegions
 
-    rpn = RPNRegions(ctx.profile.rpn, top_n=ctx.profile.rpn_proposals, data_root=ctx.data_root,
-                     download=ctx.profile.download, device=ctx.device, max_side=ctx.profile.rpn_max_side)  # fmt: skip
+    rpn = RPNRegions(
+        ctx.profile.rpn,
+        top_n=ctx.profile.rpn_proposals,
+        data_root=ctx.data_root,
+        download=ctx.profile.download,
+        device=ctx.device,
+        max_side=ctx.profile.rpn_max_side,
+    )
     heads = P.ablation_heads(
         ctx, whitening, region_fn=rpn, region_source=f"rpn-{rpn.weights}-{rpn.top_n}"
     )
@@ -406,11 +412,15 @@ def training_summary(runs: dict) -> pd.DataFrame:
     for stage, run in runs.items():
         val = run.history.dropna(subset=["val_acc"])
         last = val.iloc[-1] if len(val) else None
-        rows.append({
-            "stage": stage, "steps": run.steps, "finished": run.finished,
-            "val_loss": float(last["val_loss"]) if last is not None else float("nan"),
-            "val_acc": float(last["val_acc"]) if last is not None else float("nan"),
-        })  # fmt: skip
+        rows.append(
+            {
+                "stage": stage,
+                "steps": run.steps,
+                "finished": run.finished,
+                "val_loss": float(last["val_loss"]) if last is not None else float("nan"),
+                "val_acc": float(last["val_acc"]) if last is not None else float("nan"),
+            }
+        )
     return pd.DataFrame(rows, columns=["stage", "steps", "finished", "val_loss", "val_acc"])
 
 

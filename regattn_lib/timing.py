@@ -88,6 +88,7 @@ def time_per_image(
             step(head, im)
             sync()
             times.append(clock() - t0)
-        out[name] = ImageTiming(float(np.median(times)), device_name(dev), precision, len(times),
-                                size, tuple(times))  # fmt: skip
+        out[name] = ImageTiming(
+            float(np.median(times)), device_name(dev), precision, len(times), size, tuple(times)
+        )
     return out

@@ -73,10 +73,12 @@ class TrainingPlan:
     def describe(self, device: torch.device) -> str:
         est = self.estimated_seconds
         time_s = (
-            f"about {est / 3600:.1f} h" if est is not None and est >= 3600
-            else f"about {est / 60:.1f} min" if est is not None
+            f"about {est / 3600:.1f} h"
+            if est is not None and est >= 3600
+            else f"about {est / 60:.1f} min"
+            if est is not None
             else "time not estimated (cached features)"
-        )  # fmt: skip
+        )
         fc = f"a new fc for {self.fc_iterations} iterations, then " if self.fc_iterations else ""
         return (
             f"[train] {fc}{' and '.join(self.kinds)} attention for {self.iterations} iterations "
@@ -131,8 +133,9 @@ def training_plan(ctx: Context, kinds: Sequence[str] | None = None) -> TrainingP
             f"attention trained on cached backbone features of {t.recipe.feature_cache_views} "
             "augmented views per image (feature_cache_views), not a fresh crop per iteration"
         )
-    return TrainingPlan(kinds, fc_iterations, t.recipe.iterations,
-                        _seconds_per_iteration(ctx, t.recipe), deviations)  # fmt: skip
+    return TrainingPlan(
+        kinds, fc_iterations, t.recipe.iterations, _seconds_per_iteration(ctx, t.recipe), deviations
+    )
 
 
 def notebook_training(ctx: Context, train: bool | None = None) -> dict[str, Any]:

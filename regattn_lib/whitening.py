@@ -198,8 +198,12 @@ class CovarianceAccumulator:
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume (pending rows flushed first); ``torch.save``-able."""
         self.flush()
-        return {"n": self._n, "mean": self._mean, "scatter": self._scatter,
-                "block_rows": self.block_rows}  # fmt: skip
+        return {
+            "n": self._n,
+            "mean": self._mean,
+            "scatter": self._scatter,
+            "block_rows": self.block_rows,
+        }
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> CovarianceAccumulator:

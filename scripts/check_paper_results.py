@@ -64,8 +64,14 @@ ABLATION_METHODS = tuple(PAPER_ABLATION["method"])
 CLASSIC_SETS = ("oxford5k", "paris6k")
 REVISITED_SETS = ("roxford5k", "rparis6k")
 REVISITED_METHODS = ("R-MAC", "Ours", "R-MAC+QE", "Ours+QE")
-PROTOCOL_COLUMNS = ("easy mAP", "medium mAP", "hard mAP", "easy mP@10", "medium mP@10",
-                    "hard mP@10")  # fmt: skip
+PROTOCOL_COLUMNS = (
+    "easy mAP",
+    "medium mAP",
+    "hard mAP",
+    "easy mP@10",
+    "medium mP@10",
+    "hard mP@10",
+)
 LABELLED_TABLES = ("ablation", "rpn", "sota", "scale_study", "revisited")
 #: Tolerance on values read back from CSV (written with 4 significant digits).
 ABS_TOL, REL_TOL = 0.011, 2e-3
@@ -151,8 +157,10 @@ def check_paper_table(df: pd.DataFrame, name: str, problems: list[str]) -> None:
                 )
             if not _finite(ours):
                 if computed or method not in PAPER_ONLY_ROWS:
-                    problems.append(f"{name}: row {method!r}, column '{c} ours' is {_show(ours)}, "
-                                    "not a finite number")  # fmt: skip
+                    problems.append(
+                        f"{name}: row {method!r}, column '{c} ours' is {_show(ours)}, "
+                        "not a finite number"
+                    )
                 continue
             if _finite(pv) and not (_finite(diff) and _close(float(diff), float(ours) - float(pv))):
                 problems.append(
@@ -166,8 +174,10 @@ def check_paper_table(df: pd.DataFrame, name: str, problems: list[str]) -> None:
         if method not in set(paper["method"]):  # our extra rows (MAC, SPoC, ...)
             for c in cols:
                 if not _finite(row[f"{c} ours"]):
-                    problems.append(f"{name}: row {method!r}, column '{c} ours' is "
-                                    f"{_show(row[f'{c} ours'])}, not a finite number")  # fmt: skip
+                    problems.append(
+                        f"{name}: row {method!r}, column '{c} ours' is "
+                        f"{_show(row[f'{c} ours'])}, not a finite number"
+                    )
             _check_label(name, method, row["weights"], problems)
 
 
@@ -183,8 +193,9 @@ def check_scale_study(df: pd.DataFrame, levels: Sequence[int], problems: list[st
                     problems.append(f"{name}: no row for {ds}, {method!r}, L = {lv}")
                     continue
                 if not _finite(sel["mAP"].iloc[0]):
-                    problems.append(f"{name}: {ds}, {method!r}, L = {lv}: mAP is "
-                                    f"{_show(sel['mAP'].iloc[0])}")  # fmt: skip
+                    problems.append(
+                        f"{name}: {ds}, {method!r}, L = {lv}: mAP is {_show(sel['mAP'].iloc[0])}"
+                    )
                 _check_label(name, f"{ds} L={lv}|{method}", sel["weights"].iloc[0], problems)
 
 
@@ -243,8 +254,9 @@ def check_datasets(df: pd.DataFrame, expected: dict | None, problems: list[str])
         if want:
             for col in ("database", "queries"):
                 if _finite(row[col]) and int(row[col]) != int(want[col]):
-                    problems.append(f"{name}: {ds} has {col} = {int(row[col])}, the fixture "
-                                    f"has {want[col]}")  # fmt: skip
+                    problems.append(
+                        f"{name}: {ds} has {col} = {int(row[col])}, the fixture has {want[col]}"
+                    )
 
 
 def check_known_answer(tables: Path, expected: dict, problems: list[str]) -> None:
@@ -266,8 +278,10 @@ def check_known_answer(tables: Path, expected: dict, problems: list[str]) -> Non
         for c in aps:
             v = df.iloc[rows[q]][c]
             if not (_finite(v) and abs(float(v) - float(ka["ap"])) <= 1e-6):
-                problems.append(f"per_query: known-answer query {q!r}: {c} = {_show(v)}, must be "
-                                f"{ka['ap']:g} (its positives are near duplicates)")  # fmt: skip
+                problems.append(
+                    f"per_query: known-answer query {q!r}: {c} = {_show(v)}, must be "
+                    f"{ka['ap']:g} (its positives are near duplicates)"
+                )
 
 
 #: Folders of a results directory that hold reports (not the executed notebooks and logs).
@@ -329,21 +343,35 @@ def check_results(
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("results_dir", type=Path, help="results/<profile>/ (holding tables/)")
-    ap.add_argument("--expected", type=Path, default=None,
-                    help="expected.json of scripts/paper_fixtures.py (counts, known answer)")  # fmt: skip
-    ap.add_argument("--levels", type=int, nargs="+", default=None,
-                    help=f"scale-study levels required (default {list(PAPER.scale_levels)})")  # fmt: skip
+    ap.add_argument(
+        "--expected",
+        type=Path,
+        default=None,
+        help="expected.json of scripts/paper_fixtures.py (counts, known answer)",
+    )
+    ap.add_argument(
+        "--levels",
+        type=int,
+        nargs="+",
+        default=None,
+        help=f"scale-study levels required (default {list(PAPER.scale_levels)})",
+    )
     args = ap.parse_args(argv)
     expected = json.loads(args.expected.read_text()) if args.expected else None
     problems = check_results(args.results_dir, expected, args.levels)
     if problems:
-        print(f"check_paper_results: {len(problems)} problem(s) in {args.results_dir}:",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"check_paper_results: {len(problems)} problem(s) in {args.results_dir}:",
+            file=sys.stderr,
+        )
         for p in problems:
             print(f"  - {p}", file=sys.stderr)
         return 1
-    known = f", known answer AP 100 on {len(expected['known_answer']['queries'])} queries" if (
-        expected and expected.get("known_answer")) else ""  # fmt: skip
+    known = (
+        f", known answer AP 100 on {len(expected['known_answer']['queries'])} queries"
+        if (expected and expected.get("known_answer"))
+        else ""
+    )
     print(f"check_paper_results: all tables complete in {args.results_dir}{known}")
     return 0
 

@@ -29,9 +29,13 @@ REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "07_query_explorer.ipynb"
 CHROMIUM = Path(os.environ.get("REGATTN_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
-]  # fmt: skip
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def free_port() -> int:
@@ -61,22 +65,33 @@ def jupyter_lab(root: Path, log: Path, timeout: float = 60.0):
     and token. Its output goes to ``log``; it is stopped (with its kernels) on exit."""
     port, token = free_port(), secrets.token_hex(16)
     conf = root.parent / "jupyter-config"
-    env = dict(os.environ, JUPYTER_TOKEN=token, JUPYTER_CONFIG_DIR=str(conf),
-               JUPYTER_RUNTIME_DIR=str(conf / "runtime"), JUPYTER_DATA_DIR=str(conf / "data"),
-               MPLBACKEND="Agg")  # fmt: skip
+    env = dict(
+        os.environ,
+        JUPYTER_TOKEN=token,
+        JUPYTER_CONFIG_DIR=str(conf),
+        JUPYTER_RUNTIME_DIR=str(conf / "runtime"),
+        JUPYTER_DATA_DIR=str(conf / "data"),
+        MPLBACKEND="Agg",
+    )
     cmd = [
-        sys.executable, "-m", "jupyterlab", "--ServerApp.ip=127.0.0.1",
-        f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
-        "--ServerApp.open_browser=False", f"--ServerApp.root_dir={root}",
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        "--ServerApp.ip=127.0.0.1",
+        f"--ServerApp.port={port}",
+        "--ServerApp.port_retries=0",
+        "--ServerApp.open_browser=False",
+        f"--ServerApp.root_dir={root}",
         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
         "--LabApp.extension_manager=readonly",
-    ]  # fmt: skip
+    ]
     if os.geteuid() == 0:
         cmd.append("--allow-root")  # containers and CI run as root
     _quiet_lab_settings(conf)
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                cwd=root, start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=root, start_new_session=True
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_for_server(proc, f"{base}/api/status?token={token}", timeout, log)
@@ -125,9 +140,10 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def _result_names(page: Any) -> list[str]:
     return [
-        t.strip() for t in page.locator(".regattn-results .regattn-name").all_inner_texts()
+        t.strip()
+        for t in page.locator(".regattn-results .regattn-name").all_inner_texts()
         if t.strip()
-    ]  # fmt: skip
+    ]
 
 
 def _run_all_cells(page: Any) -> None:

@@ -130,9 +130,16 @@ class MirrorHandler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
         self.server.record(
-            {"method": self.command, "path": rel, "range": rng, "status": status, "bytes": 0,
-             "complete": True, "time": time.time()}
-        )  # fmt: skip
+            {
+                "method": self.command,
+                "path": rel,
+                "range": rng,
+                "status": status,
+                "bytes": 0,
+                "complete": True,
+                "time": time.time(),
+            }
+        )
 
     def _serve(self) -> None:
         rel, path = self._resolve()
@@ -177,9 +184,16 @@ class MirrorHandler(BaseHTTPRequestHandler):
                 complete = False  # the client went away (killed mid-download)
             complete = complete and sent == length
         self.server.record(
-            {"method": self.command, "path": rel, "range": rng, "status": 200 if span is None else 206,
-             "bytes": sent, "complete": complete, "time": time.time()}
-        )  # fmt: skip
+            {
+                "method": self.command,
+                "path": rel,
+                "range": rng,
+                "status": 200 if span is None else 206,
+                "bytes": sent,
+                "complete": complete,
+                "time": time.time(),
+            }
+        )
 
     def do_GET(self) -> None:  # noqa: N802 - the base class's name
         self._serve()
@@ -211,16 +225,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=0, help="port (default 0: a free one)")
     ap.add_argument("--port-file", type=Path, default=None, help="write the port here")
     ap.add_argument("--log", type=Path, default=None, help="append one JSON line per request")
-    ap.add_argument("--throttle", type=float, default=None, metavar="BYTES_PER_S",
-                    help="limit response bodies to this rate (default: unlimited)")  # fmt: skip
-    ap.add_argument("--throttle-match", default=None, metavar="REGEX",
-                    help="throttle only paths matching this regular expression (default: all)")  # fmt: skip
+    ap.add_argument(
+        "--throttle",
+        type=float,
+        default=None,
+        metavar="BYTES_PER_S",
+        help="limit response bodies to this rate (default: unlimited)",
+    )
+    ap.add_argument(
+        "--throttle-match",
+        default=None,
+        metavar="REGEX",
+        help="throttle only paths matching this regular expression (default: all)",
+    )
     args = ap.parse_args(argv)
     if not args.root.is_dir():
         print(f"loopback_mirror: {args.root} is not a folder", file=sys.stderr)
         return 2
-    server = MirrorServer(args.root, args.port, args.host, args.throttle, args.throttle_match,
-                          args.log)  # fmt: skip
+    server = MirrorServer(
+        args.root, args.port, args.host, args.throttle, args.throttle_match, args.log
+    )
 
     def stop(signum, frame) -> None:
         # shutdown() waits for serve_forever to return, so it must run in another thread

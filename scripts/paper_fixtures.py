@@ -98,26 +98,56 @@ OFFICIAL_ENV = "REGATTN_OFFICIAL_ATTENTION"
 
 OXFORD_QUERY_LANDMARKS = ("all_souls", "ashmolean", "balliol", "bodleian", "christ_church")
 OXFORD_QUERY_NUMBERS = (13, 58, 51, 107, 179)
-OXFORD_OTHER_LANDMARKS = ("cornmarket", "hertford", "keble", "magdalen", "pitt_rivers",
-                          "radcliffe_camera", "oxford")  # fmt: skip
+OXFORD_OTHER_LANDMARKS = (
+    "cornmarket",
+    "hertford",
+    "keble",
+    "magdalen",
+    "pitt_rivers",
+    "radcliffe_camera",
+    "oxford",
+)
 PARIS_ARCHIVE_LANDMARKS = {
     "images_paris6k_1": ("defense", "eiffel", "general", "invalides", "louvre", "moulinrouge"),
-    "images_paris6k_2": ("museedorsay", "notredame", "pantheon", "pompidou", "sacrecoeur",
-                         "triomphe"),
-}  # fmt: skip
-PARIS_QUERIES = ("paris_defense_000605", "paris_eiffel_000266", "paris_louvre_000081",
-                 "paris_notredame_000581")  # fmt: skip
+    "images_paris6k_2": (
+        "museedorsay",
+        "notredame",
+        "pantheon",
+        "pompidou",
+        "sacrecoeur",
+        "triomphe",
+    ),
+}
+PARIS_QUERIES = (
+    "paris_defense_000605",
+    "paris_eiffel_000266",
+    "paris_louvre_000081",
+    "paris_notredame_000581",
+)
 PARIS_NEW_QUERY = "paris_pantheon_000547"
 #: PAPER_SPEC section 5 (and regattn_lib.datasets.retrieval.PARIS_BLACKLIST).
 PARIS_BLACKLIST = (
-    "paris_louvre_000136", "paris_louvre_000146", "paris_moulinrouge_000422",
-    "paris_museedorsay_001059", "paris_notredame_000188", "paris_pantheon_000284",
-    "paris_pantheon_000960", "paris_pantheon_000974", "paris_pompidou_000195",
-    "paris_pompidou_000196", "paris_pompidou_000201", "paris_pompidou_000467",
-    "paris_pompidou_000640", "paris_sacrecoeur_000299", "paris_sacrecoeur_000330",
-    "paris_sacrecoeur_000353", "paris_triomphe_000662", "paris_triomphe_000833",
-    "paris_triomphe_000863", "paris_triomphe_000867",
-)  # fmt: skip
+    "paris_louvre_000136",
+    "paris_louvre_000146",
+    "paris_moulinrouge_000422",
+    "paris_museedorsay_001059",
+    "paris_notredame_000188",
+    "paris_pantheon_000284",
+    "paris_pantheon_000960",
+    "paris_pantheon_000974",
+    "paris_pompidou_000195",
+    "paris_pompidou_000196",
+    "paris_pompidou_000201",
+    "paris_pompidou_000467",
+    "paris_pompidou_000640",
+    "paris_sacrecoeur_000299",
+    "paris_sacrecoeur_000330",
+    "paris_sacrecoeur_000353",
+    "paris_triomphe_000662",
+    "paris_triomphe_000833",
+    "paris_triomphe_000863",
+    "paris_triomphe_000867",
+)
 #: The first four ILSVRC-2012 WordNet ids in sorted order.
 IMAGENET_WNIDS = ("n01440764", "n01443537", "n01484850", "n01491361")
 
@@ -294,9 +324,12 @@ def _gt_files(
 ) -> dict[str, str]:
     """The classic ground-truth text files of one query (VGG's gt_files layout)."""
     names = lambda xs: "".join(f"{n}\n" for n in xs)  # noqa: E731
-    return {f"{stem}_query.txt": f"{query} {' '.join(f'{v:.1f}' for v in box)}\n",
-            f"{stem}_good.txt": names(good), f"{stem}_ok.txt": names(ok),
-            f"{stem}_junk.txt": names(junk)}  # fmt: skip
+    return {
+        f"{stem}_query.txt": f"{query} {' '.join(f'{v:.1f}' for v in box)}\n",
+        f"{stem}_good.txt": names(good),
+        f"{stem}_ok.txt": names(ok),
+        f"{stem}_junk.txt": names(junk),
+    }
 
 
 def _revisited_gnd(imlist: list[str], queries: list[str], groups: list[tuple]) -> dict[str, Any]:
@@ -306,18 +339,26 @@ def _revisited_gnd(imlist: list[str], queries: list[str], groups: list[tuple]) -
     return {
         "imlist": imlist,
         "qimlist": queries,
-        "gnd": [{"bbx": np.array(box, dtype=np.float64),
-                 "easy": np.array(sorted(idx[n] for n in easy), dtype=np.int64),
-                 "hard": np.array([idx[hard]], dtype=np.int64),
-                 "junk": np.array([idx[junk]], dtype=np.int64)}
-                for _, easy, hard, junk, box in groups],
-    }  # fmt: skip
+        "gnd": [
+            {
+                "bbx": np.array(box, dtype=np.float64),
+                "easy": np.array(sorted(idx[n] for n in easy), dtype=np.int64),
+                "hard": np.array([idx[hard]], dtype=np.int64),
+                "junk": np.array([idx[junk]], dtype=np.int64),
+            }
+            for _, easy, hard, junk, box in groups
+        ],
+    }
 
 
 def _inset_box(im: Image.Image, rng: np.random.Generator) -> list[float]:
     """A box covering the whole picture but about a pixel, with fractional corners."""
-    return [float(rng.uniform(0.5, 1.5)), float(rng.uniform(0.5, 1.5)),
-            float(im.width - rng.uniform(0.5, 1.5)), float(im.height - rng.uniform(0.5, 1.5))]  # fmt: skip
+    return [
+        float(rng.uniform(0.5, 1.5)),
+        float(rng.uniform(0.5, 1.5)),
+        float(im.width - rng.uniform(0.5, 1.5)),
+        float(im.height - rng.uniform(0.5, 1.5)),
+    ]
 
 
 def oxford(rng: np.random.Generator) -> dict[str, Any]:
@@ -358,9 +399,15 @@ def oxford(rng: np.random.Generator) -> dict[str, Any]:
     classic = {
         "imlist": imlist,
         "qimlist": [g[0] for g in groups],
-        "gnd": [{"bbx": box, "ok": sorted(idx[n] for n in [q, *dups]),
-                 "junk": sorted([idx[hard], idx[junk]])} for q, dups, hard, junk, box in groups],
-    }  # fmt: skip
+        "gnd": [
+            {
+                "bbx": box,
+                "ok": sorted(idx[n] for n in [q, *dups]),
+                "junk": sorted([idx[hard], idx[junk]]),
+            }
+            for q, dups, hard, junk, box in groups
+        ],
+    }
     rqueries = [*(g[0] for g in groups), new_q]
     rimlist = [n for n in imlist if n not in set(rqueries)]
     new_box = _inset_box(pic, rng)
@@ -368,10 +415,18 @@ def oxford(rng: np.random.Generator) -> dict[str, Any]:
     revisited = _revisited_gnd(rimlist, rqueries, rgroups)
     gt = {}
     for k, (q, dups, hard, junk, box) in enumerate(groups):
-        gt.update(_gt_files(f"{q.rsplit('_', 1)[0]}_{k + 1}", f"oxc1_{q}", box, [q, *dups], [],
-                            [hard, junk]))  # fmt: skip
-    return {"images": images, "classic": classic, "revisited": revisited, "gt": gt,
-            "known_answer": [g[0] for g in groups]}  # fmt: skip
+        gt.update(
+            _gt_files(
+                f"{q.rsplit('_', 1)[0]}_{k + 1}", f"oxc1_{q}", box, [q, *dups], [], [hard, junk]
+            )
+        )
+    return {
+        "images": images,
+        "classic": classic,
+        "revisited": revisited,
+        "gt": gt,
+        "known_answer": [g[0] for g in groups],
+    }
 
 
 def _corrupt(rng: np.random.Generator, k: int) -> bytes:
@@ -444,8 +499,11 @@ def paris_archives(images: dict[str, bytes]) -> dict[str, list[tuple[str, bytes 
         members: list[tuple[str, bytes | None]] = [("paris", None)]
         for lm in landmarks:
             members.append((f"paris/{lm}", None))
-            members += [(f"paris/{lm}/{n}.jpg", data) for n, data in sorted(images.items())
-                        if n.split("_")[1] == lm]  # fmt: skip
+            members += [
+                (f"paris/{lm}/{n}.jpg", data)
+                for n, data in sorted(images.items())
+                if n.split("_")[1] == lm
+            ]
         out[key] = members
     return out
 
@@ -507,12 +565,18 @@ def sfm120k(rng: np.random.Generator) -> tuple[list[tuple[str, bytes]], dict, di
 
     def split(lo: int, hi: int) -> dict:
         q = [i - lo for i in qidxs if lo <= i < hi]
-        return {"cids": cids[lo:hi], "cluster": cluster[lo:hi], "qidxs": q,
-                "pidxs": [i + 1 for i in q]}  # fmt: skip
+        return {
+            "cids": cids[lo:hi],
+            "cluster": cluster[lo:hi],
+            "qidxs": q,
+            "pidxs": [i + 1 for i in q],
+        }
 
     db120k = {"train": split(0, half), "val": split(half, N_WHITENING)}
-    whiten30k = {k: (v[: half] if k == "cids" or k == "cluster" else
-                     [i for i in v if i < half]) for k, v in whiten.items()}  # fmt: skip
+    whiten30k = {
+        k: (v[:half] if k == "cids" or k == "cluster" else [i for i in v if i < half])
+        for k, v in whiten.items()
+    }
     return members, whiten, db120k, {"whiten30k": whiten30k, "small_cids": small_cids}
 
 
@@ -651,9 +715,15 @@ def load(out_dir: str | os.PathLike) -> Fixture:
     """The ``Fixture`` of a finished build."""
     root = Path(out_dir).resolve()
     expected = json.loads((root / "expected.json").read_text())
-    return Fixture(root, root / "mirror", root / "local", root / "manifest_override.json",
-                   root / "overrides.yaml", expected,
-                   {k: root / p for k, p in expected["mirror_files"].items()})  # fmt: skip
+    return Fixture(
+        root,
+        root / "mirror",
+        root / "local",
+        root / "manifest_override.json",
+        root / "overrides.yaml",
+        expected,
+        {k: root / p for k, p in expected["mirror_files"].items()},
+    )
 
 
 def build(
@@ -734,9 +804,13 @@ def build(
         e["note"] = f"rehearsal fixture (scripts/paper_fixtures.py v{VERSION}, seed {seed})"
         entries[key] = e
     (out / "manifest_override.json").write_text(
-        json.dumps({"_doc": "miniature paper fixtures: REGATTN_MANIFEST override",
-                    "files": entries}, indent=1, sort_keys=True) + "\n"
-    )  # fmt: skip
+        json.dumps(
+            {"_doc": "miniature paper fixtures: REGATTN_MANIFEST override", "files": entries},
+            indent=1,
+            sort_keys=True,
+        )
+        + "\n"
+    )
     (out / "overrides.yaml").write_text(overrides_yaml(len(dnames)))
     n_ox, n_pa = len(ox["classic"]["imlist"]), len(pa["classic"]["imlist"]) - len(PARIS_BLACKLIST)
     expected = {
@@ -755,14 +829,14 @@ def build(
                 "database": len(pa["revisited"]["imlist"]),
                 "queries": len(pa["revisited"]["qimlist"]),
             },
-        },  # fmt: skip
+        },
         "paris_blacklist_in_imlist": len(PARIS_BLACKLIST),
         "distractors": {
             "total": len(dnames),
             "tars": [len(t) for t in tars],
             "truncated": special["truncated"],
             "tiny": special["tiny"],
-        },  # fmt: skip
+        },
         "whitening": {"images": N_WHITENING, "under_200px": extra["small_cids"]},
         # images that must be skipped and named in a report beside the results: the distractor
         # a few pixels wide, the whitening image 30 px high
@@ -780,16 +854,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out_dir", type=Path)
     ap.add_argument("--seed", type=int, default=0, help="seed of every random choice (0)")
-    ap.add_argument("--no-weights", action="store_true",
-                    help="leave out the two ~170 MB weight files (quick format checks)")  # fmt: skip
+    ap.add_argument(
+        "--no-weights",
+        action="store_true",
+        help="leave out the two ~170 MB weight files (quick format checks)",
+    )
     ap.add_argument("--force", action="store_true", help="rebuild even if a build is there")
     args = ap.parse_args(argv)
     reused = not args.force and is_complete(args.out_dir, args.seed, not args.no_weights)
     fx = build(args.out_dir, args.seed, not args.no_weights, args.force)
     size = sum(p.stat().st_size for p in fx.files.values())
-    print(f"paper_fixtures: {'reused' if reused else 'built'} {fx.root} ({len(fx.files)} mirror "
-          f"files, {size / 1e6:.1f} MB); manifest override {fx.manifest_override}, overrides "
-          f"{fx.overrides}")  # fmt: skip
+    print(
+        f"paper_fixtures: {'reused' if reused else 'built'} {fx.root} ({len(fx.files)} mirror "
+        f"files, {size / 1e6:.1f} MB); manifest override {fx.manifest_override}, overrides "
+        f"{fx.overrides}"
+    )
     return 0
 
 

@@ -34,8 +34,11 @@ def test_regional_attention_hand_values():
     set_params(m, [[1.0, -1.0]], [0.5], [[2.0]], [-1.0])
     k = torch.tensor([[[1.0, 0.0], [0.0, 0.0], [3.0, 1.0]]])
     alpha = m(k)
-    expected = [softplus(2 * math.tanh(1 - 0 + 0.5) - 1), softplus(2 * math.tanh(0.5) - 1),
-                softplus(2 * math.tanh(2.5) - 1)]  # fmt: skip
+    expected = [
+        softplus(2 * math.tanh(1 - 0 + 0.5) - 1),
+        softplus(2 * math.tanh(0.5) - 1),
+        softplus(2 * math.tanh(2.5) - 1),
+    ]
     torch.testing.assert_close(alpha, torch.tensor([expected]))
     assert alpha.shape == (1, 3) and (alpha > 0).all()
 

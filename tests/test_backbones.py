@@ -569,8 +569,9 @@ def test_fold_is_exact_away_from_the_border():
     inner = (slice(None), slice(None), slice(2, -2), slice(2, -2))
     torch.testing.assert_close(rgb[inner], caffe[inner], rtol=1e-4, atol=1e-3)
     # named layout (the authors' keys) folds the same way
-    named = B.fold_caffe_to_rgb({"conv1.weight": state["0.weight"],
-                                 "bn1.running_mean": state["1.running_mean"]})  # fmt: skip
+    named = B.fold_caffe_to_rgb(
+        {"conv1.weight": state["0.weight"], "bn1.running_mean": state["1.running_mean"]}
+    )
     assert torch.equal(named["conv1.weight"], folded["0.weight"])
     assert torch.equal(named["bn1.running_mean"], folded["1.running_mean"])
 

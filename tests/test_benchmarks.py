@@ -59,11 +59,27 @@ def test_extract_throughput_tiny_cpu_run(smoke_root, tmp_path, restore_threads):
     bench = load_script("extract_throughput")
     # One thread: on a busy shared CPU, two OpenMP threads stall at every barrier.
     argv = [
-        "--device", "cpu", "--n-images", "6", "--image-size", "128", "--repeats", "1",
-        "--threads", "1",
-        "--whitening", "random", "--attention", "random", "--data-root", str(smoke_root),
-        "--results-root", str(tmp_path / "results"), "--out-dir", str(tmp_path / "bench"),
-    ]  # fmt: skip
+        "--device",
+        "cpu",
+        "--n-images",
+        "6",
+        "--image-size",
+        "128",
+        "--repeats",
+        "1",
+        "--threads",
+        "1",
+        "--whitening",
+        "random",
+        "--attention",
+        "random",
+        "--data-root",
+        str(smoke_root),
+        "--results-root",
+        str(tmp_path / "results"),
+        "--out-dir",
+        str(tmp_path / "bench"),
+    ]
     bench.main(argv)
     r = json.loads((tmp_path / "bench" / "extract_cpu.json").read_text())
     assert (tmp_path / "bench" / "extract_cpu.md").read_text().startswith("# Extraction")
@@ -92,12 +108,34 @@ def test_random_resnet_is_calibrated_so_fp16_does_not_overflow(
     # The GPU session's likely case: no ResNet-101 weights offline, fp16 engine.
     bench = load_script("extract_throughput")
     argv = [
-        "--device", "cpu", "--backbone", "caffe-resnet101", "--weights", "random",
-        "--precision", "fp16", "--n-images", "2", "--image-size", "64", "--repeats", "1",
-        "--threads", "1", "--no-map",
-        "--whitening", "random", "--attention", "random", "--data-root", str(smoke_root),
-        "--results-root", str(tmp_path / "results"), "--out-dir", str(tmp_path / "bench"),
-    ]  # fmt: skip
+        "--device",
+        "cpu",
+        "--backbone",
+        "caffe-resnet101",
+        "--weights",
+        "random",
+        "--precision",
+        "fp16",
+        "--n-images",
+        "2",
+        "--image-size",
+        "64",
+        "--repeats",
+        "1",
+        "--threads",
+        "1",
+        "--no-map",
+        "--whitening",
+        "random",
+        "--attention",
+        "random",
+        "--data-root",
+        str(smoke_root),
+        "--results-root",
+        str(tmp_path / "results"),
+        "--out-dir",
+        str(tmp_path / "bench"),
+    ]
     r = bench.main(argv)
     assert r["backbone_weights"] == "random" and r["engine_autocast"] == "fp16"
     assert r["fp16_overflow_batches"] == 0

@@ -39,8 +39,13 @@ H = _load_harness()
 
 def _ensure_chromium() -> None:
     if not H.CHROMIUM.is_file():
-        subprocess.run([str(REPO / "scripts" / "install_browser.sh")], capture_output=True,
-                       text=True, timeout=900, check=False)  # fmt: skip
+        subprocess.run(
+            [str(REPO / "scripts" / "install_browser.sh")],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
     if not H.CHROMIUM.is_file():
         pytest.skip(
             f"{H.CHROMIUM} is missing and scripts/install_browser.sh could not install Debian's "

@@ -9,8 +9,20 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_eval_command_prints_map_for_every_protocol_and_hits_the_cache():
     # the session's temporary data root (conftest): the smoke set is shared with other tests
-    cmd = [sys.executable, "-m", "regattn_lib", "eval", "--profile", "smoke", "--methods", "rmac", "mac",
-           "--quiet", "--device", "cpu"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "regattn_lib",
+        "eval",
+        "--profile",
+        "smoke",
+        "--methods",
+        "rmac",
+        "mac",
+        "--quiet",
+        "--device",
+        "cpu",
+    ]
     first = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-2000:]
     lines = first.stdout.splitlines()
@@ -41,7 +53,9 @@ def _descs(db, queries):
 def _table(maps):
     import pandas as pd
 
-    return pd.DataFrame({"method": ["m"] * len(maps), "protocol": list(maps), "mAP": list(maps.values())})  # fmt: skip
+    return pd.DataFrame(
+        {"method": ["m"] * len(maps), "protocol": list(maps), "mAP": list(maps.values())}
+    )
 
 
 def test_precision_differences_hand_computed():
@@ -50,8 +64,9 @@ def test_precision_differences_hand_computed():
     ref = {"m": _descs([[1.0, 0.0], [0.0, 1.0]], [[0.6, 0.8]])}
     # the same database; the query turned by 90 degrees (distance 1); one vector scaled (0)
     other = {"m": _descs([[2.0, 0.0], [0.0, 1.0]], [[-0.8, 0.6]])}
-    diff = precision_differences(ref, other, _table({"classic": 50.0, "hard": 20.0}),
-                                 _table({"classic": 49.0, "hard": 22.5}))  # fmt: skip
+    diff = precision_differences(
+        ref, other, _table({"classic": 50.0, "hard": 20.0}), _table({"classic": 49.0, "hard": 22.5})
+    )
     row = diff.iloc[0]
     assert row["method"] == "m"
     assert abs(row["max cos distance"] - 1.0) < 1e-12 and row["median cos distance"] == 0.0
@@ -67,8 +82,9 @@ def test_eval_precision_option_scores_each_and_compares(monkeypatch, capsys):
     from regattn_lib import pipeline as P
     from regattn_lib.profiles import get_profile
 
-    ctx = types.SimpleNamespace(profile=get_profile("paper"), device=torch.device("cpu"),
-                                cache_dir=Path("/nowhere"))  # fmt: skip
+    ctx = types.SimpleNamespace(
+        profile=get_profile("paper"), device=torch.device("cpu"), cache_dir=Path("/nowhere")
+    )
     ds = types.SimpleNamespace(n_db=2, n_queries=1)
     calls = []
     monkeypatch.setattr(P, "setup", lambda *a, **k: ctx)
@@ -85,11 +101,21 @@ def test_eval_precision_option_scores_each_and_compares(monkeypatch, capsys):
     monkeypatch.setattr(P, "describe", describe)
     maps = {"fp32": 50.0, "fp16": 47.5}
     monkeypatch.setattr(
-        P, "score",
-        lambda descs, d, qe_k=0: {"m": {"protocols": {"classic": {
-            "map": maps["fp32" if float(descs["m"].queries[0, 0]) < 0.7 else "fp16"],
-            "mp": {1: 100.0}, "n_queries": 1}}, "kappas": [1]}},
-    )  # fmt: skip
+        P,
+        "score",
+        lambda descs, d, qe_k=0: {
+            "m": {
+                "protocols": {
+                    "classic": {
+                        "map": maps["fp32" if float(descs["m"].queries[0, 0]) < 0.7 else "fp16"],
+                        "mp": {1: 100.0},
+                        "n_queries": 1,
+                    }
+                },
+                "kappas": [1],
+            }
+        },
+    )
     assert (
         cli.main(["eval", "--profile", "paper", "--dataset", "x", "--precision", "fp32", "fp16"])
         == 0

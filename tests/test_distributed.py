@@ -123,10 +123,26 @@ def test_torchrun_two_processes_equal_single_process(image_dir, tmp_path):
     # count (not on the batch split), so the reference below runs with one thread too.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "regattn_lib.distributed", "--image-dir", str(image_dir), "--image-size", "96",
-        "--levels", "3", "--batch-size", "3", "--device", "cpu", "--out", str(out),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "regattn_lib.distributed",
+        "--image-dir",
+        str(image_dir),
+        "--image-size",
+        "96",
+        "--levels",
+        "3",
+        "--batch-size",
+        "3",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     got = torch.load(out, weights_only=True)
@@ -137,9 +153,14 @@ def test_torchrun_two_processes_equal_single_process(image_dir, tmp_path):
     bb = build_backbone("efficientnet-lite0")
     with torch_threads(1):
         ref = extract_images(
-            paths, bb, {"rmac": RegionalHead(name="rmac", levels=3)}, 96,
-            device="cpu", batch_size=3, progress=False,
-        )["rmac"]  # fmt: skip
+            paths,
+            bb,
+            {"rmac": RegionalHead(name="rmac", levels=3)},
+            96,
+            device="cpu",
+            batch_size=3,
+            progress=False,
+        )["rmac"]
     assert got["db"].shape == (12, 1280)
     assert torch.equal(got["db"], torch.stack(ref))
     assert got["queries"].shape == (0, 1280)

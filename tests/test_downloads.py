@@ -295,8 +295,13 @@ def test_prefix_only_download_records_the_full_hash(site, tmp_path):
     # a file with the right prefix but another full hash is caught by the record
     (tmp_path / "p.pth").write_bytes(b"other")
     with pytest.raises(ChecksumError, match="lock file"):
-        download(url, tmp_path / "p.pth", sha256=hashlib.sha256(b"other").hexdigest()[:8],
-                 lock_file=lock, **FAST)  # fmt: skip
+        download(
+            url,
+            tmp_path / "p.pth",
+            sha256=hashlib.sha256(b"other").hexdigest()[:8],
+            lock_file=lock,
+            **FAST,
+        )
 
 
 # --- mirror and manifest override --------------------------------------------------------------
@@ -366,10 +371,11 @@ def test_every_download_goes_through_the_mirror_into_the_data_root_in_use(
         "official_attention": (att, {"sha256": hashlib.sha256(att).hexdigest(), "size": len(att)}),
         "rpn_fasterrcnn_coco": (rpn, {"sha256_prefix": hashlib.sha256(rpn).hexdigest()[:8]}),
         "torchvision_resnet101": (
-            PAYLOAD, {"sha256": None, "sha256_prefix": SHA[:8], "size": len(PAYLOAD)}
+            PAYLOAD,
+            {"sha256": None, "sha256_prefix": SHA[:8], "size": len(PAYLOAD)},
         ),
         "gnd_oxford5k": (b"gnd bytes", {}),
-    }  # fmt: skip
+    }
     files = {}
     for key, (data, fields) in served.items():
         entry = {**manifest_entry(key), **fields}

@@ -230,9 +230,14 @@ def test_widgets_drive_the_explorer(ctx):
     assert ex.state()["result"] == ex.state()["topk"][1]
     assert ex.ds.imlist[ex.state()["result"]] in v.heat_caption.value
     v.file.value = (
-        {"name": "notes.txt", "type": "text/plain", "size": 5, "content": memoryview(b"hello"),
-         "last_modified": datetime.now(UTC)},
-    )  # fmt: skip
+        {
+            "name": "notes.txt",
+            "type": "text/plain",
+            "size": 5,
+            "content": memoryview(b"hello"),
+            "last_modified": datetime.now(UTC),
+        },
+    )
     assert "notes.txt" in v.message.value and "not an image" in v.message.value
     assert ex.state()["query"] == 4
 
@@ -262,8 +267,13 @@ def test_notebook_runs_headless_under_papermill(ctx, tmp_path):
     import papermill as pm
 
     out = tmp_path / "07.ipynb"
-    pm.execute_notebook(str(NOTEBOOK), str(out), parameters={"device": "cpu"},
-                        cwd=str(REPO / "notebooks"), progress_bar=False)  # fmt: skip
+    pm.execute_notebook(
+        str(NOTEBOOK),
+        str(out),
+        parameters={"device": "cpu"},
+        cwd=str(REPO / "notebooks"),
+        progress_bar=False,
+    )
     nb = nbformat.read(out, as_version=4)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]

@@ -77,8 +77,11 @@ def test_target_size_matches_prepared_image(images):
 def test_batched_extraction_equals_one_image_at_a_time(images):
     bb = ToyBackbone()
     att = RegionalAttention(4, hidden=3, context=True)
-    heads = {"rmac": RegionalHead(levels=2), "ctx": RegionalHead(levels=2, attention=att),
-             "mac": GlobalHead(name="mac", pooling="mac")}  # fmt: skip
+    heads = {
+        "rmac": RegionalHead(levels=2),
+        "ctx": RegionalHead(levels=2, attention=att),
+        "mac": GlobalHead(name="mac", pooling="mac"),
+    }
     out = extract_images(images, bb, heads, image_size=None, batch_size=4, progress=False)
     for i, p in enumerate(images):
         image = torch.from_numpy(prepare_image(p, None)).permute(2, 0, 1)[None]
@@ -172,8 +175,14 @@ def test_corrupt_image_is_named(images, tmp_path):
 
 def test_too_small_after_crop_is_named(images):
     with pytest.raises(ImageError, match="smaller than 32"):
-        extract_images([images[0]], ToyBackbone(), {"r": RegionalHead(levels=1)}, None,
-                       bbxs=[[0, 0, 20, 20]], progress=False)  # fmt: skip
+        extract_images(
+            [images[0]],
+            ToyBackbone(),
+            {"r": RegionalHead(levels=1)},
+            None,
+            bbxs=[[0, 0, 20, 20]],
+            progress=False,
+        )
 
 
 def test_cam_needs_fc():
@@ -206,8 +215,10 @@ def test_autocast_precisions_are_close_to_fp32_and_auto_is_fp32_on_cpu(images):
     torch.manual_seed(0)  # the attention's initialisation: an unseeded one made the test flaky
     bb = ToyBackbone()
     heads = {"ctx": RegionalHead(levels=2, attention=RegionalAttention(4, hidden=3, context=True))}
-    run = {p: extract_images(images, bb, heads, None, precision=p, progress=False)["ctx"]
-           for p in ("fp32", "auto", "fp16", "bf16")}  # fmt: skip
+    run = {
+        p: extract_images(images, bb, heads, None, precision=p, progress=False)["ctx"]
+        for p in ("fp32", "auto", "fp16", "bf16")
+    }
     worst = {}
     for p in ("fp16", "bf16"):
         for i in range(len(images)):
@@ -232,10 +243,22 @@ def test_fp16_overflow_falls_back_to_fp32(images):
             return super().forward(x) * 1e5  # above fp16's 65504 under autocast
 
     with pytest.warns(UserWarning, match="overflowed"):
-        out = extract_images(images[:2], Huge(), {"m": GlobalHead(name="mac", pooling="mac")},
-                             None, precision="fp16", progress=False)  # fmt: skip
-    ref = extract_images(images[:2], Huge(), {"m": GlobalHead(name="mac", pooling="mac")},
-                         None, precision="fp32", progress=False)  # fmt: skip
+        out = extract_images(
+            images[:2],
+            Huge(),
+            {"m": GlobalHead(name="mac", pooling="mac")},
+            None,
+            precision="fp16",
+            progress=False,
+        )
+    ref = extract_images(
+        images[:2],
+        Huge(),
+        {"m": GlobalHead(name="mac", pooling="mac")},
+        None,
+        precision="fp32",
+        progress=False,
+    )
     for a, b in zip(out["m"], ref["m"], strict=True):
         assert torch.isfinite(a).all()
         torch.testing.assert_close(a, b)
@@ -341,8 +364,9 @@ def test_a_bad_query_is_an_error_naming_the_file(images, bad_images, tmp_path):
     for bad in ("broken", "truncated"):
         ds = ToyDataset("toy", images[:2], [images[3], bad_images[bad]], [None, None])
         with pytest.raises(ImageError, match=bad_images[bad].name):
-            extract_dataset(ds, ToyBackbone(), {"r": RegionalHead(levels=1)}, None, tmp_path,
-                            progress=False)  # fmt: skip
+            extract_dataset(
+                ds, ToyBackbone(), {"r": RegionalHead(levels=1)}, None, tmp_path, progress=False
+            )
 
 
 @dataclass
@@ -379,8 +403,15 @@ def test_interrupted_extraction_resumes_from_finished_shards(images, bad_images,
     # killed at the 5th database image: shards [0, 2) and [2, 4) (im2 + the bad file) were
     # written, [4, 6) was not finished (im3 done, im4 not)
     with pytest.raises(RuntimeError, match="killed"):
-        extract_dataset(ds, CountingBackbone(fail_after=4), heads, None, tmp_path / "c",
-                        shard_size=2, progress=False)  # fmt: skip
+        extract_dataset(
+            ds,
+            CountingBackbone(fail_after=4),
+            heads,
+            None,
+            tmp_path / "c",
+            shard_size=2,
+            progress=False,
+        )
     assert len(list((tmp_path / "c").rglob("*.parts/db/*.pt"))) == 2
     bb = CountingBackbone()
     out = extract_dataset(ds, bb, heads, None, tmp_path / "c", shard_size=2, progress=False)["r"]
@@ -391,8 +422,15 @@ def test_interrupted_extraction_resumes_from_finished_shards(images, bad_images,
     # dataset's file and the finished distractor shard are reused
     mac = {"m": GlobalHead(name="mac", pooling="mac")}
     with pytest.raises(RuntimeError, match="killed"):
-        extract_dataset(ds, CountingBackbone(fail_after=9), mac, None, tmp_path / "c2",
-                        shard_size=2, progress=False)  # fmt: skip
+        extract_dataset(
+            ds,
+            CountingBackbone(fail_after=9),
+            mac,
+            None,
+            tmp_path / "c2",
+            shard_size=2,
+            progress=False,
+        )
     bb = CountingBackbone()
     out = extract_dataset(ds, bb, mac, None, tmp_path / "c2", shard_size=2, progress=False)["m"]
     ref = extract_dataset(ds, ToyBackbone(), mac, None, None, progress=False)["m"]
@@ -414,8 +452,13 @@ def _whitening_context(tmp_path, n=7, small=()):
         _jpeg(jpg / f"w{i:02d}.jpg", *shapes[i % 3], seed=100 + i)
     for j, (h, w) in enumerate(small):
         _jpeg(jpg / f"x{j:02d}.jpg", h, w, seed=200 + j)
-    prof = get_profile("smoke", whitening_set="toywhite", whitening_image_size=128,
-                       whitening_levels=2, whitening_max_images=None)  # fmt: skip
+    prof = get_profile(
+        "smoke",
+        whitening_set="toywhite",
+        whitening_image_size=128,
+        whitening_levels=2,
+        whitening_max_images=None,
+    )
     ctx = P.Context(prof, tmp_path / "data", tmp_path / "res", torch.device("cpu"))
     return ctx
 
@@ -489,8 +532,14 @@ def test_shard_size_from_the_environment(images, tmp_path, monkeypatch):
     ds = ToyDataset("toy", images[:4], images[4:], [None])
     monkeypatch.setenv("REGATTN_SHARD_IMAGES", "1")
     with pytest.raises(RuntimeError, match="killed"):
-        extract_dataset(ds, CountingBackbone(fail_after=3), {"r": RegionalHead(levels=1)}, None,
-                        tmp_path, progress=False)  # fmt: skip
+        extract_dataset(
+            ds,
+            CountingBackbone(fail_after=3),
+            {"r": RegionalHead(levels=1)},
+            None,
+            tmp_path,
+            progress=False,
+        )
     assert len(list(tmp_path.rglob("*.parts/db/*.pt"))) == 3  # one shard per finished image
     bb = CountingBackbone()
     extract_dataset(ds, bb, {"r": RegionalHead(levels=1)}, None, tmp_path, progress=False)

@@ -43,9 +43,22 @@ def smoke_results(tmp_path_factory):
     # One override reaches every notebook through run_all --overrides (checked in the scale table).
     overrides = out / "overrides.yaml"
     overrides.write_text("scale_levels: [1, 2, 3, 4, 5]\n")
-    proc = subprocess.run([str(REPO / "run_all.sh"), "--profile", "smoke", "--device", "cpu",
-                           "--overrides", str(overrides)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)  # fmt: skip
+    proc = subprocess.run(
+        [
+            str(REPO / "run_all.sh"),
+            "--profile",
+            "smoke",
+            "--device",
+            "cpu",
+            "--overrides",
+            str(overrides),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count(" ok (") == 7, proc.stdout
     return out / "smoke"
@@ -94,8 +107,18 @@ def test_figures_notebooks_and_metrics_written(smoke_results):
         assert png.is_file() and png.stat().st_size > 5000, name
         assert png.read_bytes()[:4] == b"\x89PNG"
     executed = sorted(p.name for p in (smoke_results / "notebooks").glob("*.ipynb"))
-    assert executed == [f"{n}.ipynb" for n in ("01_data_prep", "02_train_attention", "03_ablations",
-                                               "04_scale_study", "05_sota_table", "06_qualitative", "07_query_explorer")]  # fmt: skip
+    assert executed == [
+        f"{n}.ipynb"
+        for n in (
+            "01_data_prep",
+            "02_train_attention",
+            "03_ablations",
+            "04_scale_study",
+            "05_sota_table",
+            "06_qualitative",
+            "07_query_explorer",
+        )
+    ]
     m = json.loads((smoke_results / "metrics" / "06_qualitative.json").read_text())
     assert m["queries"] == 12
 

@@ -36,8 +36,10 @@ def test_caffe_backbone_official_attention_descriptor_end_to_end(tmp_path, offic
     )["v"]
     whitening = learn_pca_whitening(torch.cat(vecs), n_components=8)
     attention = load_official_attention(official_weights)
-    heads = {"rmac": RegionalHead(levels=3, whitening=whitening),
-             "ours": RegionalHead(levels=3, attention=attention, whitening=whitening)}  # fmt: skip
+    heads = {
+        "rmac": RegionalHead(levels=3, whitening=whitening),
+        "ours": RegionalHead(levels=3, attention=attention, whitening=whitening),
+    }
     out = extract_images(
         paths,
         backbone,

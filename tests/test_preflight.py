@@ -239,8 +239,12 @@ def test_revisitop1m_archives_counted_from_the_list(tmp_path):
     keys, (note,), n = pf.distractor_plan(profile, tmp_path)
     per = 1_001_001 / 100
     assert n == 25_000 and math.ceil(25_000 / per) == 3
-    assert keys == ["revisitop1m_list", "revisitop1m_tar_001", "revisitop1m_tar_002",
-                    "revisitop1m_tar_003"]  # fmt: skip
+    assert keys == [
+        "revisitop1m_list",
+        "revisitop1m_tar_001",
+        "revisitop1m_tar_002",
+        "revisitop1m_tar_003",
+    ]
     assert "25000 of 25000 images missing" in note.detail and not note.required
     # archives already extracted are skipped
     jpg = tmp_path / "distractors" / "revisitop1m" / "jpg"
@@ -265,8 +269,9 @@ def test_auto_distractors_with_a_flickr100k_copy_need_no_download(tmp_path):
     keys, (note,), n = pf.distractor_plan(profile, tmp_path)
     assert keys == [] and n == 1 and note.ok
     assert note.detail.startswith("Flickr100k, local copy at") and "1 images" in note.detail
-    keys, (bad,), _ = pf.distractor_plan(profile.with_overrides(distractors="flickr100k"),
-                                         tmp_path / "elsewhere")  # fmt: skip
+    keys, (bad,), _ = pf.distractor_plan(
+        profile.with_overrides(distractors="flickr100k"), tmp_path / "elsewhere"
+    )
     assert not bad.ok and "no longer distributed" in bad.detail
 
 
@@ -346,8 +351,7 @@ def test_preflight_command_imports_from_the_environment_folder(
     (usb / "gnd_oxford5k.pkl").write_bytes(b"a ground truth obtained elsewhere")
     monkeypatch.setenv("REGATTN_IMPORT_FROM", str(usb))
     root = tmp_path / "data"
-    code = main(["--profile", "paper", "--device", "cpu", "--no-network",
-                 "--data-root", str(root)])  # fmt: skip
+    code = main(["--profile", "paper", "--device", "cpu", "--no-network", "--data-root", str(root)])
     out = capsys.readouterr()
     assert code == 1  # the other datasets are still missing
     lines = {ln.split()[2].rstrip(":"): ln for ln in out.out.splitlines() if ln.count(" ") > 2}

@@ -50,8 +50,12 @@ def test_cli_checks_the_file_and_writes_papermill_parameters(tmp_path):
     good.write_text("image_size: 96\ntrain:\n  recipe:\n    iterations: 3\n")
     out = tmp_path / "params.yaml"
     run = [sys.executable, "-m", "regattn_lib.profiles", "--profile", "paper"]
-    ok = subprocess.run([*run, "--overrides", str(good), "--papermill-params", str(out)],
-                        capture_output=True, text=True, cwd=REPO)  # fmt: skip
+    ok = subprocess.run(
+        [*run, "--overrides", str(good), "--papermill-params", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert ok.returncode == 0, ok.stderr
     assert yaml.safe_load(out.read_text()) == {
         "overrides": {"image_size": 96, "train": {"recipe": {"iterations": 3}}}

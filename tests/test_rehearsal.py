@@ -144,8 +144,12 @@ def test_mirror_ranges(mirror):
     resp, body = _request(server, "HEAD", "/example.org/a/b.bin", {"Range": "bytes=0-0"})
     assert resp.status == 206 and body == b"" and resp.getheader("Content-Length") == "1"
     ranges = [(r["range"], r["status"], r["bytes"]) for r in LM.read_log(log)]
-    assert ranges[:4] == [("bytes=10-19", 206, 10), ("bytes=1000-", 206, 24),
-                          ("bytes=-24", 206, 24), (f"bytes={len(data)}-", 416, 0)]  # fmt: skip
+    assert ranges[:4] == [
+        ("bytes=10-19", 206, 10),
+        ("bytes=1000-", 206, 24),
+        ("bytes=-24", 206, 24),
+        (f"bytes={len(data)}-", 416, 0),
+    ]
 
 
 def test_mirror_resumes_the_library_download_with_a_range(mirror, tmp_path):
@@ -155,8 +159,14 @@ def test_mirror_resumes_the_library_download_with_a_range(mirror, tmp_path):
     dest.parent.mkdir()
     (dest.parent / "b.bin.part").write_bytes(data[:300])
     digest = FX.sha256_file(mirror[0].root / "example.org" / "a" / "b.bin")
-    dl.download(f"{server.base_url}/example.org/a/b.bin", dest, sha256=digest, size=len(data),
-                lock_file=tmp_path / "lock.json", progress=False)  # fmt: skip
+    dl.download(
+        f"{server.base_url}/example.org/a/b.bin",
+        dest,
+        sha256=digest,
+        size=len(data),
+        lock_file=tmp_path / "lock.json",
+        progress=False,
+    )
     assert dest.read_bytes() == data
     (rec,) = [r for r in LM.read_log(log) if r["method"] == "GET"]
     assert rec["range"] == "bytes=300-" and rec["status"] == 206 and rec["bytes"] == len(data) - 300
@@ -195,10 +205,19 @@ def test_mirror_cli_writes_its_port_and_stops_on_sigterm(tmp_path):
     (root / "h" / "f.txt").write_text("hello")
     port_file = tmp_path / "port"
     proc = subprocess.Popen(
-        [sys.executable, str(REPO / "scripts" / "loopback_mirror.py"), str(root), "--port-file",
-         str(port_file), "--log", str(tmp_path / "log")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(REPO / "scripts" / "loopback_mirror.py"),
+            str(root),
+            "--port-file",
+            str(port_file),
+            "--log",
+            str(tmp_path / "log"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 30
         while not port_file.exists() and time.monotonic() < deadline:
@@ -244,13 +263,27 @@ def _read_member(path: Path, name: str) -> bytes:
 def test_fixture_manifest_override_describes_the_mirror_files(fixture):
     files = json.loads(fixture.manifest_override.read_text())["files"]
     assert set(files) == set(fixture.files) and "official_attention" in files
-    assert {"images_oxford5k", "images_paris6k_1", "images_paris6k_2", "gnd_oxford5k", "gnd_paris6k",
-            "gnd_roxford5k", "gnd_rparis6k", "revisitop1m_list", "revisitop1m_tar_001",
-            "revisitop1m_tar_003", "sfm120k_ims", "sfm_db_retrieval-SfM-120k-whiten"} <= set(files)  # fmt: skip
+    assert {
+        "images_oxford5k",
+        "images_paris6k_1",
+        "images_paris6k_2",
+        "gnd_oxford5k",
+        "gnd_paris6k",
+        "gnd_roxford5k",
+        "gnd_rparis6k",
+        "revisitop1m_list",
+        "revisitop1m_tar_001",
+        "revisitop1m_tar_003",
+        "sfm120k_ims",
+        "sfm_db_retrieval-SfM-120k-whiten",
+    } <= set(files)
     for key, e in files.items():
         real = REAL_MANIFEST[key]
         assert (e["url"], e["dest"], e.get("extract_to")) == (
-            real["url"], real["dest"], real.get("extract_to"))  # fmt: skip
+            real["url"],
+            real["dest"],
+            real.get("extract_to"),
+        )
         path = FX.mirror_path(fixture.mirror, e["url"])
         assert path == fixture.files[key] and path.is_file()
         assert e["sha256"] == FX.sha256_file(path) and e["size"] == path.stat().st_size
@@ -320,8 +353,11 @@ def test_fixture_gnd_pickles_have_the_real_types(fixture):
     assert rox["qimlist"][:-1] == ox["qimlist"] and rox["qimlist"][-1] in ox["imlist"]
     assert set(rox["imlist"]) == set(ox["imlist"]) - set(rox["qimlist"])
     # numpy arrays named as pre-numpy-2 pickles name them
-    globals_ = {a for op, a, _ in pickletools.genops(fixture.files["gnd_roxford5k"].read_bytes())
-                if op.name == "GLOBAL"}  # fmt: skip
+    globals_ = {
+        a
+        for op, a, _ in pickletools.genops(fixture.files["gnd_roxford5k"].read_bytes())
+        if op.name == "GLOBAL"
+    }
     assert "numpy.core.multiarray _reconstruct" in globals_
 
 
@@ -395,8 +431,9 @@ def test_fixture_distractors_and_whitening_layout(fixture):
     assert all(n.count("/") == 2 and n.endswith(".jpg") for n in listed)
     special = fixture.expected["distractors"]
     arc = {n: k for k in range(1, 4) for n in _members(fixture.files[f"revisitop1m_tar_{k:03d}"])}
-    truncated = _read_member(fixture.files[f"revisitop1m_tar_{arc[special['truncated']]:03d}"],
-                             special["truncated"])  # fmt: skip
+    truncated = _read_member(
+        fixture.files[f"revisitop1m_tar_{arc[special['truncated']]:03d}"], special["truncated"]
+    )
     with pytest.raises(OSError), Image.open(io.BytesIO(truncated)) as im:
         im.load()  # truncated: PIL refuses it unless told to decode what is there
     ImageFile.LOAD_TRUNCATED_IMAGES = True
@@ -434,15 +471,31 @@ def test_fixture_is_deterministic(fixture, tmp_path):
 
 #: Profile / TrainSettings / TrainConfig fields the overrides may set: sizes only.
 SIZE_FIELDS = {
-    "image_size", "whitening_image_size", "whitening_dims", "whitening_study_dims", "global_whitening_dims",
-    "n_distractors", "rpn_proposals", "train",
-}  # fmt: skip
+    "image_size",
+    "whitening_image_size",
+    "whitening_dims",
+    "whitening_study_dims",
+    "global_whitening_dims",
+    "n_distractors",
+    "rpn_proposals",
+    "train",
+}
 TRAIN_SIZE_FIELDS = {"recipe"}
 RECIPE_SIZE_FIELDS = {
-    "iterations", "batch_size", "accumulation", "resize_min", "resize_max", "crop",
-    "val_resize", "val_crop", "val_images", "checkpoint_every", "log_every", "val_batch_size",
+    "iterations",
+    "batch_size",
+    "accumulation",
+    "resize_min",
+    "resize_max",
+    "crop",
+    "val_resize",
+    "val_crop",
+    "val_images",
+    "checkpoint_every",
+    "log_every",
+    "val_batch_size",
     "num_workers",
-}  # fmt: skip
+}
 
 
 def test_overrides_are_sizes_of_existing_fields(fixture):
@@ -481,8 +534,9 @@ def test_fixture_weights_have_the_publishers_layouts(fixture, tmp_path):
     assert (meta["input_convention"], meta["convention_source"]) == ("rgb-imagenet", "detected")
     root = _data_root_from_mirror(fixture, tmp_path / "data")
     overrides = yaml.safe_load(fixture.overrides.read_text())
-    ctx = P.setup("paper", data_root=root, results=tmp_path / "results", device="cpu",
-                  overrides=overrides)  # fmt: skip
+    ctx = P.setup(
+        "paper", data_root=root, results=tmp_path / "results", device="cpu", overrides=overrides
+    )
     ctx.__dict__["backbone"] = backbone  # the cached property, set to the fixture's network
     perq, _ = S.per_query(ctx, P.learn_whitening(ctx, progress=False), "oxford5k")
     assert list(perq["query"]) == fixture.expected["known_answer"]["queries"]
@@ -500,10 +554,19 @@ def _write_good_tables(tables: Path, expected: dict | None = None) -> None:
     from regattn_lib.studies import compare_to_paper
 
     tables.mkdir(parents=True, exist_ok=True)
-    labels = {"R-MAC + PCA": "none (no attention)", "+ regional attention": "trained here",
-              "+ context awareness": "released weights"}  # fmt: skip
-    abl = pd.DataFrame({"method": list(labels), "oxford5k": [60.0, 62.5, 64.0],
-                        "paris6k": [70.0, 71.0, 72.5], "time_s": [0.5, 0.6, 0.61]})  # fmt: skip
+    labels = {
+        "R-MAC + PCA": "none (no attention)",
+        "+ regional attention": "trained here",
+        "+ context awareness": "released weights",
+    }
+    abl = pd.DataFrame(
+        {
+            "method": list(labels),
+            "oxford5k": [60.0, 62.5, 64.0],
+            "paris6k": [70.0, 71.0, 72.5],
+            "time_s": [0.5, 0.6, 0.61],
+        }
+    )
     t, _ = compare_to_paper(abl, R.PAPER_ABLATION, ["oxford5k", "paris6k"], extra=["time_s"])
     t["weights"] = [labels[m] for m in t["method"]]
     R.write_table(t, tables, "ablation")
@@ -515,40 +578,80 @@ def _write_good_tables(tables: Path, expected: dict | None = None) -> None:
     cols = ["oxford5k", "paris6k", "oxford105k", "paris106k"]
     sota = pd.DataFrame({"method": methods, **{c: np.linspace(50, 80, len(methods)) for c in cols}})
     t, _ = compare_to_paper(sota, R.PAPER_SOTA, cols, baseline="R-MAC")
-    t["weights"] = ["paper only" if m.startswith(("SDCF", "CAM")) else "released weights"
-                    if m.startswith("Ours") else "none (no attention)" for m in t["method"]]  # fmt: skip
+    t["weights"] = [
+        "paper only"
+        if m.startswith(("SDCF", "CAM"))
+        else "released weights"
+        if m.startswith("Ours")
+        else "none (no attention)"
+        for m in t["method"]
+    ]
     R.write_table(t, tables, "sota")
-    rows = [{"dataset": d, "method": m, "levels": lv, "regions_4x3": 1, "mAP": 50.0 + lv,
-             "weights": labels[m]} for d in ("oxford5k", "paris6k") for lv in PAPER.scale_levels
-            for m in labels]  # fmt: skip
+    rows = [
+        {
+            "dataset": d,
+            "method": m,
+            "levels": lv,
+            "regions_4x3": 1,
+            "mAP": 50.0 + lv,
+            "weights": labels[m],
+        }
+        for d in ("oxford5k", "paris6k")
+        for lv in PAPER.scale_levels
+        for m in labels
+    ]
     R.write_table(pd.DataFrame(rows), tables, "scale_study")
-    rows = [{"dataset": d, "method": m, **{c: 40.0 for c in CK.PROTOCOL_COLUMNS},
-             "weights": "released weights" if m.startswith("Ours") else "none (no attention)"}
-            for d in ("roxford5k", "rparis6k") for m in CK.REVISITED_METHODS]  # fmt: skip
+    rows = [
+        {
+            "dataset": d,
+            "method": m,
+            **{c: 40.0 for c in CK.PROTOCOL_COLUMNS},
+            "weights": "released weights" if m.startswith("Ours") else "none (no attention)",
+        }
+        for d in ("roxford5k", "rparis6k")
+        for m in CK.REVISITED_METHODS
+    ]
     R.write_table(pd.DataFrame(rows), tables, "revisited")
-    rows = [{"dataset": d, "method": m, "whitening vectors": 10, "classic mAP": 40.0}
-            for d in ("oxford5k", "paris6k")
-            for m in ("R-MAC, no whitening", "R-MAC + PCA-whitening 128-d")]  # fmt: skip
+    rows = [
+        {"dataset": d, "method": m, "whitening vectors": 10, "classic mAP": 40.0}
+        for d in ("oxford5k", "paris6k")
+        for m in ("R-MAC, no whitening", "R-MAC + PCA-whitening 128-d")
+    ]
     R.write_table(pd.DataFrame(rows), tables, "whitening")
-    counts = (expected or {}).get("datasets") or {d: {"database": 9, "queries": 2} for d in
-                                                  ("oxford5k", "paris6k", "roxford5k", "rparis6k")}  # fmt: skip
+    counts = (expected or {}).get("datasets") or {
+        d: {"database": 9, "queries": 2} for d in ("oxford5k", "paris6k", "roxford5k", "rparis6k")
+    }
     R.write_table(
         pd.DataFrame([{"dataset": d, **c} for d, c in counts.items()]), tables, "datasets"
     )
     queries = (expected or {}).get("known_answer", {}).get("queries", ["q1", "q2"])
-    R.write_table(pd.DataFrame({"query": queries, "AP R-MAC": 100.0, "AP Ours": 100.0, "gain": 0.0}),
-                  tables, "per_query")  # fmt: skip
+    R.write_table(
+        pd.DataFrame({"query": queries, "AP R-MAC": 100.0, "AP Ours": 100.0, "gain": 0.0}),
+        tables,
+        "per_query",
+    )
     skipped = (expected or {}).get("must_report_skipped", [])
-    R.write_table(pd.DataFrame({"name": skipped, "reason": "4x128 px after resizing"}), tables,
-                  "skipped_images")  # fmt: skip
+    R.write_table(
+        pd.DataFrame({"name": skipped, "reason": "4x128 px after resizing"}),
+        tables,
+        "skipped_images",
+    )
 
 
 EXPECTED = {
     "must_report_skipped": ["b095733bf6af8d1a0f10205b0dd7dcf1"],
-    "known_answer": {"dataset": "oxford5k", "queries": ["all_souls_000013", "balliol_000051"], "ap": 100.0},
-    "datasets": {"oxford5k": {"database": 34, "queries": 5}, "paris6k": {"database": 33, "queries": 4},
-                 "roxford5k": {"database": 28, "queries": 6}, "rparis6k": {"database": 28, "queries": 5}},
-}  # fmt: skip
+    "known_answer": {
+        "dataset": "oxford5k",
+        "queries": ["all_souls_000013", "balliol_000051"],
+        "ap": 100.0,
+    },
+    "datasets": {
+        "oxford5k": {"database": 34, "queries": 5},
+        "paris6k": {"database": 33, "queries": 4},
+        "roxford5k": {"database": 28, "queries": 6},
+        "rparis6k": {"database": 28, "queries": 5},
+    },
+}
 
 
 @pytest.fixture
@@ -566,9 +669,17 @@ def _edit(results: Path, name: str, fn) -> None:
 def test_checker_passes_complete_tables(good, tmp_path):
     assert CK.check_results(good, EXPECTED) == []
     (tmp_path / "expected.json").write_text(json.dumps(EXPECTED))
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "check_paper_results.py"), str(good),
-                           "--expected", str(tmp_path / "expected.json")],
-                          capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "check_paper_results.py"),
+            str(good),
+            "--expected",
+            str(tmp_path / "expected.json"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "known answer AP 100 on 2 queries" in proc.stdout
 
@@ -581,8 +692,11 @@ def test_checker_names_a_missing_row_and_table(good):
     assert "ablation: the paper's row '+ regional attention' is missing" in problems
     assert any(p.startswith("rpn: table") and "missing" in p for p in problems)
     assert "scale_study: no row for oxford5k, 'R-MAC + PCA', L = 7" in problems
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "check_paper_results.py"), str(good)],
-                          capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "check_paper_results.py"), str(good)],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 1 and "+ regional attention" in proc.stderr
 
 
@@ -610,12 +724,20 @@ def test_checker_requires_weights_labels(good):
         lambda df: df.assign(weights=["released weights", "released weights", None]),
     )
     _edit(good, "revisited", lambda df: df.drop(columns="weights"))
-    _edit(good, "sota", lambda df: df.assign(weights=df["weights"].replace("released weights",
-                                                                         "none (no attention)")))  # fmt: skip
+    _edit(
+        good,
+        "sota",
+        lambda df: df.assign(
+            weights=df["weights"].replace("released weights", "none (no attention)")
+        ),
+    )
     problems = CK.check_results(good, EXPECTED)
     assert any("'+ regional attention' says 'released weights'" in p for p in problems)
-    assert any("'+ context awareness' is not labelled 'released weights' or 'trained here'" in p
-               and "(found nan)" in p for p in problems)  # fmt: skip
+    assert any(
+        "'+ context awareness' is not labelled 'released weights' or 'trained here'" in p
+        and "(found nan)" in p
+        for p in problems
+    )
     assert any(p.startswith("revisited: missing column(s) ['weights']") for p in problems)
     # an attention row may not say it has none; R-MAC rows may
     assert any("sota: row 'Ours' is not labelled" in p for p in problems)
@@ -626,8 +748,10 @@ def test_checker_verifies_the_known_answer_and_counts(good):
     _edit(good, "per_query", lambda df: df.assign(**{"AP Ours": [100.0, 99.5]}))
     _edit(good, "datasets", lambda df: df.assign(database=[34, 53, 28, 28]))  # blacklist kept
     problems = CK.check_results(good, EXPECTED)
-    assert "per_query: known-answer query 'balliol_000051': AP Ours = 99.5, must be 100 " \
-           "(its positives are near duplicates)" in problems  # fmt: skip
+    assert (
+        "per_query: known-answer query 'balliol_000051': AP Ours = 99.5, must be 100 "
+        "(its positives are near duplicates)" in problems
+    )
     assert "datasets: paris6k has database = 53, the fixture has 33" in problems
     assert len(problems) == 2
     (good / "tables" / "per_query.csv").unlink()
@@ -655,9 +779,13 @@ def _rehearsal(root: Path, name: str, *args: str, log: Path, **env: str) -> subp
     full.pop("REGATTN_RESULTS", None)
     with open(log, "w") as out:  # the child keeps its own descriptor
         return subprocess.Popen(
-            ["bash", str(REPO / "scripts" / "rehearse_paper.sh"), name, *args], cwd=REPO,
-            env=full, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            ["bash", str(REPO / "scripts" / "rehearse_paper.sh"), name, *args],
+            cwd=REPO,
+            env=full,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def _tail(log: Path, n: int = 40) -> str:
@@ -741,12 +869,25 @@ def test_interrupted_rehearsal_reruns_download_and_extract_nothing_twice(tmp_pat
     mirror_log = work / "mirror.log"
     # run 1: the distractor archives crawl at 20 kB/s; killed once one of them is half there
     log1 = tmp_path / "run1.log"
-    proc = _rehearsal(tmp_path, "rr", "--fresh", "--", "--only", "05", log=log1,
-                      REHEARSAL_THROTTLE="20000",
-                      REHEARSAL_THROTTLE_MATCH=r"revisitop1m\.[0-9]+\.tar\.gz$")  # fmt: skip
-    part = _wait_for(proc, lambda: next((p for p in tars.glob("revisitop1m.*.tar.gz.part")
-                                         if p.stat().st_size > 0), None),
-                     "a partial distractor archive", log1)  # fmt: skip
+    proc = _rehearsal(
+        tmp_path,
+        "rr",
+        "--fresh",
+        "--",
+        "--only",
+        "05",
+        log=log1,
+        REHEARSAL_THROTTLE="20000",
+        REHEARSAL_THROTTLE_MATCH=r"revisitop1m\.[0-9]+\.tar\.gz$",
+    )
+    part = _wait_for(
+        proc,
+        lambda: next(
+            (p for p in tars.glob("revisitop1m.*.tar.gz.part") if p.stat().st_size > 0), None
+        ),
+        "a partial distractor archive",
+        log1,
+    )
     _kill(proc, data)
     part_size = part.stat().st_size
     entries = json.loads((work / "fixtures" / "manifest_override.json").read_text())["files"]
@@ -796,8 +937,9 @@ def test_interrupted_rehearsal_reruns_download_and_extract_nothing_twice(tmp_pat
             os.killpg(proc.pid, signal.SIGKILL)
     assert rc == 0, _tail(log3)
     problems: list[str] = []
-    CK.check_paper_table(pd.read_csv(work / "results" / "paper" / "tables" / "sota.csv"), "sota",
-                         problems)  # fmt: skip
+    CK.check_paper_table(
+        pd.read_csv(work / "results" / "paper" / "tables" / "sota.csv"), "sota", problems
+    )
     assert problems == []
     records = LM.read_log(mirror_log)
     later = _body_gets(records[n1:])

@@ -84,8 +84,13 @@ def test_gain_intervals_against_the_baseline_and_carried_into_the_compared_table
     assert table["synthetic-demo ours gain low"].tolist()[:2] == [0.0, 3.0]
     assert "synthetic-demo ours gain high" in table.columns
     # on the paper's own datasets (the paper profile) the intervals are carried too
-    real = pd.DataFrame({"method": list(aps), "oxford5k": [70.0, 73.0, 71.0],
-                         **gain_intervals(aps, "R-MAC + PCA", "oxford5k")})  # fmt: skip
+    real = pd.DataFrame(
+        {
+            "method": list(aps),
+            "oxford5k": [70.0, 73.0, 71.0],
+            **gain_intervals(aps, "R-MAC + PCA", "oxford5k"),
+        }
+    )
     table, notes = compare_to_paper(real, PAPER_ABLATION, ["oxford5k"])
     assert notes == [] and table["oxford5k diff"].tolist()[0] == 70.0 - 70.1
     assert table["oxford5k ours gain low"].tolist()[1] == 3.0

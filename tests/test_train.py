@@ -116,9 +116,25 @@ def splits(patch_data):
 
 def small_cfg(**kw) -> TrainConfig:
     """Small crops (shorter side 70..75, crop 64 -> a 2x2 map), levels 2 (5 regions)."""
-    base = dict(resize_min=70, resize_max=75, crop=64, val_resize=64, val_crop=64, levels=2,
-                hidden=4, batch_size=2, accumulation=2, val_images=6, checkpoint_every=4,
-                log_every=2, device="cpu", num_workers=0, progress=False, plot=False, seed=7)  # fmt: skip
+    base = dict(
+        resize_min=70,
+        resize_max=75,
+        crop=64,
+        val_resize=64,
+        val_crop=64,
+        levels=2,
+        hidden=4,
+        batch_size=2,
+        accumulation=2,
+        val_images=6,
+        checkpoint_every=4,
+        log_every=2,
+        device="cpu",
+        num_workers=0,
+        progress=False,
+        plot=False,
+        seed=7,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -136,8 +152,9 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, splits, stage, stop_at, w
         c = dataclasses.replace(cfg, **kw)
         if stage == "fc":
             return train_fc(paths, labels, vpaths, vlabels, backbone, c, out, resume=resume)
-        return train_attention(paths, labels, vpaths, vlabels, backbone, None, c, out,
-                               resume=resume)  # fmt: skip
+        return train_attention(
+            paths, labels, vpaths, vlabels, backbone, None, c, out, resume=resume
+        )
 
     full = run(tmp_path / "full")
     part = run(tmp_path / "part", max_steps_this_run=stop_at)
@@ -179,10 +196,19 @@ def test_fc_then_attention_learns_on_coloured_patches(tmp_path, splits):
     paths, labels, vpaths, vlabels = splits
     backbone = FakeBackbone()
     classes = sorted(COLOURS)
-    cfg = small_cfg(iterations=120, batch_size=4, accumulation=1, lr=0.1, checkpoint_every=60,
-                    log_every=20, val_images=100, feature_cache_views=3)  # fmt: skip
-    fc_run = train_fc(paths, labels, vpaths, vlabels, backbone, cfg, tmp_path / "fc",
-                      classes=classes)  # fmt: skip
+    cfg = small_cfg(
+        iterations=120,
+        batch_size=4,
+        accumulation=1,
+        lr=0.1,
+        checkpoint_every=60,
+        log_every=20,
+        val_images=100,
+        feature_cache_views=3,
+    )
+    fc_run = train_fc(
+        paths, labels, vpaths, vlabels, backbone, cfg, tmp_path / "fc", classes=classes
+    )
     last = fc_run.history.iloc[-1]
     assert last["val_acc"] >= 0.9 and last["train_acc"] >= 0.8  # chance is 1/3
     assert fc_run.history["loss"].iloc[-1] < 0.5 * fc_run.history["loss"].iloc[0]
@@ -191,10 +217,27 @@ def test_fc_then_attention_learns_on_coloured_patches(tmp_path, splits):
     assert torch.equal(fc.weight, fc_run.module.weight.detach())
 
     att_cfg = dataclasses.replace(cfg, iterations=40, checkpoint_every=40, lr=0.05)
-    before = train_attention(paths, labels, vpaths, vlabels, backbone, fc_run.artefact,
-                             dataclasses.replace(att_cfg, iterations=0), tmp_path / "init").module  # fmt: skip
-    att_run = train_attention(paths, labels, vpaths, vlabels, backbone, fc_run.artefact, att_cfg,
-                              tmp_path / "att", classes=classes)  # fmt: skip
+    before = train_attention(
+        paths,
+        labels,
+        vpaths,
+        vlabels,
+        backbone,
+        fc_run.artefact,
+        dataclasses.replace(att_cfg, iterations=0),
+        tmp_path / "init",
+    ).module
+    att_run = train_attention(
+        paths,
+        labels,
+        vpaths,
+        vlabels,
+        backbone,
+        fc_run.artefact,
+        att_cfg,
+        tmp_path / "att",
+        classes=classes,
+    )
     assert torch.equal(att_run.model.fc.weight, fc.weight)
     assert torch.equal(att_run.model.fc.bias, fc.bias)
     moved = [
@@ -290,15 +333,14 @@ def test_head_logits_is_fc_of_weighted_mean():
 def test_backbone_without_fc_needs_one(tmp_path, splits):
     paths, labels, vpaths, vlabels = splits
     with pytest.raises(ValueError, match="has no fc: train one first with stage='fc'"):
-        train_attention(paths, labels, vpaths, vlabels, FakeBackbone(), None, small_cfg(),
-                        tmp_path)  # fmt: skip
+        train_attention(paths, labels, vpaths, vlabels, FakeBackbone(), None, small_cfg(), tmp_path)
     with pytest.raises(ValueError, match="load_official_attention"):
-        train_attention(paths, labels, vpaths, vlabels, FakeBackbone(), None, small_cfg(),
-                        tmp_path)  # fmt: skip
+        train_attention(paths, labels, vpaths, vlabels, FakeBackbone(), None, small_cfg(), tmp_path)
     # An fc whose outputs do not match the classes is refused as well.
     with pytest.raises(ValueError, match="3 classes"):
-        train_attention(paths, labels, vpaths, vlabels, FakeBackbone(n_fc=2), None, small_cfg(),
-                        tmp_path)  # fmt: skip
+        train_attention(
+            paths, labels, vpaths, vlabels, FakeBackbone(n_fc=2), None, small_cfg(), tmp_path
+        )
 
 
 def test_missing_imagenet_folder_explains_layout(tmp_path, monkeypatch):
@@ -366,8 +408,7 @@ def test_accumulation_equals_one_big_batch(tmp_path, splits, stage):
 def test_history_csv_and_plot_are_written(tmp_path, splits):
     paths, labels, vpaths, vlabels = splits
     cfg = small_cfg(iterations=6, checkpoint_every=3, log_every=1, plot=True)
-    res = train_attention(paths, labels, vpaths, vlabels, FakeBackbone(n_fc=3), None, cfg,
-                          tmp_path)  # fmt: skip
+    res = train_attention(paths, labels, vpaths, vlabels, FakeBackbone(n_fc=3), None, cfg, tmp_path)
     df = pd.read_csv(tmp_path / "history.csv")
     assert list(df.columns) == list(HISTORY_COLUMNS)
     assert df["step"].tolist() == [1, 2, 3, 4, 5, 6]
@@ -390,8 +431,13 @@ def test_feature_cache_dir_is_shared_and_reused(tmp_path, splits, monkeypatch):
     """A second stage with the same images and views loads the features instead of rerunning
     the backbone, and trains exactly as the first run that wrote them."""
     paths, labels, vpaths, vlabels = splits
-    cfg = small_cfg(iterations=8, batch_size=4, accumulation=1, feature_cache_views=2,
-                    feature_cache_dir=str(tmp_path / "feat"))  # fmt: skip
+    cfg = small_cfg(
+        iterations=8,
+        batch_size=4,
+        accumulation=1,
+        feature_cache_views=2,
+        feature_cache_dir=str(tmp_path / "feat"),
+    )
     first = train_fc(paths, labels, vpaths, vlabels, FakeBackbone(), cfg, tmp_path / "a")
     assert len(list((tmp_path / "feat").glob("features-*.pt"))) == 1
     calls = []
@@ -406,8 +452,9 @@ def test_best_validation_checkpoint_is_kept_and_early_stopping_ends_the_run(tmp_
     paths, labels, vpaths, vlabels = splits
     backbone = FakeBackbone(n_fc=3)
     # lr 5.0 makes the validation loss jump about, so the best checkpoint is not the last
-    cfg = small_cfg(iterations=24, lr=5.0, checkpoint_every=2, log_every=2,
-                    selection="best_val_loss")  # fmt: skip
+    cfg = small_cfg(
+        iterations=24, lr=5.0, checkpoint_every=2, log_every=2, selection="best_val_loss"
+    )
     run = train_attention(paths, labels, vpaths, vlabels, backbone, None, cfg, tmp_path / "best")
     val = run.history.dropna(subset=["val_loss"])
     best_step = int(val.loc[val["val_loss"].idxmin(), "step"])
@@ -437,8 +484,9 @@ def test_best_validation_checkpoint_is_kept_and_early_stopping_ends_the_run(tmp_
             expected_stop = i
             break
     assert expected_stop == len(losses) - 1 and early.steps < 24
-    resumed = train_attention(paths, labels, vpaths, vlabels, backbone, None, stop,
-                              tmp_path / "early", resume=True)  # fmt: skip
+    resumed = train_attention(
+        paths, labels, vpaths, vlabels, backbone, None, stop, tmp_path / "early", resume=True
+    )
     assert resumed.steps == early.steps  # a stopped run stays stopped
 
 

@@ -31,8 +31,13 @@ class _TinyBackbone(nn.Module):
 
 
 def _ctx(tmp_path, profile="paper", with_fc=False, **overrides):
-    ctx = P.setup(profile, data_root=tmp_path / "data", results=tmp_path / "res", device="cpu",
-                  overrides=overrides)  # fmt: skip
+    ctx = P.setup(
+        profile,
+        data_root=tmp_path / "data",
+        results=tmp_path / "res",
+        device="cpu",
+        overrides=overrides,
+    )
     ctx.__dict__["backbone"] = _TinyBackbone(with_fc)  # skip building ResNet-101
     return ctx
 
@@ -73,15 +78,17 @@ def test_released_weights_are_never_replaced_by_a_trained_file(tmp_path, officia
     att = P.load_attention(ctx, "context")
     assert P.provenance(att) == P.RELEASED
     official = torch.load(official_weights, map_location="cpu", weights_only=True)
-    assert torch.equal(att.state_dict()["conv_att_1.weight"].flatten(),
-                       official["conv_att_1.weight"].flatten())  # fmt: skip
+    assert torch.equal(
+        att.state_dict()["conv_att_1.weight"].flatten(), official["conv_att_1.weight"].flatten()
+    )
     with pytest.raises(FileNotFoundError, match="released only the context-aware"):
         P.load_attention(ctx, "regional")
     assert P.provenance(None) == P.NO_ATTENTION
 
 
-def test_notebook_training_without_imagenet_says_so_and_trains_nothing(tmp_path, capsys,
-                                                                       official_weights):  # fmt: skip
+def test_notebook_training_without_imagenet_says_so_and_trains_nothing(
+    tmp_path, capsys, official_weights
+):
     ctx = _ctx(tmp_path)
     _place_official(ctx, official_weights)
     assert not TP.can_train(ctx)
@@ -92,11 +99,14 @@ def test_notebook_training_without_imagenet_says_so_and_trains_nothing(tmp_path,
 
 
 def test_tables_label_every_row_and_keep_paper_only_rows(tmp_path):
-    ours = pd.DataFrame({
-        "method": ["R-MAC + PCA", "+ context awareness"],
-        "weights": [P.NO_ATTENTION, P.RELEASED],
-        "oxford5k": [70.0, 75.0], "paris6k": [85.0, 86.0],
-    })  # fmt: skip
+    ours = pd.DataFrame(
+        {
+            "method": ["R-MAC + PCA", "+ context awareness"],
+            "weights": [P.NO_ATTENTION, P.RELEASED],
+            "oxford5k": [70.0, 75.0],
+            "paris6k": [85.0, 86.0],
+        }
+    )
     table, notes = S.compare_to_paper(ours, PAPER_ABLATION, ["oxford5k", "paris6k"])
     assert list(table.columns[:2]) == ["method", "weights"] and notes == []
     by = table.set_index("method")
@@ -106,11 +116,14 @@ def test_tables_label_every_row_and_keep_paper_only_rows(tmp_path):
 
 
 def test_weights_column_is_carried_not_compared_on_other_datasets():
-    ours = pd.DataFrame({
-        "method": ["R-MAC + PCA", "+ context awareness"],
-        "weights": [P.NO_ATTENTION, P.TRAINED],
-        "synthetic": [40.0, 42.0], "time_s": [0.1, 0.2],
-    })  # fmt: skip
+    ours = pd.DataFrame(
+        {
+            "method": ["R-MAC + PCA", "+ context awareness"],
+            "weights": [P.NO_ATTENTION, P.TRAINED],
+            "synthetic": [40.0, 42.0],
+            "time_s": [0.1, 0.2],
+        }
+    )
     table, notes = S.compare_to_paper(
         ours, PAPER_ABLATION, ["weights", "synthetic"], extra=["weights", "time_s"]
     )

@@ -158,8 +158,22 @@ def test_whitening_memory_benchmark_tiny_run(tmp_path):
     spec = importlib.util.spec_from_file_location("whitening_memory", script)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    argv = ["--n", "300", "--dim", "16", "--image-size", "128", "--stacked-n", "300",
-            "--threads", "1", "--out-dir", str(tmp_path), "--name", "wm"]  # fmt: skip
+    argv = [
+        "--n",
+        "300",
+        "--dim",
+        "16",
+        "--image-size",
+        "128",
+        "--stacked-n",
+        "300",
+        "--threads",
+        "1",
+        "--out-dir",
+        str(tmp_path),
+        "--name",
+        "wm",
+    ]
     r = bench.main(argv)
     saved = json.loads((tmp_path / "wm.json").read_text())
     assert saved["runs"] == r["runs"] and (tmp_path / "wm.md").is_file()

@@ -241,9 +241,13 @@ class QueryExplorer:
         if method not in upload.vectors:
             with one_image_threads(self.ctx.device):
                 out = extract_images(
-                    [upload.path], self.ctx.backbone, {method: self.heads[method]},
-                    self.ctx.profile.image_size, device=self.ctx.device, progress=False,
-                )  # fmt: skip
+                    [upload.path],
+                    self.ctx.backbone,
+                    {method: self.heads[method]},
+                    self.ctx.profile.image_size,
+                    device=self.ctx.device,
+                    progress=False,
+                )
             upload.vectors[method] = out[method][0][None].float()
         return upload.vectors[method]
 
@@ -358,9 +362,10 @@ class QueryExplorer:
         if self._upload is not None:
             return thumbnail(self._upload.path, size, square=False)
         q = self._state.query
-        return self._memo(("qimage", q, size), lambda: thumbnail(
-            self.ds.query_paths[q], size, self.ds.query_bbxs[q], square=False
-        ))  # fmt: skip
+        return self._memo(
+            ("qimage", q, size),
+            lambda: thumbnail(self.ds.query_paths[q], size, self.ds.query_bbxs[q], square=False),
+        )
 
     def _memo(self, key: tuple, make: Callable[[], Any]) -> Any:
         if key not in self._cache:

@@ -63,9 +63,11 @@ class ExplorerView:
             f"<br><small>result borders: {_legend_html()}</small>"
         )
         self.query = W.Dropdown(
-            options=[(f"{i}: {n}", i) for i, n in enumerate(ds.qimlist)], value=0,
-            description="query", layout=W.Layout(width="260px"),
-        )  # fmt: skip
+            options=[(f"{i}: {n}", i) for i, n in enumerate(ds.qimlist)],
+            value=0,
+            description="query",
+            layout=W.Layout(width="260px"),
+        )
         wide = {"button_width": "auto"}  # method names are longer than the default buttons
         self.method = W.ToggleButtons(
             options=ex.methods, value=s["method"], description="method", style=wide
@@ -100,25 +102,40 @@ class ExplorerView:
             # flex-start: wrapped rows stay packed instead of stretching to the left column.
             layout=W.Layout(flex_flow="row wrap", width="100%", align_content="flex-start"),
         )
-        for w, cls in ((self.query, "regattn-query"), (self.ap, "regattn-ap"),
-                       (self.message, "regattn-message"), (self.grid, "regattn-results"),
-                       (self.heat_caption, "regattn-heat-caption")):  # fmt: skip
+        for w, cls in (
+            (self.query, "regattn-query"),
+            (self.ap, "regattn-ap"),
+            (self.message, "regattn-message"),
+            (self.grid, "regattn-results"),
+            (self.heat_caption, "regattn-heat-caption"),
+        ):
             w.add_class(cls)
         self._wire()
-        controls = W.VBox([
-            W.HBox([self.query, self.qe, self.k]),
-            self.method, self.protocol, self.strip,
-            W.HBox([self.file, self.back, self.message]),
-        ])  # fmt: skip
-        left = W.VBox([self.query_img, self.ap, self.ap_table, self.fixes],
-                      layout=W.Layout(width="300px", min_width="300px"))  # fmt: skip
-        attention = W.VBox([
-            W.HTML("<b>Attention</b>: region weights alpha painted back (mean over the regions "
-                   "covering each pixel), the level-L R-MAC grid in white; click "
-                   "<i>attention</i> under a result to see it on the right."),
-            W.HBox([self.show_attention, self.levels]), self.heat_caption,
-            W.HBox([self.heat_query, self.heat_result]),
-        ])  # fmt: skip
+        controls = W.VBox(
+            [
+                W.HBox([self.query, self.qe, self.k]),
+                self.method,
+                self.protocol,
+                self.strip,
+                W.HBox([self.file, self.back, self.message]),
+            ]
+        )
+        left = W.VBox(
+            [self.query_img, self.ap, self.ap_table, self.fixes],
+            layout=W.Layout(width="300px", min_width="300px"),
+        )
+        attention = W.VBox(
+            [
+                W.HTML(
+                    "<b>Attention</b>: region weights alpha painted back (mean over the regions "
+                    "covering each pixel), the level-L R-MAC grid in white; click "
+                    "<i>attention</i> under a result to see it on the right."
+                ),
+                W.HBox([self.show_attention, self.levels]),
+                self.heat_caption,
+                W.HBox([self.heat_query, self.heat_result]),
+            ]
+        )
         self.root = W.VBox([header, controls, W.HBox([left, self.grid]), attention])
         self.root.add_class("regattn-explorer")
         self.refresh()
@@ -126,10 +143,16 @@ class ExplorerView:
     def _query_tile(self, i: int, px: int) -> Any:
         import ipywidgets as W
 
-        img = W.Image(value=self.ex.query_thumbs[i], format="jpeg",
-                      layout=W.Layout(width=f"{px}px", height="auto"))  # fmt: skip
-        btn = W.Button(description=self.ex.ds.qimlist[i], tooltip="show this query",
-                       layout=W.Layout(width=f"{px}px"))  # fmt: skip
+        img = W.Image(
+            value=self.ex.query_thumbs[i],
+            format="jpeg",
+            layout=W.Layout(width=f"{px}px", height="auto"),
+        )
+        btn = W.Button(
+            description=self.ex.ds.qimlist[i],
+            tooltip="show this query",
+            layout=W.Layout(width=f"{px}px"),
+        )
         btn.on_click(_guarded(self, lambda _b, i=i: self.ex.select_query(i)))
         return W.VBox([img, btn], layout=W.Layout(min_width=f"{px + 4}px"))
 
@@ -138,8 +161,11 @@ class ExplorerView:
 
         img = W.Image(format="jpeg", layout=W.Layout(width=f"{px}px", border="5px solid white"))
         label = W.HTML(layout=W.Layout(width=f"{px + 10}px"))
-        btn = W.Button(description="attention", tooltip="show this result's attention",
-                       layout=W.Layout(width=f"{px + 10}px"))  # fmt: skip
+        btn = W.Button(
+            description="attention",
+            tooltip="show this result's attention",
+            layout=W.Layout(width=f"{px + 10}px"),
+        )
         btn.on_click(_guarded(self, lambda _b, r=rank: self.ex.select_result(r)))
         img.add_class("regattn-result")
         return {"box": W.VBox([img, label, btn]), "img": img, "label": label}
@@ -223,8 +249,13 @@ class ExplorerView:
 
 
 def _legend_html() -> str:
-    names = {"positive": "positive", "hard": "hard positive", "junk": "junk",
-             "negative": "negative", "unlabelled": "uploaded image (no labels)"}  # fmt: skip
+    names = {
+        "positive": "positive",
+        "hard": "hard positive",
+        "junk": "junk",
+        "negative": "negative",
+        "unlabelled": "uploaded image (no labels)",
+    }
     colours = {**LABEL_COLOURS, "unlabelled": UNLABELLED_COLOUR}
     return " ".join(
         f"<span style='border:3px solid {colours[k]};padding:0 3px'>{v}</span>"
