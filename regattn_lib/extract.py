@@ -75,7 +75,7 @@ def extract_images(
     batch_size:
         Images per forward pass; only images of the same size share a batch. ``None``: 16 on
         CUDA, 1 on the CPU, where large batches of depthwise convolutions run slower per image
-        (measured: EfficientNet-Lite0 at 512 px, batch 16 about 3x slower than batch 1).
+        (``benchmarks/extract_throughput.py --sweep-batch-sizes`` measures it).
     num_workers:
         DataLoader workers decoding and resizing (default: 0 on a 2-core CPU, else up to 8).
     precision:

@@ -87,9 +87,8 @@ def read_upload(data: bytes, name: str) -> Image.Image:
 def one_image_threads(device: torch.device):
     """One CPU thread for the backbone on a single image, restored afterwards.
 
-    One image gains little from intra-op threads, but on a busy CPU their synchronisation
-    does not: on a loaded 2-core machine a 256 px EfficientNet-Lite0 forward took 3.5 s with
-    2 threads and 0.06 s with 1, which decides whether a query switch feels instant.
+    One image gains little from intra-op threads, but on a busy CPU their synchronisation can
+    cost many times the forward itself, which decides whether a query switch feels instant.
     """
     n = torch.get_num_threads()
     if device.type != "cpu" or n == 1:
