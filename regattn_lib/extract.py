@@ -387,31 +387,25 @@ def extract_dataset(
             )
     if todo:
         parts = {n: None if files[n] is None else files[n].with_suffix(".parts") for n in todo}
-        db = _extract_part(
-            core_paths,
-            None,
-            backbone,
-            todo,
-            {n: p and p / "db" for n, p in parts.items()},
-            image_size,
-            shard_size,
-            "skip",
-            "db",
-            progress=progress and f"{dataset.name} db",
-            **kwargs,
-        )
-        qs = _extract_part(
-            q_paths,
-            bbxs,
-            backbone,
-            todo,
-            {n: p and p / "queries" for n, p in parts.items()},
-            image_size,
-            shard_size,
-            "raise",
-            "queries",
-            progress=progress and f"{dataset.name} queries",
-            **kwargs,
+        # database images that cannot be used are skipped; a bad query is an error
+        db, qs = (
+            _extract_part(
+                paths,
+                boxes,
+                backbone,
+                todo,
+                {n: p and p / part for n, p in parts.items()},
+                image_size,
+                shard_size,
+                on_bad,
+                part,
+                progress=progress and f"{dataset.name} {part}",
+                **kwargs,
+            )
+            for part, paths, boxes, on_bad in (
+                ("db", core_paths, None, "skip"),
+                ("queries", q_paths, bbxs, "raise"),
+            )
         )
         for name, head in todo.items():
             config = {**common, **head.cache_key(), "name": name}

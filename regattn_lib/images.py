@@ -18,6 +18,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+#: What PIL raises on a file it cannot decode (corrupt, not an image, a decompression bomb).
+DECODE_ERRORS = (
+    UnidentifiedImageError,
+    Image.DecompressionBombError,
+    OSError,
+    SyntaxError,
+    ValueError,
+)
 #: Smallest side the stride-32 backbones accept: below it the feature map would be empty.
 MIN_SIDE = 32
 
@@ -72,13 +80,7 @@ def load_rgb(path: str | os.PathLike, allow_truncated: bool = False) -> np.ndarr
             warnings.warn(f"{path}: truncated image file decoded partially ({e})", stacklevel=2)
     except FileNotFoundError as e:
         raise ImageError(f"image file not found: {path}") from e
-    except (
-        UnidentifiedImageError,
-        Image.DecompressionBombError,
-        OSError,
-        SyntaxError,
-        ValueError,
-    ) as e:
+    except DECODE_ERRORS as e:
         raise ImageError(f"cannot read image {path}: {e}") from e
     return np.array(rgb, dtype=np.uint8)  # writable: torch.from_numpy warns on read-only arrays
 

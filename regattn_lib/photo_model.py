@@ -25,7 +25,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .attention import RegionalAttention
 from .heads import RegionalHead
 from .image_stream import resolve_device, resolve_precision
-from .images import ImageError, check_rgb, crop_box, resize_longest, truncated_images_allowed
+from .images import (
+    DECODE_ERRORS,
+    ImageError,
+    check_rgb,
+    crop_box,
+    resize_longest,
+    truncated_images_allowed,
+)
 from .paths import data_root as resolve_data_root
 from .paths import results_root
 from .profiles import Profile, get_profile
@@ -289,13 +296,7 @@ def _decode(data: bytes, path: Path, longest: int | None) -> np.ndarray:
         upright = ImageOps.exif_transpose(im).convert("RGB")
     except ImageError:
         raise
-    except (
-        UnidentifiedImageError,
-        Image.DecompressionBombError,
-        OSError,
-        SyntaxError,
-        ValueError,
-    ) as e:
+    except DECODE_ERRORS as e:
         raise ImageError(f"cannot decode: {e}") from e
     return np.array(upright, dtype=np.uint8)
 
