@@ -42,9 +42,9 @@ class Head:
         raise NotImplementedError
 
 
-def _module_digest(module: nn.Module | None) -> str | None:
-    if module is None:
-        return None
+def module_digest(module: nn.Module) -> str:
+    """A short sha256 of a module's state dict (names and values): the weights' identity in
+    cache keys and checkpoints."""
     h = hashlib.sha256()
     for k, v in sorted(module.state_dict().items()):
         h.update(k.encode())
@@ -106,7 +106,7 @@ class RegionalHead(Head):
             else {
                 "context": att.context,
                 "activation": att.activation,
-                "digest": _module_digest(att),
+                "digest": module_digest(att),
             },
             "whitening": _whitening_digest(self.whitening),
             "full_image_region": self.full_image_region,

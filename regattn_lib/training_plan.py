@@ -5,7 +5,6 @@ the notebook step that runs it.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -27,12 +26,9 @@ from .pipeline import (
 
 def training_root(ctx: Context) -> Path:
     """The classification set the attention trains on (``$REGATTN_IMAGENET`` for ImageNet)."""
-    from .datasets.imagenet import IMAGENET_ENV
+    from .datasets.imagenet import classification_root
 
-    t = ctx.profile.train
-    if t.train_set == "imagenet" and os.environ.get(IMAGENET_ENV):
-        return Path(os.environ[IMAGENET_ENV]).expanduser()
-    return ctx.data_root / "train" / t.train_set
+    return classification_root(ctx.data_root, ctx.profile.train.train_set)
 
 
 def kinds_to_train(ctx: Context) -> list[str]:

@@ -99,6 +99,15 @@ def _imagenet_help(base: Path, split: str) -> str:
     )
 
 
+def classification_root(data_root: str | os.PathLike | None = None, name: str = "imagenet") -> Path:
+    """The folder holding ``train/`` and ``val/`` of a classification set: ``$REGATTN_IMAGENET``
+    for ``name='imagenet'`` when set (ImageNet often lives on another disk), else
+    ``<data_root>/train/<name>``."""
+    if name == "imagenet" and os.environ.get(IMAGENET_ENV):
+        return Path(os.environ[IMAGENET_ENV]).expanduser()
+    return resolve_data_root(data_root) / "train" / name
+
+
 def imagenet_split(
     data_root: str | os.PathLike | None = None, split: str = "train", name: str = "imagenet"
 ) -> ImageFolderSplit:
@@ -118,10 +127,7 @@ def imagenet_split(
     Raises ``FileNotFoundError`` explaining the layout (for ImageNet, also that it must be
     obtained by hand and how to reorganise val into class folders).
     """
-    if name == "imagenet" and os.environ.get(IMAGENET_ENV):
-        base = Path(os.environ[IMAGENET_ENV]).expanduser()
-    else:
-        base = resolve_data_root(data_root) / "train" / name
+    base = classification_root(data_root, name)
     folder = base / split
     try:
         paths, labels, classes = list_image_folder(folder)

@@ -8,7 +8,6 @@ continues a killed run exactly.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 from collections.abc import Sequence
@@ -84,14 +83,6 @@ def config_differences(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
         for k in now
         if k not in RESUMABLE_CHANGES and saved.get(k, default[k]) != now[k]
     ]
-
-
-def module_digest(module: nn.Module) -> str:
-    h = hashlib.sha256()
-    for k, v in sorted(module.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().float().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------- run state

@@ -51,6 +51,7 @@ from tqdm.auto import tqdm
 
 from ..attention import RegionalAttention
 from ..extract import resolve_device
+from ..heads import module_digest
 from .augment import fixed_subset
 from .checkpoint import (
     ARTEFACTS,
@@ -60,7 +61,6 @@ from .checkpoint import (
     TrainState,
     Window,
     history_frame,
-    module_digest,
     resume_checkpoint,
     save_artefact,
     save_checkpoint,
