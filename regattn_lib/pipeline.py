@@ -327,13 +327,17 @@ RELEASED, TRAINED = "released weights", "trained here"
 NO_ATTENTION = "none (no attention)"
 
 
-def attention_file(ctx: Context, kind: str) -> Path:
-    """Where the profile's trained attention of ``kind`` ('regional' | 'context') lives.
+def attention_file(ctx: Context, kind: str, seed: int | None = None) -> Path:
+    """Where the profile's trained attention of ``kind`` ('regional' | 'context') lives:
+    ``attention_<kind>.pt`` for the profile's first seed (``seed=None``), else
+    ``attention_<kind>_seed<seed>.pt``.
 
     The authors' released context-aware weights stay in the data root under their own name;
     nothing trained here is ever written over them.
     """
-    return ctx.dirs["models"] / f"attention_{kind}.pt"
+    if seed is None or seed == ctx.profile.train.seeds[0]:
+        return ctx.dirs["models"] / f"attention_{kind}.pt"
+    return ctx.dirs["models"] / f"attention_{kind}_seed{seed}.pt"
 
 
 def uses_released_weights(ctx: Context, kind: str) -> bool:
@@ -341,7 +345,7 @@ def uses_released_weights(ctx: Context, kind: str) -> bool:
     return ctx.profile.train.source == "official" and kind == "context"
 
 
-def load_attention(ctx: Context, kind: str) -> RegionalAttention:
+def load_attention(ctx: Context, kind: str, seed: int | None = None) -> RegionalAttention:
     """The attention for ``kind``: the authors' released weights, or trained in notebook 02.
 
     The authors released only the context-aware model (ResNet-101, 2048 channels); with
@@ -353,7 +357,7 @@ def load_attention(ctx: Context, kind: str) -> RegionalAttention:
         att = load_official_attention(data_root=ctx.data_root)
         att.provenance = RELEASED  # type: ignore[assignment]
         return att.to(ctx.device).eval()
-    f = attention_file(ctx, kind)
+    f = attention_file(ctx, kind, seed)
     if f.is_file():
         from .training.checkpoint import load_trained_attention
 
@@ -382,6 +386,23 @@ def available_attention(ctx: Context) -> dict[str, RegionalAttention | None]:
             out[label] = load_attention(ctx, kind)
         except FileNotFoundError:
             continue
+    return out
+
+
+def attention_seeds(ctx: Context) -> dict[str, list[RegionalAttention | None]]:
+    """Ablation row label -> one attention per seed of the profile (``[None]`` for R-MAC; the
+    released weights once); seeds not trained yet are left out, rows without any too."""
+    out: dict[str, list[RegionalAttention | None]] = {RMAC: [None]}
+    for label, kind in ATTENTION_KINDS.items():
+        seeds = [None] if uses_released_weights(ctx, kind) else ctx.profile.train.seeds
+        models = []
+        for seed in seeds:
+            try:
+                models.append(load_attention(ctx, kind, seed))
+            except FileNotFoundError:
+                continue
+        if models:
+            out[label] = models
     return out
 
 

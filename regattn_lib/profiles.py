@@ -28,12 +28,17 @@ class TrainSettings:
     ``fc_iterations``: route (a), train a new fc first when the backbone has none for these
     classes (0: use the backbone's own fc1000). ``recipe``: the training recipe, whose defaults
     are the authors' (``training.config.TrainConfig``); ``iterations`` there is the attention's.
+    ``seeds``: one attention model per kind and seed, all on the same cached views and
+    validation subset (``TrainConfig.data_seed``); the first seed's model is the one figures
+    and the explorer show, the tables report the mean over seeds and their spread (default
+    ``(0,)``: one model).
     """
 
     source: str = "official"
     train_set: str = "imagenet"
     fc_iterations: int = 0
     recipe: TrainConfig = field(default_factory=TrainConfig)
+    seeds: tuple[int, ...] = (0,)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ extraction engine evaluates many heads on one feature map) and reuses the descri
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -137,16 +138,75 @@ def head_weights(head: Head) -> str:
     return P.provenance(getattr(head, "attention", None))
 
 
+SEED_SEP = "|seed"
+
+
+def expand_seeds(
+    ctx: P.Context, heads: dict[str, Head]
+) -> tuple[dict[str, Head], dict[str, list[str]]]:
+    """Each head whose attention was trained here, once per seed of the profile (the same head
+    with that seed's weights, key ``<key>|seed<i>``); other heads once. Returns the heads and,
+    per original key, the keys of its seeds."""
+    out: dict[str, Head] = {}
+    groups: dict[str, list[str]] = {}
+    others: dict[str, list[Any]] | None = None
+    for key, head in heads.items():
+        out[key], groups[key] = head, [key]
+        att = getattr(head, "attention", None)
+        if att is None or getattr(att, "provenance", None) != P.TRAINED:
+            continue
+        if others is None:  # loaded once, only when a trained head is there
+            others = {
+                kind: [m for m in P.attention_seeds(ctx).get(label, [])[1:] if m is not None]
+                for label, kind in P.ATTENTION_KINDS.items()
+            }
+        for i, other in enumerate(others["context" if att.context else "regional"], start=1):
+            out[f"{key}{SEED_SEP}{i}"] = replace(head, attention=other)
+            groups[key].append(f"{key}{SEED_SEP}{i}")
+    return out, groups
+
+
+def seeded_score(
+    ctx: P.Context,
+    ds: Any,
+    heads: dict[str, Head],
+    qe_k: int = 0,
+    protocols: Sequence[str] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """``pipeline.score`` of ``heads`` where every trained attention counts once per seed.
+
+    A head with several seeds gets, per protocol, the mean mAP and mP@k over seeds, the
+    per-query APs of every seed as an (S, Q) array (``aps``, for ``gain_intervals``) and each
+    seed's mAP (``map_seeds``); ``seeds`` says how many."""
+    expanded, groups = expand_seeds(ctx, heads)
+    scores = P.score(P.describe(ctx, ds, expanded), ds, qe_k=qe_k, protocols=protocols)
+    out: dict[str, dict[str, Any]] = {}
+    for key, keys in groups.items():
+        runs = [scores[k] for k in keys]
+        merged = {**runs[0], "seeds": len(runs), "protocols": {}}
+        for proto, first in runs[0]["protocols"].items():
+            per = [r["protocols"][proto] for r in runs]
+            merged["protocols"][proto] = {
+                **first,
+                "map": float(np.mean([p["map"] for p in per])),
+                "map_seeds": [p["map"] for p in per],
+                "mp": {k: float(np.mean([p["mp"][k] for p in per])) for k in first["mp"]},
+                "aps": np.stack([np.asarray(p["aps"]) for p in per]),
+            }
+        out[key] = merged
+    return out
+
+
 def _classic_maps(
     ctx: P.Context, ds_name: str, heads: dict[str, Head], qe_k: int = 0, distractors: bool = False
 ):
-    """(dataset, descriptors, method -> classic mAP, method -> per-query classic APs)."""
+    """(dataset, scores, method -> classic mAP, method -> per-query classic APs); methods with
+    several seeds: the mean mAP and the (S, Q) APs (``seeded_score``)."""
     ds = P.dataset(ctx, ds_name, distractors=distractors)
-    descs = P.describe(ctx, ds, heads)
-    scores = P.score(descs, ds, qe_k=qe_k, protocols=["classic"])
+    scores = seeded_score(ctx, ds, heads, qe_k=qe_k, protocols=["classic"])
     maps = {k: v["protocols"]["classic"]["map"] for k, v in scores.items()}
-    aps = {k: np.asarray(v["protocols"]["classic"]["aps"]) for k, v in scores.items()}
-    return ds, descs, maps, aps
+    aps = {k: v["protocols"]["classic"]["aps"] for k, v in scores.items()}
+    return ds, scores, maps, aps
 
 
 def ablation(
@@ -154,7 +214,8 @@ def ablation(
 ) -> pd.DataFrame:
     """R-MAC + PCA, + regional attention, + context awareness on each test set, with s/image.
 
-    Columns: one classic mAP per test set, ``<set> medium`` / ``<set> hard`` where the set has
+    Columns: one classic mAP per test set (the mean over the profile's seeds for a trained
+    attention; ``seeds`` says how many), ``<set> medium`` / ``<set> hard`` where the set has
     revisited labels, each with the gain over R-MAC + PCA and its 95% paired-bootstrap
     interval over queries (``gain_intervals``), and ``time_s``: the median seconds per image of
     each method over ``n_timing`` database images of the first test set
@@ -168,17 +229,18 @@ def ablation(
         {"method": list(heads), WEIGHTS: [head_weights(h) for h in heads.values()]}
     )
     for name in ctx.profile.datasets:
-        ds, descs, maps, aps = _classic_maps(ctx, name, heads)
+        ds, scores, maps, aps = _classic_maps(ctx, name, heads)
         table[name] = [maps[m] for m in heads]
+        table["seeds"] = [scores[m]["seeds"] for m in heads]
         intervals = gain_intervals(aps, base, name)
         # Sets that also carry the revisited labels (the synthetic ones) get Medium and Hard too.
         extra = [p for p in ("medium", "hard") if p in ds.protocols]
         if extra:
-            scores = P.score(descs, ds, protocols=extra)
+            scores = seeded_score(ctx, ds, heads, protocols=extra)
             for proto in extra:
                 col = f"{name} {proto}"
                 table[col] = [scores[m]["protocols"][proto]["map"] for m in heads]
-                proto_aps = {m: np.asarray(scores[m]["protocols"][proto]["aps"]) for m in heads}
+                proto_aps = {m: scores[m]["protocols"][proto]["aps"] for m in heads}
                 intervals.update(gain_intervals(proto_aps, base, col))
         for col, values in intervals.items():
             table[col] = values
@@ -238,10 +300,10 @@ def scale_study(
     rows = []
     for name in ctx.profile.datasets:
         ds = P.dataset(ctx, name)
-        scores = P.score(P.describe(ctx, ds, heads), ds, protocols=["classic"])
+        scores = seeded_score(ctx, ds, heads, protocols=["classic"])
         for lv in levels:
             keys = [f"{label}|L={lv}" for label in atts]
-            aps = {k: np.asarray(scores[k]["protocols"]["classic"]["aps"]) for k in keys}
+            aps = {k: scores[k]["protocols"]["classic"]["aps"] for k in keys}
             gains = gain_intervals(aps, keys[0], "mAP")  # against R-MAC at the same L
             for i, (label, key) in enumerate(zip(atts, keys, strict=True)):
                 row = {
@@ -251,6 +313,7 @@ def scale_study(
                     "levels": lv,
                     "regions_4x3": len(rmac_regions(768, 1024, lv)),
                     "mAP": scores[key]["protocols"]["classic"]["map"],
+                    "seeds": scores[key]["seeds"],
                 }
                 row.update({col: values[i] for col, values in gains.items()})
                 rows.append(row)
@@ -307,18 +370,17 @@ def sota(ctx: P.Context, whitening: PCAWhitening) -> tuple[pd.DataFrame, list[st
         sets += [(n, True) for n in ctx.profile.datasets]
     for name, distract in sets:
         ds = P.dataset(ctx, name, distractors=distract)
-        descs = P.describe(ctx, ds, heads)
         col = (
             {"oxford5k": "oxford105k", "paris6k": "paris106k"}.get(name, name + "+distractors")
             if distract
             else name
         )
-        plain = P.score(descs, ds, protocols=["classic"])
-        qe = P.score(descs, ds, qe_k=ctx.profile.qe_k, protocols=["classic"])
+        plain = seeded_score(ctx, ds, heads, protocols=["classic"])
+        qe = seeded_score(ctx, ds, heads, qe_k=ctx.profile.qe_k, protocols=["classic"])
         columns[col] = {m: plain[m]["protocols"]["classic"]["map"] for m in heads}
         columns[col].update({f"{m}+QE": qe[m]["protocols"]["classic"]["map"] for m in heads})
-        aps = {m: np.asarray(plain[m]["protocols"]["classic"]["aps"]) for m in heads}
-        aps.update({f"{m}+QE": np.asarray(qe[m]["protocols"]["classic"]["aps"]) for m in heads})
+        aps = {m: plain[m]["protocols"]["classic"]["aps"] for m in heads}
+        aps.update({f"{m}+QE": qe[m]["protocols"]["classic"]["aps"] for m in heads})
         intervals[col] = gain_intervals(
             aps, "R-MAC" if "R-MAC" in heads else next(iter(heads)), col
         )
@@ -345,12 +407,11 @@ def revisited(ctx: P.Context, whitening: PCAWhitening) -> pd.DataFrame:
     rows = []
     for name in ctx.profile.revisited:
         ds = P.dataset(ctx, name)
-        descs = P.describe(ctx, ds, heads)
         for qe_k in (0, ctx.profile.qe_k):
-            scores = P.score(descs, ds, qe_k=qe_k, protocols=["easy", "medium", "hard"])
+            scores = seeded_score(ctx, ds, heads, qe_k=qe_k, protocols=["easy", "medium", "hard"])
             gains: dict[str, list[float]] = {}
             for proto in ("easy", "medium", "hard"):
-                aps = {m: np.asarray(r["protocols"][proto]["aps"]) for m, r in scores.items()}
+                aps = {m: r["protocols"][proto]["aps"] for m, r in scores.items()}
                 gains.update(gain_intervals(aps, "R-MAC", f"{proto} mAP"))
             for i, (method, r) in enumerate(scores.items()):
                 row = {

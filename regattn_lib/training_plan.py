@@ -58,12 +58,13 @@ class TrainingPlan:
     iterations: int
     seconds_per_iteration: float | None
     deviations: list[str]
+    seeds: tuple[int, ...] = (0,)
 
     @property
     def estimated_seconds(self) -> float | None:
         if self.seconds_per_iteration is None:
             return None
-        n = self.fc_iterations + self.iterations * len(self.kinds)
+        n = self.fc_iterations + self.iterations * len(self.kinds) * len(self.seeds)
         return n * self.seconds_per_iteration
 
     def describe(self, device: torch.device) -> str:
@@ -78,7 +79,8 @@ class TrainingPlan:
         fc = f"a new fc for {self.fc_iterations} iterations, then " if self.fc_iterations else ""
         return (
             f"[train] {fc}{' and '.join(self.kinds)} attention for {self.iterations} iterations "
-            f"each: {time_s} on {device} (backbone forward measured per mini-batch); "
+            f"{'each' if len(self.seeds) == 1 else f'per seed ({len(self.seeds)} seeds)'}: "
+            f"{time_s} on {device} (backbone forward measured per mini-batch); "
             "resumable: a rerun continues from the last checkpoint"
         )
 
@@ -130,7 +132,12 @@ def training_plan(ctx: Context, kinds: Sequence[str] | None = None) -> TrainingP
             "augmented views per image (feature_cache_views), not a fresh crop per iteration"
         )
     return TrainingPlan(
-        kinds, fc_iterations, t.recipe.iterations, _seconds_per_iteration(ctx, t.recipe), deviations
+        kinds,
+        fc_iterations,
+        t.recipe.iterations,
+        _seconds_per_iteration(ctx, t.recipe),
+        deviations,
+        tuple(t.seeds),
     )
 
 
@@ -201,21 +208,32 @@ def train_profile_attention(
         fc = res.module
         out["fc"] = res
     for kind in plan.kinds:
-        cfg = replace(base, stage="attention", context=kind == "context")
-        res = train_from_folder(
-            ctx.data_root,
-            bb,
-            cfg,
-            ctx.dirs["models"] / f"train_{kind}",
-            fc=fc,
-            resume=True,
-            name=t.train_set,
-        )
-        if res.artefact is None:
-            raise RuntimeError(
-                f"training of the {kind} attention did not finish ({res.steps} steps)"
+        for seed in t.seeds:
+            # every seed trains on the first seed's cached views and validation subset
+            first = seed == t.seeds[0]
+            cfg = replace(
+                base,
+                stage="attention",
+                context=kind == "context",
+                seed=seed,
+                data_seed=None if first else t.seeds[0],
             )
-        src = res.artefact
-        atomic_write(attention_file(ctx, kind), lambda tmp, src=src: shutil.copyfile(src, tmp))
-        out[kind] = res
+            res = train_from_folder(
+                ctx.data_root,
+                bb,
+                cfg,
+                ctx.dirs["models"] / (f"train_{kind}" if first else f"train_{kind}_seed{seed}"),
+                fc=fc,
+                resume=True,
+                name=t.train_set,
+            )
+            if res.artefact is None:
+                raise RuntimeError(
+                    f"training of the {kind} attention (seed {seed}) did not finish "
+                    f"({res.steps} steps)"
+                )
+            src = res.artefact
+            dest = attention_file(ctx, kind, seed)
+            atomic_write(dest, lambda tmp, src=src: shutil.copyfile(src, tmp))
+            out[kind if first else f"{kind} seed {seed}"] = res
     return out

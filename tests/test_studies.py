@@ -133,3 +133,46 @@ def test_revisited_reports_map_and_mp10_per_protocol(monkeypatch):
             [50.0, 200 / 3, 50.0]
         )
     assert np.all(table[S.WEIGHTS] == P.NO_ATTENTION)
+
+
+def test_a_trained_attention_counts_once_per_seed(monkeypatch):
+    from regattn_lib.attention import RegionalAttention
+    from regattn_lib.heads import RegionalHead
+
+    models = [RegionalAttention(2, hidden=2, context=False) for _ in range(3)]
+    for m in models:
+        m.provenance = P.TRAINED
+    monkeypatch.setattr(P, "attention_seeds", lambda ctx: {P.RMAC: [None], P.REGIONAL: models})
+    heads = {
+        P.RMAC: RegionalHead(levels=1),
+        P.REGIONAL: RegionalHead(levels=1, attention=models[0]),
+    }
+    expanded, groups = S.expand_seeds(None, heads)
+    assert groups == {
+        P.RMAC: [P.RMAC],
+        P.REGIONAL: [P.REGIONAL, f"{P.REGIONAL}|seed1", f"{P.REGIONAL}|seed2"],
+    }
+    assert [expanded[k].attention for k in groups[P.REGIONAL]] == models
+
+    # the positive (database 0) comes 1st, 2nd and 3rd under the three seeds: APs 100,
+    # (0 + 1/2) / 2 = 25 and (0 + 1/3) / 2 = 16.7 (revisitop's interpolation, as above)
+    angles = {
+        P.RMAC: [0.1, 1.0, 2.0],
+        P.REGIONAL: [0.1, 1.0, 2.0],
+        f"{P.REGIONAL}|seed1": [0.5, 0.1, 2.0],
+        f"{P.REGIONAL}|seed2": [0.5, 0.2, 0.1],
+    }
+    monkeypatch.setattr(P, "describe", lambda ctx, ds, h: {k: _descriptors(angles[k]) for k in h})
+    scores = S.seeded_score(
+        None, FakeSet("x", [{"ok": [0], "junk": []}]), heads, protocols=["classic"]
+    )
+    seeded = scores[P.REGIONAL]["protocols"]["classic"]
+    assert scores[P.REGIONAL]["seeds"] == 3 and scores[P.RMAC]["seeds"] == 1
+    assert seeded["map_seeds"] == pytest.approx([100.0, 25.0, 50 / 3])
+    assert seeded["map"] == pytest.approx((100 + 25 + 50 / 3) / 3)
+    assert seeded["aps"].shape == (3, 1)
+    gains = S.gain_intervals(
+        {m: s["protocols"]["classic"]["aps"] for m, s in scores.items()}, P.RMAC, "x"
+    )
+    assert gains["x gain"][1] == pytest.approx((0 - 75 - 250 / 3) / 3)
+    assert gains["x gain seed sd"][1] == pytest.approx(np.std([0, -75, -250 / 3], ddof=1))

@@ -155,7 +155,13 @@ def test_ablation_time_column_is_the_median_with_a_note(tmp_path, monkeypatch):
     monkeypatch.setattr(P, "dataset", lambda ctx, name: FakeSet(name, []))
 
     def classic_maps(ctx, name, h):
-        return FakeSet(name, []), {}, {m: 50.0 for m in h}, {m: np.array([40.0, 60.0]) for m in h}
+        scores = {m: {"seeds": 1} for m in h}
+        return (
+            FakeSet(name, []),
+            scores,
+            {m: 50.0 for m in h},
+            {m: np.array([40.0, 60.0]) for m in h},
+        )
 
     monkeypatch.setattr(S, "_classic_maps", classic_maps)
     timing = {

@@ -68,6 +68,10 @@ class TrainConfig:
     seed:
         Seeds the sampler, the trainable module's initialisation, the feature cache's views
         (``seed + 1``) and the validation subset (``seed + 2``) (default 0).
+    data_seed:
+        Seeds the cached views and the validation subset instead of ``seed`` (default
+        ``None``: ``seed``). Models trained with several seeds for one study share it, so they
+        differ only in initialisation and sampling, and one feature cache serves them all.
     device:
         ``'auto'`` (CUDA when available), ``'cpu'``, ``'cuda'``, ``'cuda:1'`` ...
     amp:
@@ -140,6 +144,12 @@ class TrainConfig:
     selection: str = "last"
     patience: int = 0
     input_dropout: float = 0.0
+    data_seed: int | None = None
+
+    @property
+    def views_seed(self) -> int:
+        """The seed the cached views and the validation subset derive from."""
+        return self.seed if self.data_seed is None else self.data_seed
 
     def validate(self) -> TrainConfig:
         """Raise ``ValueError`` naming the first inconsistent field; return ``self``."""

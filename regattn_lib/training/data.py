@@ -143,7 +143,7 @@ def build_cache(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pooled features of ``feature_cache_views`` views of every image, view-major: row
     ``v * N + i`` is view v of image i. Views come from their own generator (``seed + 1``)."""
-    gen = torch.Generator().manual_seed(cfg.seed + CACHE_SEED_OFFSET)
+    gen = torch.Generator().manual_seed(cfg.views_seed + CACHE_SEED_OFFSET)
     n = len(paths)
     specs = []
     for _ in range(cfg.feature_cache_views):
@@ -165,7 +165,7 @@ def features_key(
         "paths": [str(p) for p in paths],
         "val": [str(p) for p in val_paths],
         "views": cfg.feature_cache_views,
-        "seed": cfg.seed,
+        "seed": cfg.views_seed,
         "resize": [cfg.resize_min, cfg.resize_max],
         "crop": cfg.crop,
         "val_resize": cfg.val_resize,

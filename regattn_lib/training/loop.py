@@ -253,7 +253,7 @@ def _iterate(
     fc_call = ddp if (ddp is not None and cfg.stage == "fc") else model.fc
 
     loader = Loader(cfg.num_workers)
-    val_idx = fixed_subset(len(val_paths), cfg.val_images, cfg.seed + VAL_SEED_OFFSET)
+    val_idx = fixed_subset(len(val_paths), cfg.val_images, cfg.views_seed + VAL_SEED_OFFSET)
     val_paths = [val_paths[i] for i in val_idx]
     val_labels = val_labels[val_idx]
     batches, val_cache = train_batches(
