@@ -185,3 +185,35 @@ def plot_curves(csv_path: str | os.PathLike, out_png: str | os.PathLike) -> Path
         fig.savefig(tmp, format="png", dpi=100)
 
     return atomic_write(out_png, _save)
+
+
+def plot_object_attention(table: pd.DataFrame) -> Figure:
+    """The attention's share of the landmark against R-MAC's uniform share, per method and image
+    set, with the 95% interval of the difference (``studies.object_attention``)."""
+    fig = _figure(7, 3.6)
+    ax = fig.subplots()
+    labels = [f"{r['method']}\n({r['images']})" for _, r in table.iterrows()]
+    x = np.arange(len(table))
+    ax.bar(x - 0.2, table["uniform share"], 0.4, label="uniform weights (R-MAC)", color="#bbbbbb")
+    err = np.vstack(
+        [
+            table["difference"] - table["difference low"],
+            table["difference high"] - table["difference"],
+        ]
+    )
+    ax.bar(x + 0.2, table["attention share"], 0.4, label="attention", color="#1f77b4")
+    ax.errorbar(
+        x + 0.2,
+        table["uniform share"] + table["difference"],
+        yerr=err,
+        fmt="none",
+        ecolor="black",
+        capsize=4,
+        label="95% interval of the difference",
+    )
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_ylabel("share of region weight on the landmark")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig

@@ -93,3 +93,18 @@ def summarize_shares(attention: Sequence[float], uniform: Sequence[float]) -> Ob
     mean_a = float(a.mean()) if a.size else float("nan")
     mean_u = float(u.mean()) if u.size else float("nan")
     return ObjectAttention(mean_a, mean_u, diff, low, high, int(a.size))
+
+
+def image_shares(
+    image_regions: np.ndarray,
+    alphas: dict[str, np.ndarray],
+    mask: np.ndarray,
+) -> dict[str, float] | None:
+    """Object share of each method's alpha and of uniform weights (key ``"uniform"``) for one
+    prepared image; ``None`` when the image shows no landmark (empty mask)."""
+    if not mask.any():
+        return None
+    overlaps = region_overlaps(image_regions, mask)
+    out = {label: object_share(alpha, overlaps) for label, alpha in alphas.items()}
+    out["uniform"] = object_share(None, overlaps)
+    return out

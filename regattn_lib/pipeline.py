@@ -23,6 +23,7 @@ from .datasets.retrieval import (
     load_retrieval_dataset,
     whitening_images,
 )
+from .descriptor import batch_regions
 from .evaluate import evaluate
 from .extract import (
     Descriptors,
@@ -33,7 +34,7 @@ from .extract import (
     list_digest,
     write_skipped_images,
 )
-from .heads import GlobalHead, Head, RegionalVectorsHead
+from .heads import GlobalHead, Head, RegionalHead, RegionalVectorsHead
 from .image_stream import resolve_device, resolve_precision
 from .paths import data_root as resolve_data_root
 from .paths import results_root
@@ -535,6 +536,33 @@ def score(
 
 
 @torch.no_grad()
+def attentions_for_image(
+    ctx: Context,
+    path: str | os.PathLike,
+    attentions: Mapping[str, RegionalAttention | None],
+    levels: int | None = None,
+    bbx: Sequence[float] | None = None,
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """(image, regions, label -> alpha) of one image as the descriptor sees it (resized,
+    cropped, the backbone in the profile's precision), one backbone pass for all attentions."""
+    from .image_stream import backbone_features
+    from .images import prepare_image
+
+    image = prepare_image(path, ctx.profile.image_size, bbx)
+    batch = torch.from_numpy(image).permute(2, 0, 1)[None].to(ctx.device)
+    precision = resolve_precision(ctx.profile.precision, ctx.device)
+    feats = backbone_features(ctx.backbone, ctx.backbone.preprocess(batch), precision)
+    stride = getattr(ctx.backbone, "stride", 32)
+    alphas, regions = {}, None
+    for label, attention in attentions.items():
+        head = RegionalHead(levels=levels or ctx.profile.levels, attention=attention, stride=stride)
+        ((_, out),) = head.describe(feats, batch)
+        regions, alphas[label] = out.features.regions, out.weights()[0].numpy()
+    if regions is None:
+        regions = batch_regions(batch, levels or ctx.profile.levels)[0][1]
+    return image, regions, alphas
+
+
 def attention_for_image(
     ctx: Context,
     path: str | os.PathLike,
@@ -544,15 +572,5 @@ def attention_for_image(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(image, regions, alpha) of one image as the descriptor sees it (resized, cropped, the
     backbone in the profile's precision)."""
-    from .heads import RegionalHead
-    from .image_stream import backbone_features
-    from .images import prepare_image
-
-    image = prepare_image(path, ctx.profile.image_size, bbx)
-    batch = torch.from_numpy(image).permute(2, 0, 1)[None].to(ctx.device)
-    precision = resolve_precision(ctx.profile.precision, ctx.device)
-    feats = backbone_features(ctx.backbone, ctx.backbone.preprocess(batch), precision)
-    stride = getattr(ctx.backbone, "stride", 32)
-    head = RegionalHead(levels=levels or ctx.profile.levels, attention=attention, stride=stride)
-    ((_, out),) = head.describe(feats, batch)
-    return image, out.features.regions, out.weights()[0].numpy()
+    image, regions, alphas = attentions_for_image(ctx, path, {"a": attention}, levels, bbx)
+    return image, regions, alphas["a"]

@@ -7,6 +7,7 @@ what the explorer shows with an independent computation from the cached descript
 
 import io
 import os
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from unittest import mock
@@ -193,6 +194,9 @@ def test_attention_view_paints_alpha_with_the_grid_of_level_l(ex):
         ex.set_levels(levels)
         jpeg, caption = ex.attention_view("query")
         assert jpeg[:2] == b"\xff\xd8" and f"L={levels}" in caption and P.CONTEXT in caption
+        # every query shows its landmark: the share of the weight on it, beside R-MAC's
+        share = re.search(r"landmark share (\d\.\d\d) \(uniform (\d\.\d\d)\)", caption)
+        assert share and 0 < float(share[2]) <= 1 and 0 <= float(share[1]) <= 1
     s = ex.select_result(2)
     _, caption = ex.attention_view("result")
     assert s["result"] == s["topk"][2] and ex.ds.imlist[s["result"]] in caption

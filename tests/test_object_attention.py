@@ -55,3 +55,51 @@ def test_summary_difference_and_interval():
     # every image gains exactly 0.2: a point interval
     assert s.difference == pytest.approx(0.2) and s.low == pytest.approx(0.2)
     assert s.high == pytest.approx(0.2)
+
+
+def test_object_attention_table_on_a_synthetic_set(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import torch
+    from torch import nn
+
+    from regattn_lib import pipeline as P
+    from regattn_lib import studies as S
+    from regattn_lib.datasets.retrieval import load_retrieval_dataset
+    from regattn_lib.datasets.synthetic import generate_synthetic
+
+    class Toy(nn.Module):
+        stride = 32
+
+        def preprocess(self, x):
+            return x.float() / 255
+
+        def forward(self, x):
+            return nn.functional.avg_pool2d(x, 32, ceil_mode=True)
+
+    generate_synthetic("smoke", tmp_path, progress=False, workers=1)
+    ds = load_retrieval_dataset("synthetic-smoke", data_root=tmp_path)
+    profile = SimpleNamespace(
+        datasets=("synthetic-smoke",), image_size=128, levels=2, precision="fp32"
+    )
+    ctx = SimpleNamespace(profile=profile, backbone=Toy(), device=torch.device("cpu"))
+    uniform = lambda k, g: torch.ones(k.shape[:2])  # noqa: E731
+    brightest = lambda k, g: k.mean(-1) * 10  # noqa: E731
+    monkeypatch.setattr(P, "dataset", lambda c, name: ds)
+    monkeypatch.setattr(
+        P, "available_attention", lambda c: {P.RMAC: None, "uniform": uniform, "bright": brightest}
+    )
+    table = S.object_attention(ctx, n_db=5)
+    assert list(table["images"]) == ["queries", "queries", "database", "database"]
+    assert list(table["method"]) == ["uniform", "bright"] * 2
+    db = table[table["images"] == "database"]
+    assert (db["n"] == 5).all()  # the first 5 database images that show a landmark
+    assert (table[table["images"] == "queries"]["n"] == len(ds.qimlist)).all()
+    # uniform weights are R-MAC: the same share, a difference of exactly zero
+    u = table[table["method"] == "uniform"]
+    assert np.allclose(u["attention share"], u["uniform share"]) and np.allclose(u["difference"], 0)
+    assert ((table["uniform share"] > 0) & (table["uniform share"] <= 1)).all()
+    b = table[table["method"] == "bright"]
+    assert (b["difference low"] <= b["difference"]).all() and (
+        b["difference"] <= b["difference high"]
+    ).all()
