@@ -9,7 +9,7 @@
 # REGATTN_SKIP_SETUP=1 uses the existing .venv (or $REGATTN_PYTHON) without installing anything.
 set -euo pipefail
 cd "$(dirname "$0")"
-profile=smoke device=auto from=01 only="" overrides=""
+profile=demo device=auto from=01 only="" overrides=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --profile) profile=$2; shift 2 ;;

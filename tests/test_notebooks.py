@@ -24,6 +24,8 @@ TABLES = [
     "datasets",
     "training",
     "per_query",
+    "object_attention",
+    "photo_search",
 ]
 FIGURES = [
     "scale_study",
@@ -33,6 +35,9 @@ FIGURES = [
     "attention_maps",
     "queries",
     "training_context",
+    "object_attention",
+    "photo_search",
+    "photo_attention",
 ]
 
 
@@ -60,7 +65,7 @@ def smoke_results(tmp_path_factory):
         timeout=1200,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert proc.stdout.count(" ok (") == 7, proc.stdout
+    assert proc.stdout.count(" ok (") == 8, proc.stdout
     return out / "smoke"
 
 
@@ -86,6 +91,18 @@ def test_every_table_exists_with_finite_values_in_range(smoke_results):
         ours = [c for c in df.columns if c.endswith(" ours")]
         assert ours and df.loc[row, ours].map(math.isfinite).all(), (name, row)
     abl = pd.read_csv(smoke_results / "tables" / "ablation.csv")
+    # every gain carries its paired-bootstrap interval, and the interval holds the gain
+    gain = "synthetic-smoke ours gain"
+    assert {gain, f"{gain} low", f"{gain} high"} <= set(abl.columns)
+    assert (abl[f"{gain} low"] <= abl[gain] + 1e-9).all() and (
+        abl[gain] <= abl[f"{gain} high"] + 1e-9
+    ).all()
+    obj = pd.read_csv(smoke_results / "tables" / "object_attention.csv")
+    assert (
+        set(obj["images"]) == {"queries", "database"} and obj["uniform share"].between(0, 1).all()
+    )
+    photos = pd.read_csv(smoke_results / "tables" / "photo_search.csv")
+    assert list(photos.columns) == ["rank", "path", "score"] and photos["rank"].tolist()[0] == 1
     assert list(abl["method"][:3]) == ["R-MAC + PCA", "+ regional attention", "+ context awareness"]
     assert (abl["time_s ours"].dropna() > 0).all()
     scale = pd.read_csv(smoke_results / "tables" / "scale_study.csv")
@@ -117,6 +134,7 @@ def test_figures_notebooks_and_metrics_written(smoke_results):
             "05_sota_table",
             "06_qualitative",
             "07_query_explorer",
+            "08_search_your_photos",
         )
     ]
     m = json.loads((smoke_results / "metrics" / "06_qualitative.json").read_text())

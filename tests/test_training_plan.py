@@ -177,3 +177,45 @@ def test_paper_training_reads_imagenet_from_the_variable(tmp_path, monkeypatch):
     assert set(runs) == {"fc", "regional"} and runs["regional"].finished
     att = load_trained_attention(P.attention_file(ctx, "regional"))
     assert att.training_config["classes"] == wnids and att.training_config["steps"] == 2
+
+
+def test_seeds_train_one_model_each_and_the_regularisation_study_compares_variants(
+    tmp_path, monkeypatch, official_weights
+):
+    import numpy as np
+    from PIL import Image
+
+    from regattn_lib.datasets.imagenet import IMAGENET_ENV
+    from regattn_lib.regularisation import regularisation_study
+
+    rng = np.random.default_rng(1)
+    for split, n in (("train", 3), ("val", 2)):
+        for wnid in ("n01440764", "n01443537"):
+            (tmp_path / "imagenet" / split / wnid).mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(tmp_path / "imagenet" / split / wnid / f"{i}.JPEG")
+    monkeypatch.setenv(IMAGENET_ENV, str(tmp_path / "imagenet"))
+    sizes = dict(crop=64, resize_min=64, resize_max=64, val_resize=64, val_crop=64)
+    recipe = dict(sizes, iterations=4, val_images=4, checkpoint_every=2, batch_size=2, hidden=4)
+    recipe.update(accumulation=1, num_workers=0, progress=False, plot=False, lr=0.5)
+    recipe.update(feature_cache_views=1)
+    ctx = _ctx(tmp_path, train={"recipe": recipe, "seeds": (0, 1)})
+    _place_official(ctx, official_weights)
+    runs = TP.train_profile_attention(ctx)
+    assert set(runs) == {"fc", "regional", "regional seed 1"}
+    first, second = P.attention_file(ctx, "regional"), P.attention_file(ctx, "regional", 1)
+    assert first.name == "attention_regional.pt" and second.name == "attention_regional_seed1.pt"
+    models = P.attention_seeds(ctx)[P.REGIONAL]
+    assert len(models) == 2
+    a, b = (m.conv_att_1.weight for m in models)
+    assert not torch.equal(a, b)  # another initialisation and sampling
+    # both seeds trained on one set of cached views: the backbone ran for one cache only
+    assert len(list((ctx.cache_dir / "train_features").glob("*"))) == 1
+
+    variants = {"recipe": {}, "dropout": {"input_dropout": 0.5}}
+    table = regularisation_study(ctx, variants, iterations=4)
+    assert list(table["variant"]) == ["recipe", "dropout"]
+    assert table["settings"].tolist() == ["as the profile", "input_dropout=0.5"]
+    assert (table["best at iteration"].isin([2, 4])).all()
+    assert (table["best val_loss"] <= table["last val_loss"] + 1e-12).all()

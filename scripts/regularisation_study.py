@@ -1,0 +1,38 @@
+"""Measure the attention's regularisers on a profile's classification split (after notebook 02).
+
+    .venv/bin/python scripts/regularisation_study.py --profile demo
+
+Writes ``results/<profile>/tables/regularisation.{csv,md}``; the runs stay under
+``results/<profile>/models/regularisation/`` (resumable).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from regattn_lib import pipeline as P
+from regattn_lib import reports as R
+from regattn_lib.regularisation import regularisation_study
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--profile", default="demo")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--kind", default="regional", choices=("regional", "context"))
+    ap.add_argument("--iterations", type=int, default=None, help="default: the recipe's")
+    args = ap.parse_args(argv)
+    ctx = P.setup(args.profile, device=args.device)
+    table = regularisation_study(ctx, kind=args.kind, iterations=args.iterations)
+    notes = [
+        f"{args.kind} attention, seed {ctx.profile.train.seeds[0]}, the same cached views and "
+        "frozen fc for every variant; validation on the classification val split",
+        *ctx.profile.notes,
+    ]
+    R.write_table(table, ctx.dirs["tables"], "regularisation", notes)
+    print(table.to_string(index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
