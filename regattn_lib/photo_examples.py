@@ -87,3 +87,39 @@ def original_of(path: str) -> str | None:
     if p.parent.name != "copies":
         return None
     return p.stem.rsplit("_", 1)[0] + ".jpg"
+
+
+def scene_of(path: str) -> str:
+    """The photo a file shows: its original's name for a copy, its own name otherwise."""
+    return original_of(path) or Path(path).name
+
+
+def copy_ranks(index: object) -> list[dict[str, object]]:
+    """For each edited copy in an indexed example folder, searched over the whole folder: the
+    rank of its original, and the best rank of a photo of another scene (the copy itself and
+    its sibling copies show the same scene, so the original need not be second; it should come
+    before every other scene).
+
+    ``index``: a ``photo_index.FolderIndex`` of ``example_photos``.
+    """
+    from .photo_search import search_folder
+
+    rows = []
+    folder = Path(index.folder)
+    for path in index.paths:
+        original = original_of(path)
+        if original is None:
+            continue
+        hits = search_folder(index, folder / path, top=len(index.paths))
+        rank = {h.path: h.rank for h in hits}
+        other = min(h.rank for h in hits if scene_of(h.path) != original)
+        rows.append(
+            {
+                "query": path,
+                "original": original,
+                "rank of original": rank.get(original),
+                "first other scene": other,
+                "score of original": next(h.score for h in hits if h.path == original),
+            }
+        )
+    return rows

@@ -80,7 +80,9 @@ class PCAWhitening:
     def load(cls, path: str | os.PathLike) -> PCAWhitening:
         try:
             d = torch.load(path, map_location="cpu", weights_only=True)
-            return cls(d["mean"], d["projection"], d["eigenvalues"], dict(d.get("meta", {})))
+            # fp32 in memory whatever the file stores (the shipped demo whitening is fp16)
+            tensors = (d["mean"].float(), d["projection"].float(), d["eigenvalues"].float())
+            return cls(*tensors, dict(d.get("meta", {})))
         except Exception as e:
             raise ValueError(f"{path}: not a readable whitening file: {e}") from e
 

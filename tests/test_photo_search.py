@@ -353,3 +353,49 @@ def test_shipped_weights_come_first_and_a_wrong_channel_count_falls_back(tmp_pat
     assert wrong.notes == [
         "the context attention has 2048 channels, the backbone 1280; using R-MAC without attention"
     ]
+
+
+def test_example_folder_holds_real_photos_and_copies_that_find_their_originals(tmp_path, model):
+    from regattn_lib.photo_examples import (
+        EDITED,
+        GREY_PHOTOS,
+        PHOTOS,
+        copy_ranks,
+        example_photos,
+        original_of,
+    )
+
+    folder = example_photos(tmp_path / "examples")
+    names = list_folder_files(folder)
+    assert len(names) == len(PHOTOS) + len(GREY_PHOTOS) + 4 * len(EDITED)
+    assert (
+        original_of("copies/coffee_dark.jpg") == "coffee.jpg" and original_of("coffee.jpg") is None
+    )
+    # the sideways copy is stored turned, with the EXIF tag that stands it up again
+    upright = read_photo(folder / "copies" / "rocket_sideways.jpg", None)
+    assert upright.original == read_photo(folder / "rocket.jpg", None).original
+    index = index_folder(folder, model=model, progress=False)
+    ranks = copy_ranks(index)
+    assert len(ranks) == 4 * len(EDITED)
+    # behaviour, not quality: the copy itself ranks first, and the original before any photo of
+    # another scene (sibling copies of the same photo may come in between)
+    assert all(r["rank of original"] < r["first other scene"] for r in ranks), ranks
+
+
+def test_the_explorer_opens_a_folder_of_photos(tmp_path):
+    from regattn_lib import pipeline as P
+    from regattn_lib.explorer.folder import folder_source
+    from regattn_lib.explorer.model import QueryExplorer
+
+    folder = make_folder(tmp_path / "photos", ORIGINALS + UNRELATED[:2])
+    save(folder / "copies" / "coffee_small.jpg", photo("coffee")[::2, ::2])
+    ctx = P.setup("smoke", data_root=tmp_path / "data", results=tmp_path / "res", device="cpu")
+    source = folder_source(ctx, folder, progress=False)
+    # no trained attention here: R-MAC only, rather than the same R-MAC under three names
+    assert list(source.heads) == ["R-MAC + PCA"]
+    assert source.ds.imlist == source.ds.qimlist == list_folder_files(folder)
+    ex = QueryExplorer(ctx, source=source, widgets=False)
+    q = source.ds.qimlist.index("copies/coffee_small.jpg")
+    state = ex.select_query(q)
+    assert state["names"][:2] == ["coffee_small", "coffee"]  # itself, then its original
+    assert ex.protocols == [] and set(state["labels"]) == {"unlabelled"}

@@ -20,11 +20,19 @@ from .source import MissingCacheError
 UNLABELLED_COLOUR = "#1f77b4"
 
 
-def open_explorer(ctx: P.Context, dataset: str | None = None, **kwargs: Any) -> Any:
-    """A ``QueryExplorer``, or an HTML widget with the message when its cache is missing."""
+def open_explorer(
+    ctx: P.Context, dataset: str | None = None, folder: str | None = None, **kwargs: Any
+) -> Any:
+    """A ``QueryExplorer`` over the profile's ``dataset`` (its cached descriptors) or over a
+    ``folder`` of one's own photos (indexed on the way, ``explorer.folder``), or an HTML
+    widget with the message when a cache is missing."""
     import ipywidgets as W
 
     try:
+        if folder is not None:
+            from .folder import folder_source
+
+            kwargs["source"] = folder_source(ctx, folder)
         return QueryExplorer(ctx, dataset, **kwargs)
     except MissingCacheError as e:
         return W.HTML(
