@@ -25,6 +25,8 @@ from .whitening import PCAWhitening
 
 #: Column naming where each row's attention weights came from (``pipeline.provenance``).
 WEIGHTS = "weights"
+#: Column counting the models (seeds) a row's numbers average.
+SEEDS = "seeds"
 PAPER_ONLY = "paper only"
 
 
@@ -61,7 +63,10 @@ def compare_to_paper(
     ours = ours.set_index("method").reindex(methods).reset_index()
     if WEIGHTS in ours.columns:
         ours[WEIGHTS] = ours[WEIGHTS].fillna(PAPER_ONLY)
-    cols = list(datasets) + [c for c in extra if c in ours.columns and c != WEIGHTS]
+    # gains and their intervals are carried by _with_intervals; labels by _with_weights
+    cols = list(datasets) + [
+        c for c in extra if c in ours.columns and c not in (WEIGHTS, SEEDS) and not _is_gain(c)
+    ]
     if all(d in paper.columns for d in datasets):
         table = _with_intervals(side_by_side(ours, paper, cols), ours, cols)
         return _with_weights(table, ours), []
@@ -85,10 +90,17 @@ def compare_to_paper(
     return _with_weights(out, ours), [note]
 
 
+def _is_gain(column: str) -> bool:
+    return column.endswith(" gain") or column.endswith(INTERVAL_SUFFIXES)
+
+
 def _with_weights(table: pd.DataFrame, ours: pd.DataFrame) -> pd.DataFrame:
-    """``table`` with ours' ``weights`` column (where each row's attention came from) second."""
+    """``table`` with ours' ``weights`` column (where each row's attention came from) second,
+    and ``seeds`` (how many models a row averages) after it."""
     if WEIGHTS in ours.columns:
         table.insert(1, WEIGHTS, ours[WEIGHTS].to_numpy())
+    if SEEDS in ours.columns:
+        table.insert(2 if WEIGHTS in ours.columns else 1, SEEDS, ours[SEEDS].to_numpy())
     return table
 
 
@@ -197,6 +209,28 @@ def seeded_score(
     return out
 
 
+def series_heads(ctx: P.Context, whitening: PCAWhitening) -> dict[str, Head]:
+    """Every R-MAC-grid head the series' tables use on the test sets, each trained attention
+    once per seed: the ablation rows (which are also the SOTA and revisited tables' R-MAC and
+    ours) and the scale study's rows at every L."""
+    heads: dict[str, Head] = dict(P.ablation_heads(ctx, whitening))
+    for lv in ctx.profile.scale_levels:
+        for label, att in P.available_attention(ctx).items():
+            heads[f"{label}|L={lv}"] = methods.build_head(
+                label, levels=lv, attention=att, whitening=whitening
+            )
+    return expand_seeds(ctx, heads)[0]
+
+
+def describe_series(ctx: P.Context, whitening: PCAWhitening, progress: bool = True) -> None:
+    """One backbone pass per test set for all of ``series_heads``, so that the ablation, the
+    scale study, the SOTA and revisited tables and the per-query study read their descriptors
+    from the cache instead of running the backbone over the same images again."""
+    heads = series_heads(ctx, whitening)
+    for name in dict.fromkeys(ctx.profile.datasets + ctx.profile.revisited):
+        P.describe(ctx, P.dataset(ctx, name), heads, progress=progress)
+
+
 def _classic_maps(
     ctx: P.Context, ds_name: str, heads: dict[str, Head], qe_k: int = 0, distractors: bool = False
 ):
@@ -231,7 +265,7 @@ def ablation(
     for name in ctx.profile.datasets:
         ds, scores, maps, aps = _classic_maps(ctx, name, heads)
         table[name] = [maps[m] for m in heads]
-        table["seeds"] = [scores[m]["seeds"] for m in heads]
+        table[SEEDS] = [scores[m]["seeds"] for m in heads]
         intervals = gain_intervals(aps, base, name)
         # Sets that also carry the revisited labels (the synthetic ones) get Medium and Hard too.
         extra = [p for p in ("medium", "hard") if p in ds.protocols]
@@ -313,7 +347,7 @@ def scale_study(
                     "levels": lv,
                     "regions_4x3": len(rmac_regions(768, 1024, lv)),
                     "mAP": scores[key]["protocols"]["classic"]["map"],
-                    "seeds": scores[key]["seeds"],
+                    SEEDS: scores[key]["seeds"],
                 }
                 row.update({col: values[i] for col, values in gains.items()})
                 rows.append(row)
