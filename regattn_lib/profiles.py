@@ -31,7 +31,9 @@ class TrainSettings:
     ``seeds``: one attention model per kind and seed, all on the same cached views and
     validation subset (``TrainConfig.data_seed``); the first seed's model is the one figures
     and the explorer show, the tables report the mean over seeds and their spread (default
-    ``(0,)``: one model).
+    ``(0,)``: one model). ``attention_lr``: the attention stage's learning rate when it differs
+    from the recipe's (``None``, default: the recipe's, the authors' 1e-3); the fc stage keeps
+    the recipe's.
     """
 
     source: str = "official"
@@ -39,6 +41,7 @@ class TrainSettings:
     fc_iterations: int = 0
     recipe: TrainConfig = field(default_factory=TrainConfig)
     seeds: tuple[int, ...] = (0,)
+    attention_lr: float | None = None
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,9 @@ DEMO = replace(
         fc_iterations=750,
         # three attention models per kind: the tables report the mean and the spread
         seeds=(0, 1, 2),
+        # the authors' 1e-3 overfits this small split within 50 iterations; 1e-4 reached the
+        # lowest validation loss of the variants measured (tables/regularisation.md)
+        attention_lr=1e-4,
         recipe=TrainConfig(
             iterations=1500,
             batch_size=16,
@@ -161,8 +167,8 @@ DEMO = replace(
             val_resize=384,
             val_crop=384,
             val_images=1000,
-            checkpoint_every=50,
-            log_every=50,
+            checkpoint_every=25,
+            log_every=25,
             feature_cache_views=2,
             # model selection on the classification validation split, never on the queries:
             # the best validated weights, and a stop once six validations bring no better loss

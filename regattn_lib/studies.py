@@ -559,7 +559,9 @@ def object_attention(ctx: P.Context, name: str | None = None, n_db: int = 300) -
     image set (the queries, cropped to their boxes, and the first ``n_db`` database images that
     show a landmark), the mean share of the attention mass on the landmark
     (``object_attention``), the uniform share R-MAC gives, and the mean per-image difference
-    with its 95% bootstrap interval over images. Needs the landmark masks of a synthetic set.
+    with its 95% bootstrap interval over images, and the spread of alpha within an image
+    (``alpha cv``: the mean over images of std / mean; a constant alpha is not attention).
+    Needs the landmark masks of a synthetic set.
     """
     from .datasets.synthetic import load_landmark_mask
     from .object_attention import image_shares, prepare_mask, summarize_shares
@@ -585,6 +587,8 @@ def object_attention(ctx: P.Context, name: str | None = None, n_db: int = 300) -
             image, regions, alphas = P.attentions_for_image(ctx, path, atts, bbx=bbx)
             found = image_shares(regions, alphas, prepare_mask(mask, ctx.profile.image_size, bbx))
             if found is not None:
+                # the spread of alpha within the image: a constant alpha is not attention
+                found.update({f"{k} cv": float(a.std() / a.mean()) for k, a in alphas.items()})
                 shares.append(found)
         for label in atts:
             s = summarize_shares([x[label] for x in shares], [x["uniform"] for x in shares])
@@ -599,6 +603,10 @@ def object_attention(ctx: P.Context, name: str | None = None, n_db: int = 300) -
                     "difference": s.difference,
                     "difference low": s.low,
                     "difference high": s.high,
+                    # mean over images of std(alpha) / mean(alpha): 0 would be R-MAC
+                    "alpha cv": float(np.mean([x[f"{label} cv"] for x in shares]))
+                    if shares
+                    else float("nan"),
                 }
             )
     return pd.DataFrame(rows)

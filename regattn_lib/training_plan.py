@@ -126,6 +126,11 @@ def training_plan(ctx: Context, kinds: Sequence[str] | None = None) -> TrainingP
             f"trained here first ({fc_iterations} iterations, frozen backbone, alpha = 1) and "
             "the attention under it; the authors trained under their Caffe file's own fc1000"
         )
+    if t.attention_lr is not None and t.attention_lr != t.recipe.lr:
+        deviations.append(
+            f"attention learning rate {t.attention_lr:g} (the authors': {t.recipe.lr:g}), chosen "
+            "on the classification validation split (scripts/regularisation_study.py)"
+        )
     if t.recipe.feature_cache_views:
         deviations.append(
             f"attention trained on cached backbone features of {t.recipe.feature_cache_views} "
@@ -217,6 +222,7 @@ def train_profile_attention(
                 context=kind == "context",
                 seed=seed,
                 data_seed=None if first else t.seeds[0],
+                lr=t.recipe.lr if t.attention_lr is None else t.attention_lr,
             )
             res = train_from_folder(
                 ctx.data_root,

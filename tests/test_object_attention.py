@@ -98,6 +98,8 @@ def test_object_attention_table_on_a_synthetic_set(tmp_path, monkeypatch):
     # uniform weights are R-MAC: the same share, a difference of exactly zero
     u = table[table["method"] == "uniform"]
     assert np.allclose(u["attention share"], u["uniform share"]) and np.allclose(u["difference"], 0)
+    assert np.allclose(u["alpha cv"], 0)  # constant weights: no spread within an image
+    assert (table[table["method"] == "bright"]["alpha cv"] > 0).all()
     assert ((table["uniform share"] > 0) & (table["uniform share"] <= 1)).all()
     b = table[table["method"] == "bright"]
     assert (b["difference low"] <= b["difference"]).all() and (

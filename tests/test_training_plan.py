@@ -215,7 +215,8 @@ def test_seeds_train_one_model_each_and_the_regularisation_study_compares_varian
 
     variants = {"recipe": {}, "dropout": {"input_dropout": 0.5}}
     table = regularisation_study(ctx, variants, iterations=4)
-    assert list(table["variant"]) == ["recipe", "dropout"]
-    assert table["settings"].tolist() == ["as the profile", "input_dropout=0.5"]
-    assert (table["best at iteration"].isin([2, 4])).all()
+    assert list(table["variant"]) == ["fc alone (alpha = 1)", "recipe", "dropout"]
+    assert table["settings"].tolist()[1:] == ["as the profile", "input_dropout=0.5"]
+    assert table["best at iteration"].tolist()[0] == 0  # the fc's own loss: the starting point
+    assert (table["best at iteration"][1:].isin([2, 4])).all()
     assert (table["best val_loss"] <= table["last val_loss"] + 1e-12).all()
