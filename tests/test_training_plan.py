@@ -30,6 +30,22 @@ class _TinyBackbone(nn.Module):
         return self.conv(x.float())
 
 
+def _fake_imagenet(root, n_train: int, n_val: int, seed: int) -> list[str]:
+    """A two-class ImageNet layout of random 64 x 80 JPEGs; returns the class ids."""
+    import numpy as np
+    from PIL import Image
+
+    wnids = ["n01440764", "n01443537"]
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("val", n_val)):
+        for wnid in wnids:
+            (root / split / wnid).mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / wnid / f"{i}.JPEG")
+    return wnids
+
+
 def _ctx(tmp_path, profile="paper", with_fc=False, **overrides):
     ctx = P.setup(
         profile,
@@ -153,20 +169,11 @@ def test_skipped_images_are_reported_beside_the_tables_with_a_note(tmp_path):
 def test_paper_training_reads_imagenet_from_the_variable(tmp_path, monkeypatch):
     """A fake two-class ImageNet named by $REGATTN_IMAGENET (the data root holds none): route
     (a) trains a fc, then the regional attention under it, on those classes."""
-    import numpy as np
-    from PIL import Image
 
     from regattn_lib.datasets.imagenet import IMAGENET_ENV
     from regattn_lib.training.checkpoint import load_trained_attention
 
-    wnids = ["n01440764", "n01443537"]
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 3), ("val", 1)):
-        for wnid in wnids:
-            (tmp_path / "imagenet" / split / wnid).mkdir(parents=True)
-            for i in range(n):
-                pixels = rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(tmp_path / "imagenet" / split / wnid / f"{i}.JPEG")
+    wnids = _fake_imagenet(tmp_path / "imagenet", n_train=3, n_val=1, seed=0)
     monkeypatch.setenv(IMAGENET_ENV, str(tmp_path / "imagenet"))
     sizes = dict(crop=64, resize_min=64, resize_max=64, val_resize=64, val_crop=64)
     recipe = dict(sizes, iterations=2, val_images=2, checkpoint_every=2, batch_size=2, hidden=4)
@@ -182,19 +189,11 @@ def test_paper_training_reads_imagenet_from_the_variable(tmp_path, monkeypatch):
 def test_seeds_train_one_model_each_and_the_regularisation_study_compares_variants(
     tmp_path, monkeypatch, official_weights
 ):
-    import numpy as np
-    from PIL import Image
 
     from regattn_lib.datasets.imagenet import IMAGENET_ENV
     from regattn_lib.regularisation import regularisation_study
 
-    rng = np.random.default_rng(1)
-    for split, n in (("train", 3), ("val", 2)):
-        for wnid in ("n01440764", "n01443537"):
-            (tmp_path / "imagenet" / split / wnid).mkdir(parents=True)
-            for i in range(n):
-                pixels = rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(tmp_path / "imagenet" / split / wnid / f"{i}.JPEG")
+    _fake_imagenet(tmp_path / "imagenet", n_train=3, n_val=2, seed=1)
     monkeypatch.setenv(IMAGENET_ENV, str(tmp_path / "imagenet"))
     sizes = dict(crop=64, resize_min=64, resize_max=64, val_resize=64, val_crop=64)
     recipe = dict(sizes, iterations=4, val_images=4, checkpoint_every=2, batch_size=2, hidden=4)
