@@ -127,7 +127,6 @@ class PhotoSearchPanel:
         dest = self.upload_dir / Path(item["name"]).name
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes(bytes(item["content"]))
-        self.current = dest
         self.refresh(dest)
 
     def query_path(self) -> Path:
