@@ -399,3 +399,26 @@ def test_the_explorer_opens_a_folder_of_photos(tmp_path):
     state = ex.select_query(q)
     assert state["names"][:2] == ["coffee_small", "coffee"]  # itself, then its original
     assert ex.protocols == [] and set(state["labels"]) == {"unlabelled"}
+
+
+def test_the_notebook_panel_searches_with_and_without_a_box(tmp_path, model):
+    from regattn_lib.photo_view import PhotoSearchPanel, attention_pair, hits_table, photo_attention
+
+    folder = make_folder(tmp_path / "photos")
+    index = index_folder(folder, model=model, progress=False)
+    panel = PhotoSearchPanel(index, top=2)
+    panel.query.value = "coffee.jpg"
+    hits = panel.refresh()
+    assert [h.path for h in hits][:1] == ["coffee.jpg"] and len(hits) == 2
+    assert list(hits_table(hits).columns) == ["rank", "path", "score"]
+    panel.use_box.value = True
+    assert panel.box_pixels(folder / "coffee.jpg") == pytest.approx([120.0, 80.0, 480.0, 320.0])
+    assert len(panel.refresh()) == 2
+    image, regions, alpha = photo_attention(model, folder / "coffee.jpg", [120, 80, 480, 320])
+    assert (
+        image.shape[:2]
+        == read_photo(folder / "coffee.jpg", 160, box=[120, 80, 480, 320]).image.shape[:2]
+    )
+    assert np.allclose(alpha, 1.0) and len(alpha) == len(regions)  # R-MAC: every weight 1
+    fig = attention_pair(model, folder / "coffee.jpg", folder / "rocket.jpg")
+    assert len(fig.axes) == 2
