@@ -501,22 +501,48 @@ def per_query(
     return df, {"dataset": ds, "descriptors": descs}
 
 
+TRAINING_COLUMNS = [
+    "stage",
+    "steps",
+    "finished",
+    "kept step",
+    "kept val_loss",
+    "kept val_acc",
+    "last val_loss",
+    "last val_acc",
+]
+
+
 def training_summary(runs: dict) -> pd.DataFrame:
-    """One row per training stage: steps and the last validation loss/accuracy."""
+    """One row per training stage: iterations run, the weights kept (the last iteration's, or
+    the best validated ones under model selection: their step, validation loss and accuracy)
+    and the last validation."""
+    import torch
+
     rows = []
     for stage, run in runs.items():
         val = run.history.dropna(subset=["val_acc"])
+        kept_step = run.steps
+        if run.artefact is not None:
+            config = torch.load(run.artefact, map_location="cpu", weights_only=True)["config"]
+            kept_step = int(config.get("selected_step", run.steps))
+        at = val[val["step"] == kept_step]
+        kept = at.iloc[-1] if len(at) else None
         last = val.iloc[-1] if len(val) else None
+        nan = float("nan")
         rows.append(
             {
                 "stage": stage,
                 "steps": run.steps,
                 "finished": run.finished,
-                "val_loss": float(last["val_loss"]) if last is not None else float("nan"),
-                "val_acc": float(last["val_acc"]) if last is not None else float("nan"),
+                "kept step": kept_step,
+                "kept val_loss": float(kept["val_loss"]) if kept is not None else nan,
+                "kept val_acc": float(kept["val_acc"]) if kept is not None else nan,
+                "last val_loss": float(last["val_loss"]) if last is not None else nan,
+                "last val_acc": float(last["val_acc"]) if last is not None else nan,
             }
         )
-    return pd.DataFrame(rows, columns=["stage", "steps", "finished", "val_loss", "val_acc"])
+    return pd.DataFrame(rows, columns=TRAINING_COLUMNS)
 
 
 def save_training_curves(run, png) -> object:

@@ -176,3 +176,25 @@ def test_a_trained_attention_counts_once_per_seed(monkeypatch):
     )
     assert gains["x gain"][1] == pytest.approx((0 - 75 - 250 / 3) / 3)
     assert gains["x gain seed sd"][1] == pytest.approx(np.std([0, -75, -250 / 3], ddof=1))
+
+
+def test_training_summary_reports_the_kept_weights_and_the_last_validation(tmp_path):
+    import pandas as pd
+
+    history = pd.DataFrame(
+        {"step": [25, 50, 75], "val_loss": [0.6, 0.5, 0.7], "val_acc": [0.8, 0.85, 0.84]}
+    )
+    torch.save({"config": {"selected_step": 50}}, tmp_path / "attention.pt")
+    selected = SimpleNamespace(
+        history=history, steps=75, finished=True, artefact=tmp_path / "attention.pt"
+    )
+    unfinished = SimpleNamespace(history=history, steps=75, finished=False, artefact=None)
+    table = S.training_summary({"regional": selected, "context": unfinished}).set_index("stage")
+    assert table.loc["regional", "kept step"] == 50
+    assert (
+        table.loc["regional", "kept val_loss"] == 0.5
+        and table.loc["regional", "kept val_acc"] == 0.85
+    )
+    assert table.loc["regional", "last val_loss"] == 0.7
+    # no artefact yet: the last iteration's weights are what there is
+    assert table.loc["context", "kept step"] == 75 and table.loc["context", "kept val_loss"] == 0.7
