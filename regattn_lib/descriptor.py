@@ -9,7 +9,8 @@ all of them see the same regions, the same pooling and the same attention:
 2. ``pool_regions``: x_i (regional max pool), k_i (regional average pool) and g (global
    average pool) of a feature map over those regions;
 3. ``attention_weights``: alpha_i from (k_i, g), or ``None`` for the R-MAC baseline;
-4. ``aggregate``: PCA-whitening of each x_i, L2, the alpha-weighted mean, L2.
+4. ``aggregate``: PCA-whitening of each x_i and L2 (``whiten_regions``), then the
+   alpha-weighted mean and L2 (``weighted_l2_mean``).
 
 ``describe_feature_map`` chains 2-4. cirtorch's ``functional.py``/``pooling.py`` split is the
 model: these functions hold no state; the heads and models around them are thin.
@@ -139,6 +140,33 @@ def attention_weights(
     return attention(regional_avg, global_avg).float()
 
 
+def whiten_regions(regional: torch.Tensor, whitening: PCAWhitening | None = None) -> torch.Tensor:
+    """L2( P (x_i - mu) ) of each regional vector (N, R, C) -> (N, R, D), in fp32; without a
+    whitening, L2(x_i)."""
+    x = regional.float()
+    if whitening is not None:
+        x = whitening.apply(x)
+    return l2_normalize(x)
+
+
+def weighted_l2_mean(
+    normalized: torch.Tensor,
+    alpha: torch.Tensor | None = None,
+    region_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """L2( (1/R) sum_i alpha_i xhat_i ) of whitened, normalised regional vectors (N, R, D)
+    (``whiten_regions``); ``alpha`` ``None`` is R-MAC; ``region_mask`` as in ``aggregate``."""
+    x = normalized
+    w = torch.ones(x.shape[:2], device=x.device) if alpha is None else alpha.float()
+    if region_mask is not None:
+        w = w * region_mask.float()
+        count = region_mask.float().sum(1, keepdim=True).clamp_min(1)
+    else:
+        count = torch.full((x.shape[0], 1), float(x.shape[1]), device=x.device)
+    f = (w[..., None] * x).sum(1) / count
+    return l2_normalize(f)
+
+
 def aggregate(
     regional: torch.Tensor,
     alpha: torch.Tensor | None = None,
@@ -160,20 +188,9 @@ def aggregate(
         Optional (N, R) bool, False for padding regions (images with fewer regions); the mean
         is then over each image's own regions.
 
-    Returns (N, D) L2-normalised descriptors.
+    Returns (N, D) L2-normalised descriptors: ``weighted_l2_mean(whiten_regions(...))``.
     """
-    x = regional.float()
-    if whitening is not None:
-        x = whitening.apply(x)
-    x = l2_normalize(x)
-    w = torch.ones(x.shape[:2], device=x.device) if alpha is None else alpha.float()
-    if region_mask is not None:
-        w = w * region_mask.float()
-        count = region_mask.float().sum(1, keepdim=True).clamp_min(1)
-    else:
-        count = torch.full((x.shape[0], 1), float(x.shape[1]), device=x.device)
-    f = (w[..., None] * x).sum(1) / count
-    return l2_normalize(f)
+    return weighted_l2_mean(whiten_regions(regional, whitening), alpha, region_mask)
 
 
 def describe_feature_map(

@@ -9,6 +9,8 @@ and whitening as digests), so cached descriptors are never reused across setting
 from __future__ import annotations
 
 import hashlib
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,13 +22,32 @@ from .attention import RegionalAttention
 from .descriptor import (
     RegionalOutput,
     RegionFn,
+    attention_weights,
     batch_regions,
-    describe_feature_map,
     l2_normalize,
+    pool_regions,
+    weighted_l2_mean,
+    whiten_regions,
 )
 from .pooling import regional_max_pool
 from .regions import region_cells, rmac_regions
 from .whitening import PCAWhitening
+
+# The last feature map's shared steps: (weak reference to the map, step key -> result).
+_SHARED: list[Any] = [None, {}]
+
+
+def shared_step(feats: torch.Tensor, key: tuple, compute: Callable[[], Any]) -> Any:
+    """``compute()`` once per feature map and ``key``: the heads of one extraction batch see the
+    same ``feats`` object, so the pooling (and whitening) they share is done once. Only the
+    latest map is kept, by weak reference, so nothing outlives its batch."""
+    ref = _SHARED[0]
+    if ref is None or ref() is not feats:
+        _SHARED[0], _SHARED[1] = weakref.ref(feats), {}
+    memo = _SHARED[1]
+    if key not in memo:
+        memo[key] = compute()
+    return memo[key]
 
 
 class Head:
@@ -84,14 +105,31 @@ class RegionalHead(Head):
     def describe(
         self, feats: torch.Tensor, images: torch.Tensor
     ) -> list[tuple[slice, RegionalOutput]]:
-        """The descriptor's one path (``descriptor.batch_regions`` then
-        ``descriptor.describe_feature_map``), per group of images sharing their regions: the
-        pooled features, alpha and descriptors of each."""
+        """The descriptor's one path (``descriptor.batch_regions``, ``pool_regions``,
+        ``attention_weights``, ``whiten_regions``, ``weighted_l2_mean``: what
+        ``describe_feature_map`` chains), per group of images sharing their regions: the pooled
+        features, alpha and descriptors of each.
+
+        Heads evaluated on the same feature map (extraction runs many at once) share the pooling
+        of equal regions and the whitening of equal pooled vectors: ``shared_step``.
+        """
         groups = batch_regions(images, self.levels, self.full_image_region, self.region_fn)
-        return [
-            (sl, describe_feature_map(feats[sl], r, self.attention, self.whitening, self.stride))
-            for sl, r in groups
-        ]
+        out = []
+        for sl, regions in groups:
+            where = (sl.start, sl.stop, regions.tobytes(), self.stride)
+            pooled = shared_step(
+                feats,
+                ("pool", *where),
+                lambda sl=sl, r=regions: pool_regions(feats[sl], r, self.stride),
+            )
+            xhat = shared_step(
+                feats,
+                ("whiten", *where, id(self.whitening)),
+                lambda p=pooled: whiten_regions(p.max_pooled, self.whitening),
+            )
+            alpha = attention_weights(self.attention, pooled.avg_pooled, pooled.global_avg)
+            out.append((sl, RegionalOutput(pooled, alpha, weighted_l2_mean(xhat, alpha))))
+        return out
 
     def __call__(self, feats: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         return torch.cat([out.descriptor for _, out in self.describe(feats, images)])
