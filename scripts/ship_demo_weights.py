@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 import torch
 
 from regattn_lib import pipeline as P
+from regattn_lib.paths import results_root
 from regattn_lib.photo_model import SHIPPED_DIR
 from regattn_lib.whitening import PCAWhitening
 
@@ -39,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", default=None, help="results root (default: results/)")
     ap.add_argument("--data", default=None, help="data root holding the whitening cache")
     args = ap.parse_args(argv)
-    ctx = P.setup("demo", data_root=args.data, results=args.results, device="cpu")
+    results = None if args.results is None else results_root("demo", args.results)
+    ctx = P.setup("demo", data_root=args.data, results=results, device="cpu")
     dest = SHIPPED_DIR / "demo"
     dest.mkdir(parents=True, exist_ok=True)
     lines = []

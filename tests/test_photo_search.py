@@ -422,3 +422,17 @@ def test_the_notebook_panel_searches_with_and_without_a_box(tmp_path, model):
     assert np.allclose(alpha, 1.0) and len(alpha) == len(regions)  # R-MAC: every weight 1
     fig = attention_pair(model, folder / "coffee.jpg", folder / "rocket.jpg")
     assert len(fig.axes) == 2
+
+
+def test_the_repository_ships_small_demo_weights_that_load(monkeypatch):
+    from regattn_lib.whitening import PCAWhitening
+
+    monkeypatch.undo()  # the real assets folder, not the isolated one
+    shipped = Path(photo_model.__file__).parent / "assets" / "demo"
+    for name in ("attention_regional.pt", "attention_context.pt", "whitening.pt"):
+        assert (shipped / name).stat().st_size < 5 * 2**20, name
+    assert load_trained_attention(shipped / "attention_context.pt").in_channels == 1280  # Lite0
+    assert load_trained_attention(shipped / "attention_regional.pt").context is False
+    w = PCAWhitening.load(shipped / "whitening.pt")
+    assert w.projection.dtype == torch.float32 and w.in_dim == 1280
+    assert "commit" in (shipped / "SOURCE.md").read_text()
