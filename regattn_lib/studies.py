@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -545,10 +546,12 @@ def training_summary(runs: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=TRAINING_COLUMNS)
 
 
-def save_training_curves(run, png) -> object:
-    """Plot a training run's curves (its history CSV) to ``png``."""
+def save_training_curves(run, figures_dir, stage: str) -> object:
+    """Plot a training run's curves (its history CSV) to ``<figures_dir>/training_<stage>.png``
+    (spaces in the stage name become underscores: ``training_regional_seed_1.png``)."""
     from .figures import plot_curves
 
+    png = Path(figures_dir) / f"training_{stage.replace(' ', '_')}.png"
     return plot_curves(run.out_dir / "history.csv", png)
 
 

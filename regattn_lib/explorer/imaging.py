@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageOps
 
 from ..figures import attention_heatmap
 from ..images import ImageError, truncated_images_allowed
@@ -30,7 +30,9 @@ def thumbnail(
     with truncated_images_allowed(), Image.open(path) as im:  # a cut-off distractor still shows
         full = im.size
         im.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, much faster
-        small = im.convert("RGB")
+        # a photo is shown upright (EXIF), as its descriptor sees it; a query box refers to
+        # the stored pixels, so a boxed image is left as stored
+        small = (im if bbx is not None else ImageOps.exif_transpose(im)).convert("RGB")
     small.thumbnail((size, size))
     if bbx is not None:
         sx, sy = small.width / full[0], small.height / full[1]
