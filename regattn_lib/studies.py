@@ -59,7 +59,8 @@ def compare_to_paper(
     side's gain over its own ``baseline`` row (default: the first row, R-MAC), which is
     comparable. Returns the table and its notes.
     """
-    datasets = [d for d in datasets if d != WEIGHTS]  # a label column, not a score
+    # labels and gains are not scores to compare: _with_weights and _with_intervals carry them
+    datasets = [d for d in datasets if d not in (WEIGHTS, SEEDS) and not _is_gain(d)]
     methods = list(ours["method"]) + [m for m in paper["method"] if m not in set(ours["method"])]
     ours = ours.set_index("method").reindex(methods).reset_index()
     if WEIGHTS in ours.columns:

@@ -94,3 +94,26 @@ def test_gain_intervals_against_the_baseline_and_carried_into_the_compared_table
     table, notes = compare_to_paper(real, PAPER_ABLATION, ["oxford5k"])
     assert notes == [] and table["oxford5k diff"].tolist()[0] == 70.0 - 70.1
     assert table["oxford5k ours gain low"].tolist()[1] == 3.0
+
+
+def test_gain_columns_passed_as_datasets_are_carried_not_compared():
+    import numpy as np
+    import pandas as pd
+
+    from regattn_lib.reports import PAPER_SOTA
+    from regattn_lib.studies import compare_to_paper, gain_intervals
+
+    aps = {"R-MAC": np.array([50.0, 70.0]), "Ours": np.array([55.0, 75.0])}
+    ours = pd.DataFrame(
+        {
+            "method": ["R-MAC", "Ours"],
+            "oxford5k": [60.0, 65.0],
+            **gain_intervals(aps, "R-MAC", "oxford5k"),
+        }
+    )
+    # notebook 05 passes every column of its table: the gains must not turn it into a table
+    # of unlike datasets (it is the paper's own dataset: paper, ours and diff side by side)
+    table, notes = compare_to_paper(ours, PAPER_SOTA, list(ours.columns[1:]), baseline="R-MAC")
+    assert notes == [] and "oxford5k diff" in table.columns
+    assert table.set_index("method").loc["Ours", "oxford5k ours gain"] == 5.0
+    assert not any(c.startswith("oxford5k gain") for c in table.columns)
