@@ -542,13 +542,20 @@ def attentions_for_image(
     attentions: Mapping[str, RegionalAttention | None],
     levels: int | None = None,
     bbx: Sequence[float] | None = None,
+    upright: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """(image, regions, label -> alpha) of one image as the descriptor sees it (resized,
-    cropped, the backbone in the profile's precision), one backbone pass for all attentions."""
+    cropped, the backbone in the profile's precision), one backbone pass for all attentions.
+    ``upright=True`` reads it as own-photo search does (EXIF orientation applied)."""
     from .image_stream import backbone_features
     from .images import prepare_image
 
-    image = prepare_image(path, ctx.profile.image_size, bbx)
+    if upright:
+        from .photo_model import read_photo
+
+        image = read_photo(path, ctx.profile.image_size, box=bbx).image
+    else:
+        image = prepare_image(path, ctx.profile.image_size, bbx)
     batch = torch.from_numpy(image).permute(2, 0, 1)[None].to(ctx.device)
     precision = resolve_precision(ctx.profile.precision, ctx.device)
     feats = backbone_features(ctx.backbone, ctx.backbone.preprocess(batch), precision)
@@ -569,8 +576,9 @@ def attention_for_image(
     attention: RegionalAttention | None,
     levels: int | None = None,
     bbx: Sequence[float] | None = None,
+    upright: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(image, regions, alpha) of one image as the descriptor sees it (resized, cropped, the
-    backbone in the profile's precision)."""
-    image, regions, alphas = attentions_for_image(ctx, path, {"a": attention}, levels, bbx)
+    backbone in the profile's precision; ``upright``: EXIF applied, as for own photos)."""
+    image, regions, alphas = attentions_for_image(ctx, path, {"a": attention}, levels, bbx, upright)
     return image, regions, alphas["a"]

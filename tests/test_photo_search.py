@@ -386,9 +386,12 @@ def test_the_explorer_opens_a_folder_of_photos(tmp_path):
     from regattn_lib import pipeline as P
     from regattn_lib.explorer.folder import folder_source
     from regattn_lib.explorer.model import QueryExplorer
+    from regattn_lib.photo_examples import edited_copies
 
     folder = make_folder(tmp_path / "photos", ORIGINALS + UNRELATED[:2])
     save(folder / "copies" / "coffee_small.jpg", photo("coffee")[::2, ::2])
+    stored, exif = edited_copies(photo("rocket"))["sideways"]
+    save(folder / "copies" / "rocket_sideways.jpg", stored, exif=exif)
     ctx = P.setup("smoke", data_root=tmp_path / "data", results=tmp_path / "res", device="cpu")
     source = folder_source(ctx, folder, progress=False)
     # no trained attention here: R-MAC only, rather than the same R-MAC under three names
@@ -399,6 +402,14 @@ def test_the_explorer_opens_a_folder_of_photos(tmp_path):
     state = ex.select_query(q)
     assert state["names"][:2] == ["coffee_small", "coffee"]  # itself, then its original
     assert ex.protocols == [] and set(state["labels"]) == {"unlabelled"}
+    # the attention view of a photo stored sideways is drawn upright, as it was described
+    assert source.upright
+    sideways = folder / "copies" / "rocket_sideways.jpg"
+    image, _, _ = P.attention_for_image(ctx, sideways, None, upright=True)
+    upright = read_photo(folder / "rocket.jpg", ctx.profile.image_size).image
+    assert image.shape == upright.shape != P.attention_for_image(ctx, sideways, None)[0].shape
+    ex.select_query(source.ds.qimlist.index("copies/rocket_sideways.jpg"))
+    assert ex.attention_view("query")[0][:2] == b"\xff\xd8"
 
 
 def test_the_notebook_panel_searches_with_and_without_a_box(tmp_path, model):

@@ -60,4 +60,4 @@ def folder_source(
         image_dir=folder,
         qbbxs=[None] * len(paths),
     )
-    return ExplorerSource(ds, heads, attentions, descriptors)
+    return ExplorerSource(ds, heads, attentions, descriptors, upright=True)

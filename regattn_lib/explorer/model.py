@@ -347,7 +347,9 @@ class QueryExplorer:
         if key not in self._cache:
             att = None if method is None else self.attentions[method]
             with one_image_threads(self.ctx.device):
-                image, regions, alpha = P.attention_for_image(self.ctx, path, att, s.levels, bbx)
+                image, regions, alpha = P.attention_for_image(
+                    self.ctx, path, att, s.levels, bbx, upright=self.source.upright
+                )
             grid = level_regions(image.shape[0], image.shape[1], s.levels)
             who = method or "R-MAC (no attention weights: every region weighs 1)"
             caption = (

@@ -30,13 +30,15 @@ class ExplorerSource:
     ``ds``: queries (with boxes), database images and ground truth. ``heads``: method label
     -> head that describes one image (an upload). ``attentions``: method label -> its region
     attention (``None``: uniform weights, R-MAC). ``descriptors``: method label -> descriptors
-    of the queries and the database, in the order of ``heads``.
+    of the queries and the database, in the order of ``heads``. ``upright``: the images were
+    described with their EXIF orientation applied (a folder of photos), so are the views.
     """
 
     ds: RetrievalDataset
     heads: dict[str, Head]
     attentions: dict[str, RegionalAttention | None]
     descriptors: dict[str, Descriptors]
+    upright: bool = False
 
 
 def build_command(profile: str) -> str:
