@@ -54,17 +54,10 @@ def unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-# ----------------------------------------------------------------------------- extraction
-def test_extract_throughput_tiny_cpu_run(smoke_root, tmp_path, restore_threads):
-    bench = load_script("extract_throughput")
-    # One thread: on a busy shared CPU, two OpenMP threads stall at every barrier.
-    argv = [
-        "--device",
-        "cpu",
-        "--n-images",
-        "6",
-        "--image-size",
-        "128",
+def common_args(smoke_root: Path, tmp_path: Path) -> list[str]:
+    """One pass, one thread (two OpenMP threads stall at every barrier on a busy shared CPU),
+    random whitening and attention, everything under the test's folders."""
+    return [
         "--repeats",
         "1",
         "--threads",
@@ -80,6 +73,13 @@ def test_extract_throughput_tiny_cpu_run(smoke_root, tmp_path, restore_threads):
         "--out-dir",
         str(tmp_path / "bench"),
     ]
+
+
+# ----------------------------------------------------------------------------- extraction
+def test_extract_throughput_tiny_cpu_run(smoke_root, tmp_path, restore_threads):
+    bench = load_script("extract_throughput")
+    argv = ["--device", "cpu", "--n-images", "6", "--image-size", "128"]
+    argv += common_args(smoke_root, tmp_path)
     bench.main(argv)
     r = json.loads((tmp_path / "bench" / "extract_cpu.json").read_text())
     assert (tmp_path / "bench" / "extract_cpu.md").read_text().startswith("# Extraction")
@@ -107,35 +107,9 @@ def test_random_resnet_is_calibrated_so_fp16_does_not_overflow(
 ):
     # The GPU session's likely case: no ResNet-101 weights offline, fp16 engine.
     bench = load_script("extract_throughput")
-    argv = [
-        "--device",
-        "cpu",
-        "--backbone",
-        "caffe-resnet101",
-        "--weights",
-        "random",
-        "--precision",
-        "fp16",
-        "--n-images",
-        "2",
-        "--image-size",
-        "64",
-        "--repeats",
-        "1",
-        "--threads",
-        "1",
-        "--no-map",
-        "--whitening",
-        "random",
-        "--attention",
-        "random",
-        "--data-root",
-        str(smoke_root),
-        "--results-root",
-        str(tmp_path / "results"),
-        "--out-dir",
-        str(tmp_path / "bench"),
-    ]
+    argv = ["--device", "cpu", "--backbone", "caffe-resnet101", "--weights", "random"]
+    argv += ["--precision", "fp16", "--n-images", "2", "--image-size", "64", "--no-map"]
+    argv += common_args(smoke_root, tmp_path)
     r = bench.main(argv)
     assert r["backbone_weights"] == "random" and r["engine_autocast"] == "fp16"
     assert r["fp16_overflow_batches"] == 0
