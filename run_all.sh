@@ -37,12 +37,12 @@ if [ -n "$overrides" ]; then
   # notebooks' `overrides` parameter in a papermill parameters file.
   params_file=$(mktemp "${TMPDIR:-/tmp}/regattn-params.XXXXXX.yaml")
   trap 'rm -f "$params_file"' EXIT
-  $PY -m regattn_lib.profiles --profile "$profile" --overrides "$overrides" --papermill-params "$params_file" || exit 2
+  $PY -m regattn_lib.experiments.profiles --profile "$profile" --overrides "$overrides" --papermill-params "$params_file" || exit 2
   params=(-f "$params_file")
 fi
 # Before any notebook: the device for every profile (--device cuda without a usable GPU stops
 # here with one line); profiles that download also check each file, the disk and memory.
-$PY -m regattn_lib.preflight --profile "$profile" --device "$device" ${overrides:+--overrides "$overrides"}
+$PY -m regattn_lib.experiments.preflight --profile "$profile" --device "$device" ${overrides:+--overrides "$overrides"}
 results=${REGATTN_RESULTS:-results}/$profile
 mkdir -p "$results/notebooks"
 status=0

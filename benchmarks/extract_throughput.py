@@ -7,7 +7,7 @@ On the same images and the same backbone, attention and whitening, in one run:
     from the authors' test script: PIL decode and resize per image, batch 1, fp32, a Python
     loop over the R-MAC regions doing max and average pooling region by region, the attention
     from the raw weights on each image's region set, whitening and aggregation written out;
-(b) engine: ``regattn_lib.extract.extract_images`` with its defaults (size-bucketed batches,
+(b) engine: ``regattn_lib.extraction.extract.extract_images`` with its defaults (size-bucketed batches,
     DataLoader workers, fp16 autocast + channels_last on CUDA, fp32 on the CPU).
 
 Both produce the three descriptors of the paper's ablation (R-MAC + PCA, + regional attention,
@@ -45,20 +45,20 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from regattn_lib import pipeline as P
-from regattn_lib.attention import OFFICIAL_RELPATH, RegionalAttention, load_official_attention
-from regattn_lib.backbone_weights import default_weights_path
-from regattn_lib.backbones import build_backbone
-from regattn_lib.batchnorm_calibration import calibrate_batchnorm
-from regattn_lib.bench_report import command_line, device_name, shown_path, write_report
+from regattn_lib.core.attention import OFFICIAL_RELPATH, RegionalAttention, load_official_attention
+from regattn_lib.core.evaluate import evaluate
+from regattn_lib.core.search import cosine_ranks
+from regattn_lib.core.whitening import PCAWhitening
+from regattn_lib.datasets.images import prepare_image
 from regattn_lib.datasets.retrieval import RetrievalDataset, load_retrieval_dataset
-from regattn_lib.evaluate import evaluate
-from regattn_lib.extract import extract_images
-from regattn_lib.heads import RegionalHead
-from regattn_lib.image_stream import resolve_precision, target_size
-from regattn_lib.images import prepare_image
-from regattn_lib.search import cosine_ranks
-from regattn_lib.whitening import PCAWhitening
+from regattn_lib.experiments import pipeline as P
+from regattn_lib.experiments.bench_report import command_line, device_name, shown_path, write_report
+from regattn_lib.extraction.extract import extract_images
+from regattn_lib.extraction.heads import RegionalHead
+from regattn_lib.extraction.image_stream import resolve_precision, target_size
+from regattn_lib.models.backbone_weights import default_weights_path
+from regattn_lib.models.backbones import build_backbone
+from regattn_lib.models.batchnorm_calibration import calibrate_batchnorm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling usual_pipeline.py
 from usual_pipeline import usual_descriptors  # noqa: E402

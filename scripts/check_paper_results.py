@@ -6,7 +6,7 @@
 holds, else 1 after naming every problem:
 
 - ``ablation``, ``rpn``, ``sota`` (with the ``oxford105k`` / ``paris106k`` columns): every row
-  and column of the paper (``regattn_lib.reports.PAPER_*``) as ``<col> paper``, ``<col> ours``,
+  and column of the paper (``regattn_lib.experiments.reports.PAPER_*``) as ``<col> paper``, ``<col> ours``,
   ``<col> diff``; the paper's values as published; finite values of ours (rows the paper has
   but no method here computes: SDCF, and CAM without an ImageNet classifier, may stay empty);
   ``diff`` = ours - paper.
@@ -42,8 +42,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from regattn_lib.profiles import PAPER  # noqa: E402 - after the path set-up
-from regattn_lib.reports import PAPER_ABLATION, PAPER_RPN, PAPER_SOTA  # noqa: E402
+from regattn_lib.experiments.profiles import PAPER  # noqa: E402 - after the path set-up
+from regattn_lib.experiments.reports import PAPER_ABLATION, PAPER_RPN, PAPER_SOTA  # noqa: E402
 
 #: Tables with the paper's values beside ours: name -> (paper table, its columns).
 PAPER_TABLES = {

@@ -599,7 +599,7 @@ def caffe_features_state(seed: int) -> OrderedDict:
         sys.path.insert(0, str(REPO))
     import torch
 
-    from regattn_lib.caffe_weights import random_caffe_state_dict
+    from regattn_lib.models.caffe_weights import random_caffe_state_dict
 
     with torch.random.fork_rng():
         state = random_caffe_state_dict(

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 
-from regattn_lib import pipeline as P
-from regattn_lib import reports as R
-from regattn_lib.regularisation import regularisation_study
+from regattn_lib.experiments import pipeline as P
+from regattn_lib.experiments import reports as R
+from regattn_lib.experiments.regularisation import regularisation_study
 
 
 def main(argv: list[str] | None = None) -> int:

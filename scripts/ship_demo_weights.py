@@ -18,10 +18,10 @@ from datetime import UTC, datetime
 
 import torch
 
-from regattn_lib import pipeline as P
-from regattn_lib.paths import results_root
-from regattn_lib.photo_model import SHIPPED_DIR
-from regattn_lib.whitening import PCAWhitening
+from regattn_lib.apps.photos.model import SHIPPED_DIR
+from regattn_lib.core.whitening import PCAWhitening
+from regattn_lib.experiments import pipeline as P
+from regattn_lib.runtime.paths import results_root
 
 MAX_BYTES = 5 * 2**20
 

@@ -4,7 +4,7 @@ import shutil
 import pytest
 import torch
 
-from regattn_lib.attention import (
+from regattn_lib.core.attention import (
     OFFICIAL_SHA256,
     AttentionFileError,
     RegionalAttention,
@@ -99,6 +99,6 @@ def test_official_loader_rejects_corrupt_and_wrong_shape(tmp_path, official_weig
 
 
 def test_sha_constant_matches_shipped_copy(official_weights):
-    from regattn_lib.io_utils import sha256_file
+    from regattn_lib.runtime.atomic import sha256_file
 
     assert sha256_file(official_weights) == OFFICIAL_SHA256

@@ -11,11 +11,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-from regattn_lib import backbone_weights as BW
-from regattn_lib import backbones as B
-from regattn_lib import batchnorm_calibration as BN
-from regattn_lib import caffe_weights as CW
-from regattn_lib.io_utils import sha256_file
+from regattn_lib.models import backbone_weights as BW
+from regattn_lib.models import backbones as B
+from regattn_lib.models import batchnorm_calibration as BN
+from regattn_lib.models import caffe_weights as CW
+from regattn_lib.runtime.atomic import sha256_file
 
 CAFFE_FILE = "imagenet-caffe-resnet101-features-10a101d.pth"
 CAFFE_URL = (
@@ -522,7 +522,7 @@ def _other_photos(side: int = 112) -> torch.Tensor:
 
 
 def _rmac(net: B.Backbone, images: torch.Tensor) -> torch.Tensor:
-    from regattn_lib.heads import RegionalHead
+    from regattn_lib.extraction.heads import RegionalHead
 
     with torch.no_grad():
         return RegionalHead(levels=2)(net.features(images), images)
@@ -622,7 +622,7 @@ def test_file_matching_no_convention_is_refused(cirtorch_state, tmp_path):
 def test_detection_on_real_pretrained_weights(lite):
     # The method on a trained network: EfficientNet-Lite0's stem conv + BatchNorm pick its own
     # (x - 127) / 128 over the Caffe convention (measured scores 0.8 and 37).
-    from regattn_lib import conventions as C
+    from regattn_lib.models import conventions as C
 
     scores = C.convention_scores(lite.stem[0], lite.stem[1], ("rgb-lite", "caffe-bgr"))
     assert scores["rgb-lite"] < 1.0 and scores["caffe-bgr"] > 20

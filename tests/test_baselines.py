@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from regattn_lib.baselines import cam, crow, mac, spoc
+from regattn_lib.core.baselines import cam, crow, mac, spoc
 
 
 def test_mac_spoc_hand_values():

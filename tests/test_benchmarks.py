@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from regattn_lib.regions import region_cells
-from regattn_lib.search import cosine_ranks, faiss_available, faiss_index, faiss_ranks
+from regattn_lib.core.regions import region_cells
+from regattn_lib.core.search import cosine_ranks, faiss_available, faiss_index, faiss_ranks
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -186,7 +186,7 @@ def test_faiss_backend_equals_torch_without_ties():
 
 
 def test_bench_report_paths_command_and_files(tmp_path):
-    from regattn_lib.bench_report import command_line, shown_path, write_report
+    from regattn_lib.experiments.bench_report import command_line, shown_path, write_report
 
     assert shown_path(REPO / "benchmarks" / "search_1m.py") == "benchmarks/search_1m.py"
     assert shown_path("/somewhere/else.py") == "/somewhere/else.py"

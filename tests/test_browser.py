@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from regattn_lib import pipeline as P
-from regattn_lib.explorer.model import QueryExplorer
-from regattn_lib.explorer.source import build_cache
+from regattn_lib.apps.explorer.model import QueryExplorer
+from regattn_lib.apps.explorer.source import build_cache
+from regattn_lib.experiments import pipeline as P
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

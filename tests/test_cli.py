@@ -2,7 +2,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from regattn_lib.paths import data_root
+from regattn_lib.runtime.paths import data_root
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,7 +45,7 @@ def test_eval_command_prints_map_for_every_protocol_and_hits_the_cache():
 def _descs(db, queries):
     import torch
 
-    from regattn_lib.extract import Descriptors
+    from regattn_lib.extraction.extract import Descriptors
 
     return Descriptors(torch.tensor(db), torch.tensor(queries), ["a", "b"], ["q"])
 
@@ -79,8 +79,8 @@ def test_eval_precision_option_scores_each_and_compares(monkeypatch, capsys):
     import torch
 
     from regattn_lib import __main__ as cli
-    from regattn_lib import pipeline as P
-    from regattn_lib.profiles import get_profile
+    from regattn_lib.experiments import pipeline as P
+    from regattn_lib.experiments.profiles import get_profile
 
     ctx = types.SimpleNamespace(
         profile=get_profile("paper"), device=torch.device("cpu"), cache_dir=Path("/nowhere")

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from regattn_lib.attention import RegionalAttention
-from regattn_lib.descriptor import (
+from regattn_lib.core.attention import RegionalAttention
+from regattn_lib.core.descriptor import (
     aggregate,
     attention_weights,
     batch_regions,
@@ -12,8 +12,8 @@ from regattn_lib.descriptor import (
     pool_regions,
     weighted_mean,
 )
-from regattn_lib.regions import rmac_regions
-from regattn_lib.whitening import learn_pca_whitening
+from regattn_lib.core.regions import rmac_regions
+from regattn_lib.core.whitening import learn_pca_whitening
 
 
 def test_aggregate_hand_case():

@@ -14,11 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
-from regattn_lib.backbones import build_backbone
-from regattn_lib.distributed import shard_batches
-from regattn_lib.extract import extract_images
-from regattn_lib.heads import RegionalHead
-from regattn_lib.image_stream import size_batches
+from regattn_lib.extraction.distributed import shard_batches
+from regattn_lib.extraction.extract import extract_images
+from regattn_lib.extraction.heads import RegionalHead
+from regattn_lib.extraction.image_stream import size_batches
+from regattn_lib.models.backbones import build_backbone
 from regattn_lib.training.data import Loader, Stream, rank_shard, rank_slice
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,7 +129,7 @@ def test_torchrun_two_processes_equal_single_process(image_dir, tmp_path):
         "--standalone",
         "--nproc_per_node=2",
         "-m",
-        "regattn_lib.distributed",
+        "regattn_lib.extraction.distributed",
         "--image-dir",
         str(image_dir),
         "--image-size",

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from regattn_lib.evaluate import (
+from regattn_lib.core.evaluate import (
     classic_gnd,
     compute_ap,
     compute_map,
@@ -284,8 +284,8 @@ def test_matches_naive_on_random_rankings():
 
 
 def _descriptors(skipped=()):
-    from regattn_lib.extract import Descriptors
-    from regattn_lib.image_stream import SkippedImage
+    from regattn_lib.extraction.extract import Descriptors
+    from regattn_lib.extraction.image_stream import SkippedImage
 
     g = torch.Generator().manual_seed(3)
     db = torch.nn.functional.normalize(torch.randn(30, 8, generator=g), dim=1)
@@ -300,8 +300,8 @@ def _descriptors(skipped=()):
 def test_a_skipped_positive_counts_as_ranked_last_and_never_raises_the_map():
     from types import SimpleNamespace
 
-    from regattn_lib import pipeline as P
-    from regattn_lib.search import cosine_ranks
+    from regattn_lib.core.search import cosine_ranks
+    from regattn_lib.experiments import pipeline as P
 
     gnd = [{"ok": [0, 3, 11], "junk": [5]}, {"ok": [7, 2], "junk": []}]
     ds = SimpleNamespace(gnd=gnd, qimlist=["q0", "q1"])

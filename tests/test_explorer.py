@@ -16,16 +16,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from regattn_lib import pipeline as P
-from regattn_lib.evaluate import compute_map, evaluate, protocol_gnd
-from regattn_lib.explorer import model as explorer_model
-from regattn_lib.explorer.imaging import level_regions
-from regattn_lib.explorer.model import K_MAX, QueryExplorer
-from regattn_lib.explorer.source import MissingCacheError, build_cache
-from regattn_lib.explorer.view import open_explorer
-from regattn_lib.qe import average_query_expansion
-from regattn_lib.regions import rmac_regions
-from regattn_lib.search import cosine_ranks
+from regattn_lib.apps.explorer import model as explorer_model
+from regattn_lib.apps.explorer.imaging import level_regions
+from regattn_lib.apps.explorer.model import K_MAX, QueryExplorer
+from regattn_lib.apps.explorer.source import MissingCacheError, build_cache
+from regattn_lib.apps.explorer.view import open_explorer
+from regattn_lib.core.evaluate import compute_map, evaluate, protocol_gnd
+from regattn_lib.core.qe import average_query_expansion
+from regattn_lib.core.regions import rmac_regions
+from regattn_lib.core.search import cosine_ranks
+from regattn_lib.experiments import pipeline as P
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "07_query_explorer.ipynb"
@@ -63,7 +63,7 @@ def _png(size=(64, 48), colour=(200, 30, 30)) -> bytes:
 def test_loads_the_three_ablation_methods_from_the_cache_without_extracting(ctx):
     refuse = mock.Mock(side_effect=AssertionError("the explorer extracted images"))
     with (
-        mock.patch("regattn_lib.extract.extract_images", refuse),
+        mock.patch("regattn_lib.extraction.extract.extract_images", refuse),
         mock.patch.object(explorer_model, "extract_images", refuse),
     ):
         ex = QueryExplorer(ctx, widgets=False)

@@ -7,14 +7,14 @@ import torch
 from PIL import Image
 from torch import nn
 
-from regattn_lib.attention import RegionalAttention
-from regattn_lib.descriptor import describe_feature_map, pool_regions
-from regattn_lib.extract import extract_dataset, extract_images
-from regattn_lib.heads import GlobalHead, RegionalHead, RegionalVectorsHead
-from regattn_lib.image_stream import size_batches, target_size
-from regattn_lib.images import ImageError, prepare_image
-from regattn_lib.regions import rmac_regions
-from regattn_lib.whitening import learn_pca_whitening
+from regattn_lib.core.attention import RegionalAttention
+from regattn_lib.core.descriptor import describe_feature_map, pool_regions
+from regattn_lib.core.regions import rmac_regions
+from regattn_lib.core.whitening import learn_pca_whitening
+from regattn_lib.datasets.images import ImageError, prepare_image
+from regattn_lib.extraction.extract import extract_dataset, extract_images
+from regattn_lib.extraction.heads import GlobalHead, RegionalHead, RegionalVectorsHead
+from regattn_lib.extraction.image_stream import size_batches, target_size
 
 
 class ToyBackbone(nn.Module):
@@ -114,7 +114,7 @@ def test_dataset_cache_hit_and_invalidation(images, tmp_path, monkeypatch):
         ds, bb, {"r": RegionalHead(levels=2)}, None, cache_dir=tmp_path / "c", progress=False
     )
     assert len(list((tmp_path / "c" / "toy").glob("*.pt"))) == 1
-    import regattn_lib.extract as ex
+    import regattn_lib.extraction.extract as ex
 
     calls = []
     real = ex.iter_images
@@ -230,7 +230,7 @@ def test_autocast_precisions_are_close_to_fp32_and_auto_is_fp32_on_cpu(images):
 
 
 def test_resolve_precision_per_device():
-    from regattn_lib.image_stream import resolve_precision
+    from regattn_lib.extraction.image_stream import resolve_precision
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert [resolve_precision("auto", d) for d in (cpu, cuda)] == ["fp32", "fp16"]
@@ -322,7 +322,7 @@ def bad_images(tmp_path):
 def test_truncated_jpeg_decodes_as_far_as_it_goes_only_where_allowed(bad_images):
     from PIL import ImageFile
 
-    from regattn_lib.images import load_rgb
+    from regattn_lib.datasets.images import load_rgb
 
     p = bad_images["truncated"]
     with pytest.raises(ImageError, match="trunc.jpg"):
@@ -335,7 +335,7 @@ def test_truncated_jpeg_decodes_as_far_as_it_goes_only_where_allowed(bad_images)
 
 
 def test_bad_database_images_are_skipped_and_listed(images, bad_images, tmp_path):
-    from regattn_lib.extract import write_skipped_images
+    from regattn_lib.extraction.extract import write_skipped_images
 
     db = [images[0], bad_images["broken"], images[1], bad_images["tiny"], bad_images["truncated"]]
     ds = ToyDataset("toy", db, images[3:], [None, None])
@@ -442,8 +442,8 @@ def test_interrupted_extraction_resumes_from_finished_shards(images, bad_images,
 
 def _whitening_context(tmp_path, n=7, small=()):
     """A smoke Context whose whitening set is ``n`` toy JPEGs (+ ``small`` (h, w) images)."""
-    from regattn_lib import pipeline as P
-    from regattn_lib.profiles import get_profile
+    from regattn_lib.experiments import pipeline as P
+    from regattn_lib.experiments.profiles import get_profile
 
     jpg = tmp_path / "data" / "train" / "toywhite" / "jpg"
     jpg.mkdir(parents=True)
@@ -464,9 +464,9 @@ def _whitening_context(tmp_path, n=7, small=()):
 
 
 def test_whitening_pass_streams_every_kind_in_one_pass(tmp_path, monkeypatch):
-    from regattn_lib import pipeline as P
-    from regattn_lib.profiles import PAPER
-    from regattn_lib.whitening import learn_pca_whitening
+    from regattn_lib.core.whitening import learn_pca_whitening
+    from regattn_lib.experiments import pipeline as P
+    from regattn_lib.experiments.profiles import PAPER
 
     assert P.whitening_min_side(PAPER) == 200  # the authors' rule at their 800 px
     ctx = _whitening_context(tmp_path, small=[(90, 120)])  # short side 90: skipped below
@@ -497,7 +497,7 @@ def test_whitening_pass_streams_every_kind_in_one_pass(tmp_path, monkeypatch):
 
 
 def test_whitening_pass_resumes_after_an_interruption(tmp_path, monkeypatch):
-    from regattn_lib import pipeline as P
+    from regattn_lib.experiments import pipeline as P
 
     monkeypatch.setattr(P, "WHITENING_GROUP", 2)
     ref_ctx = _whitening_context(tmp_path / "ref")
@@ -517,7 +517,7 @@ def test_whitening_pass_resumes_after_an_interruption(tmp_path, monkeypatch):
 
 
 def test_whitening_cache_key_covers_every_image_name(tmp_path):
-    from regattn_lib import pipeline as P
+    from regattn_lib.experiments import pipeline as P
 
     ctx = _whitening_context(tmp_path, n=1)
     ctx.__dict__["backbone"] = ToyBackbone()
@@ -550,7 +550,7 @@ def test_shard_size_from_the_environment(images, tmp_path, monkeypatch):
 
 
 def test_a_new_generator_version_gets_new_cache_keys(images, tmp_path):
-    from regattn_lib.extract import content_stamp
+    from regattn_lib.extraction.extract import content_stamp
 
     root = tmp_path / "set"
     root.mkdir()

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from regattn_lib.image_stream import target_size
-from regattn_lib.images import ImageError, crop_box, prepare_image, resize_longest
+from regattn_lib.datasets.images import ImageError, crop_box, prepare_image, resize_longest
+from regattn_lib.extraction.image_stream import target_size
 
 
 def _indexed(h: int, w: int) -> np.ndarray:
@@ -77,7 +77,7 @@ def test_prepared_query_is_resized_then_cropped(tmp_path, size, longest, bbx, sp
 
 
 def test_check_rgb_names_the_image_and_the_problem():
-    from regattn_lib.images import ImageError, check_rgb
+    from regattn_lib.datasets.images import ImageError, check_rgb
 
     check_rgb(np.zeros((32, 40, 3), np.uint8), "fine")
     with pytest.raises(ImageError, match="small: image of 100x20 px is smaller than 32"):

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from regattn_lib.io_utils import atomic_write, atomic_write_json, atomic_write_text
+from regattn_lib.runtime.atomic import atomic_write, atomic_write_json, atomic_write_text
 
 
 def test_new_file_gets_umask_permissions(tmp_path):

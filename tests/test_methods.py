@@ -5,13 +5,13 @@ import argparse
 import pytest
 import torch
 
-from regattn_lib import methods as M
-from regattn_lib import pipeline as P
 from regattn_lib.__main__ import build_parser
-from regattn_lib.attention import RegionalAttention
-from regattn_lib.heads import GlobalHead, RegionalHead
-from regattn_lib.reports import PAPER_ABLATION, PAPER_SOTA
-from regattn_lib.whitening import learn_pca_whitening
+from regattn_lib.core.attention import RegionalAttention
+from regattn_lib.core.whitening import learn_pca_whitening
+from regattn_lib.experiments import pipeline as P
+from regattn_lib.experiments.reports import PAPER_ABLATION, PAPER_SOTA
+from regattn_lib.extraction import methods as M
+from regattn_lib.extraction.heads import GlobalHead, RegionalHead
 
 C = 8
 

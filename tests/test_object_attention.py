@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from regattn_lib.images import prepare_image
-from regattn_lib.object_attention import (
+from regattn_lib.datasets.images import prepare_image
+from regattn_lib.experiments.object_attention import (
     object_share,
     prepare_mask,
     region_overlaps,
@@ -63,10 +63,10 @@ def test_object_attention_table_on_a_synthetic_set(tmp_path, monkeypatch):
     import torch
     from torch import nn
 
-    from regattn_lib import pipeline as P
-    from regattn_lib import studies as S
     from regattn_lib.datasets.retrieval import load_retrieval_dataset
     from regattn_lib.datasets.synthetic import generate_synthetic
+    from regattn_lib.experiments import pipeline as P
+    from regattn_lib.experiments import studies as S
 
     class Toy(nn.Module):
         stride = 32

@@ -1,14 +1,14 @@
 """Training, extraction and the figures see the same regions, pooling and attention: they all go
-through ``regattn_lib.descriptor``."""
+through ``regattn_lib.core.descriptor``."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from regattn_lib.attention import RegionalAttention
-from regattn_lib.descriptor import describe_feature_map, weighted_mean
-from regattn_lib.regions import rmac_regions
+from regattn_lib.core.attention import RegionalAttention
+from regattn_lib.core.descriptor import describe_feature_map, weighted_mean
+from regattn_lib.core.regions import rmac_regions
 from regattn_lib.training.model import AttentionClassifier
 
 
@@ -47,7 +47,7 @@ def test_training_pools_and_weights_exactly_as_extraction():
 
 
 def test_extraction_head_and_figures_share_the_training_alpha():
-    from regattn_lib.heads import RegionalHead
+    from regattn_lib.extraction.heads import RegionalHead
 
     torch.manual_seed(2)
     bb = ToyBackbone()
@@ -64,8 +64,8 @@ def test_extraction_head_and_figures_share_the_training_alpha():
 
 
 def test_heads_on_one_feature_map_pool_and_whiten_once(monkeypatch):
-    from regattn_lib import heads as H
-    from regattn_lib.whitening import learn_pca_whitening
+    from regattn_lib.core.whitening import learn_pca_whitening
+    from regattn_lib.extraction import heads as H
 
     bb = ToyBackbone()
     images = torch.randint(0, 256, (2, 3, 128, 160), dtype=torch.uint8)

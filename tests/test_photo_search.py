@@ -17,14 +17,15 @@ from PIL import Image
 from skimage import data as skdata
 
 from regattn_lib import __main__ as cli
-from regattn_lib import photo_index, photo_model
-from regattn_lib.images import ImageError, crop_box, resize_longest
-from regattn_lib.photo_index import folder_cache_dir, index_folder, list_folder_files
-from regattn_lib.photo_model import load_photo_model, oriented_size, read_photo
-from regattn_lib.photo_search import SearchHit, query_vector, search_folder
-from regattn_lib.profiles import get_profile
+from regattn_lib.apps.photos import index as photo_index
+from regattn_lib.apps.photos import model as photo_model
+from regattn_lib.apps.photos.index import folder_cache_dir, index_folder, list_folder_files
+from regattn_lib.apps.photos.model import load_photo_model, oriented_size, read_photo
+from regattn_lib.apps.photos.search import SearchHit, query_vector, search_folder
+from regattn_lib.core.whitening import learn_pca_whitening
+from regattn_lib.datasets.images import ImageError, crop_box, resize_longest
+from regattn_lib.experiments.profiles import get_profile
 from regattn_lib.training.checkpoint import load_trained_attention
-from regattn_lib.whitening import learn_pca_whitening
 
 ORIGINALS = ("astronaut", "coffee", "rocket")
 UNRELATED = ("chelsea", "hubble_deep_field", "camera", "coins", "immunohistochemistry", "moon")
@@ -309,7 +310,7 @@ def test_each_transformed_copy_finds_its_original_first(tmp_path, model):
 
 # ----------------------------------------------------------------------------- model choice
 def _attention_file(path: Path, channels: int) -> Path:
-    from regattn_lib.attention import RegionalAttention
+    from regattn_lib.core.attention import RegionalAttention
 
     att = RegionalAttention(channels, 64, context=True)
     cfg = {
@@ -356,7 +357,7 @@ def test_shipped_weights_come_first_and_a_wrong_channel_count_falls_back(tmp_pat
 
 
 def test_example_folder_holds_real_photos_and_copies_that_find_their_originals(tmp_path, model):
-    from regattn_lib.photo_examples import (
+    from regattn_lib.apps.photos.examples import (
         EDITED,
         GREY_PHOTOS,
         PHOTOS,
@@ -383,10 +384,10 @@ def test_example_folder_holds_real_photos_and_copies_that_find_their_originals(t
 
 
 def test_the_explorer_opens_a_folder_of_photos(tmp_path):
-    from regattn_lib import pipeline as P
-    from regattn_lib.explorer.folder import folder_source
-    from regattn_lib.explorer.model import QueryExplorer
-    from regattn_lib.photo_examples import edited_copies
+    from regattn_lib.apps.explorer.folder import folder_source
+    from regattn_lib.apps.explorer.model import QueryExplorer
+    from regattn_lib.apps.photos.examples import edited_copies
+    from regattn_lib.experiments import pipeline as P
 
     folder = make_folder(tmp_path / "photos", ORIGINALS + UNRELATED[:2])
     save(folder / "copies" / "coffee_small.jpg", photo("coffee")[::2, ::2])
@@ -413,7 +414,12 @@ def test_the_explorer_opens_a_folder_of_photos(tmp_path):
 
 
 def test_the_notebook_panel_searches_with_and_without_a_box(tmp_path, model):
-    from regattn_lib.photo_view import PhotoSearchPanel, attention_pair, hits_table, photo_attention
+    from regattn_lib.apps.photos.view import (
+        PhotoSearchPanel,
+        attention_pair,
+        hits_table,
+        photo_attention,
+    )
 
     folder = make_folder(tmp_path / "photos")
     index = index_folder(folder, model=model, progress=False)
@@ -436,10 +442,10 @@ def test_the_notebook_panel_searches_with_and_without_a_box(tmp_path, model):
 
 
 def test_the_repository_ships_small_demo_weights_that_load(monkeypatch):
-    from regattn_lib.whitening import PCAWhitening
+    from regattn_lib.core.whitening import PCAWhitening
 
     monkeypatch.undo()  # the real assets folder, not the isolated one
-    shipped = Path(photo_model.__file__).parent / "assets" / "demo"
+    shipped = photo_model.SHIPPED_DIR / "demo"
     for name in ("attention_regional.pt", "attention_context.pt", "whitening.pt"):
         assert (shipped / name).stat().st_size < 5 * 2**20, name
     assert load_trained_attention(shipped / "attention_context.pt").in_channels == 1280  # Lite0

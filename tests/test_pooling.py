@@ -1,14 +1,14 @@
 import numpy as np
 import torch
 
-from regattn_lib.pooling import (
+from regattn_lib.core.pooling import (
     global_avg_pool,
     global_max_pool,
     region_masks,
     regional_avg_pool,
     regional_max_pool,
 )
-from regattn_lib.regions import region_cells, rmac_regions
+from regattn_lib.core.regions import region_cells, rmac_regions
 
 
 def naive_pool(feats, cells, op):

@@ -14,15 +14,15 @@ import pytest
 import torch
 from test_downloads import FAST, PAYLOAD, SHA, site  # noqa: F401  (site: the loopback server)
 
-from regattn_lib import preflight as pf
 from regattn_lib.datasets import downloads as dl
 from regattn_lib.datasets import manifest as mf
 from regattn_lib.datasets.archives import done_marker
 from regattn_lib.datasets.downloads import ChecksumError, import_local
 from regattn_lib.datasets.manifest import load_manifest
-from regattn_lib.io_utils import sha256_file
-from regattn_lib.preflight import main, paper_checks, profile_checks
-from regattn_lib.profiles import PAPER, get_profile
+from regattn_lib.experiments import preflight as pf
+from regattn_lib.experiments.preflight import main, paper_checks, profile_checks
+from regattn_lib.experiments.profiles import PAPER, get_profile
+from regattn_lib.runtime.atomic import sha256_file
 
 # gnd x4, images x3, SfM db + images, Caffe features, attention, RPN, 1M list, and the first
 # ceil(100,000 / 10,010) = 10 revisitop1m archives for the 100k distractors

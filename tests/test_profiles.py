@@ -7,8 +7,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from regattn_lib import pipeline as P
-from regattn_lib.profiles import PAPER, SMOKE, apply_overrides, get_profile, load_overrides
+from regattn_lib.experiments import pipeline as P
+from regattn_lib.experiments.profiles import (
+    PAPER,
+    SMOKE,
+    apply_overrides,
+    get_profile,
+    load_overrides,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,7 +55,7 @@ def test_cli_checks_the_file_and_writes_papermill_parameters(tmp_path):
     good = tmp_path / "o.yaml"
     good.write_text("image_size: 96\ntrain:\n  recipe:\n    iterations: 3\n")
     out = tmp_path / "params.yaml"
-    run = [sys.executable, "-m", "regattn_lib.profiles", "--profile", "paper"]
+    run = [sys.executable, "-m", "regattn_lib.experiments.profiles", "--profile", "paper"]
     ok = subprocess.run(
         [*run, "--overrides", str(good), "--papermill-params", str(out)],
         capture_output=True,

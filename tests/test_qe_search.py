@@ -1,8 +1,8 @@
 import numpy as np
 import torch
 
-from regattn_lib.qe import average_query_expansion
-from regattn_lib.search import cosine_ranks
+from regattn_lib.core.qe import average_query_expansion
+from regattn_lib.core.search import cosine_ranks
 
 
 def unit(rows):

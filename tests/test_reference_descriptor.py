@@ -25,10 +25,10 @@ from reference_case import (
     usual_pipeline,
 )
 
-from regattn_lib.attention import RegionalAttention, load_official_attention
-from regattn_lib.descriptor import describe_feature_map
-from regattn_lib.regions import rmac_regions
-from regattn_lib.whitening import PCAWhitening
+from regattn_lib.core.attention import RegionalAttention, load_official_attention
+from regattn_lib.core.descriptor import describe_feature_map
+from regattn_lib.core.regions import rmac_regions
+from regattn_lib.core.whitening import PCAWhitening
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from reference_case import usual_pipeline
 
-from regattn_lib.regions import region_cells, rmac_regions, round_half_away
+from regattn_lib.core.regions import region_cells, rmac_regions, round_half_away
 
 
 def reference_rmac(H, W, L):

@@ -35,7 +35,6 @@ import torch
 import yaml
 from PIL import Image, ImageFile
 
-from regattn_lib import reports as R
 from regattn_lib.datasets import archives, safe_pickle
 from regattn_lib.datasets import downloads as dl
 from regattn_lib.datasets.imagenet import list_image_folder
@@ -45,7 +44,8 @@ from regattn_lib.datasets.retrieval import (
     load_retrieval_dataset,
     whitening_images,
 )
-from regattn_lib.profiles import PAPER, Profile
+from regattn_lib.experiments import reports as R
+from regattn_lib.experiments.profiles import PAPER, Profile
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -520,9 +520,9 @@ def test_fixture_weights_have_the_publishers_layouts(fixture, tmp_path):
     import torchvision
     from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
-    from regattn_lib import pipeline as P
-    from regattn_lib import studies as S
-    from regattn_lib.backbones import build_backbone
+    from regattn_lib.experiments import pipeline as P
+    from regattn_lib.experiments import studies as S
+    from regattn_lib.models.backbones import build_backbone
 
     state = FX.caffe_features_state(0)
     ref = torch.nn.Sequential(*list(torchvision.models.resnet101().children())[:-2]).state_dict()
@@ -551,7 +551,7 @@ def test_fixture_weights_have_the_publishers_layouts(fixture, tmp_path):
 # ----------------------------------------------------------------------------- checker
 def _write_good_tables(tables: Path, expected: dict | None = None) -> None:
     """Tables as notebooks 01-06 write them, with every row and label the checker wants."""
-    from regattn_lib.studies import compare_to_paper
+    from regattn_lib.experiments.studies import compare_to_paper
 
     tables.mkdir(parents=True, exist_ok=True)
     labels = {

@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from regattn_lib.rpn import RPNRegions, boxes_to_regions
+from regattn_lib.models.rpn import RPNRegions, boxes_to_regions
 
 
 def test_boxes_to_regions_clip_round_and_min_side():

@@ -5,12 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from regattn_lib.stats import (
-    GainInterval,
-    bootstrap_mean_interval,
-    paired_gain,
-    seed_spread,
-)
+from regattn_lib.core.stats import GainInterval, bootstrap_mean_interval, paired_gain, seed_spread
 
 
 def test_constant_differences_give_a_point_interval():

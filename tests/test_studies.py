@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from regattn_lib import pipeline as P
-from regattn_lib import studies as S
-from regattn_lib.extract import Descriptors
+from regattn_lib.experiments import pipeline as P
+from regattn_lib.experiments import studies as S
+from regattn_lib.extraction.extract import Descriptors
 
 
 def _vectors(angles):
@@ -136,8 +136,8 @@ def test_revisited_reports_map_and_mp10_per_protocol(monkeypatch):
 
 
 def test_a_trained_attention_counts_once_per_seed(monkeypatch):
-    from regattn_lib.attention import RegionalAttention
-    from regattn_lib.heads import RegionalHead
+    from regattn_lib.core.attention import RegionalAttention
+    from regattn_lib.extraction.heads import RegionalHead
 
     models = [RegionalAttention(2, hidden=2, context=False) for _ in range(3)]
     for m in models:

@@ -13,13 +13,13 @@ import torch
 from PIL import Image
 from torch import nn
 
-from regattn_lib import images as I
-from regattn_lib import pipeline as P
-from regattn_lib import studies as S
-from regattn_lib import timing as T
-from regattn_lib.bench_report import device_name
-from regattn_lib.heads import RegionalHead
-from regattn_lib.profiles import PAPER, get_profile
+from regattn_lib.datasets import images as I
+from regattn_lib.experiments import pipeline as P
+from regattn_lib.experiments import studies as S
+from regattn_lib.experiments import timing as T
+from regattn_lib.experiments.bench_report import device_name
+from regattn_lib.experiments.profiles import PAPER, get_profile
+from regattn_lib.extraction.heads import RegionalHead
 
 
 class LoggingBackbone(nn.Module):
@@ -131,7 +131,7 @@ def test_whitening_is_extracted_in_the_profile_precision_and_keyed_by_it(tmp_pat
     calls = []
 
     def fake_accumulate(paths, backbone, heads, size, **kw):
-        from regattn_lib.whitening import accumulate
+        from regattn_lib.core.whitening import accumulate
 
         calls.append(kw["precision"])
         g = torch.Generator().manual_seed(len(calls))

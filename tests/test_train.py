@@ -17,7 +17,7 @@ from PIL import Image
 from torch import nn
 
 from regattn_lib.datasets.imagenet import IMAGENET_ENV
-from regattn_lib.figures import plot_curves
+from regattn_lib.experiments.figures import plot_curves
 from regattn_lib.training import data as training_data
 from regattn_lib.training.augment import (
     SampleSpec,
@@ -29,11 +29,7 @@ from regattn_lib.training.augment import (
     train_crop,
     val_crop,
 )
-from regattn_lib.training.checkpoint import (
-    HISTORY_COLUMNS,
-    load_trained_attention,
-    load_trained_fc,
-)
+from regattn_lib.training.checkpoint import HISTORY_COLUMNS, load_trained_attention, load_trained_fc
 from regattn_lib.training.config import TrainConfig
 from regattn_lib.training.loop import at_checkpoint
 from regattn_lib.training.model import AttentionClassifier, head_logits
@@ -306,7 +302,7 @@ def test_checkpoint_and_log_iterations():
 
 def test_config_imports_without_the_trainer():
     code = (
-        "import json, sys, regattn_lib.training.config, regattn_lib.profiles\n"
+        "import json, sys, regattn_lib.training.config, regattn_lib.experiments.profiles\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.startswith('regattn_lib.training'))))"
     )
     out = subprocess.run(

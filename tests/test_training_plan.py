@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from regattn_lib import pipeline as P
-from regattn_lib import studies as S
-from regattn_lib import training_plan as TP
-from regattn_lib.attention import RegionalAttention
-from regattn_lib.reports import PAPER_ABLATION
+from regattn_lib.core.attention import RegionalAttention
+from regattn_lib.experiments import pipeline as P
+from regattn_lib.experiments import studies as S
+from regattn_lib.experiments import training_plan as TP
+from regattn_lib.experiments.reports import PAPER_ABLATION
 
 
 class _TinyBackbone(nn.Module):
@@ -149,8 +149,8 @@ def test_weights_column_is_carried_not_compared_on_other_datasets():
 
 
 def test_skipped_images_are_reported_beside_the_tables_with_a_note(tmp_path):
-    from regattn_lib.extract import Descriptors
-    from regattn_lib.image_stream import SkippedImage
+    from regattn_lib.extraction.extract import Descriptors
+    from regattn_lib.extraction.image_stream import SkippedImage
 
     ctx = P.setup("smoke", data_root=tmp_path / "d", results=tmp_path / "r", device="cpu")
     clean = Descriptors(torch.ones(3, 2), torch.ones(1, 2), ["a", "b", "c"], ["q"])
@@ -191,7 +191,7 @@ def test_seeds_train_one_model_each_and_the_regularisation_study_compares_varian
 ):
 
     from regattn_lib.datasets.imagenet import IMAGENET_ENV
-    from regattn_lib.regularisation import regularisation_study
+    from regattn_lib.experiments.regularisation import regularisation_study
 
     _fake_imagenet(tmp_path / "imagenet", n_train=3, n_val=2, seed=1)
     monkeypatch.setenv(IMAGENET_ENV, str(tmp_path / "imagenet"))

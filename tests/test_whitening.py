@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from regattn_lib.whitening import CovarianceAccumulator, PCAWhitening, learn_pca_whitening
+from regattn_lib.core.whitening import CovarianceAccumulator, PCAWhitening, learn_pca_whitening
 
 
 def correlated(m=500, c=6, seed=0):

@@ -17,7 +17,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
-from .downloads import DownloadError
+from regattn_lib.datasets.downloads import DownloadError
 
 CHUNK = 1 << 16
 

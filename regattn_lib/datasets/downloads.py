@@ -24,9 +24,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..io_utils import atomic_write_json, sha256_file
-from ..paths import data_root as resolve_data_root
-from .manifest import describe_url, manifest_entry, resolve_url
+from regattn_lib.datasets.manifest import describe_url, manifest_entry, resolve_url
+from regattn_lib.runtime.atomic import atomic_write_json, sha256_file
+from regattn_lib.runtime.paths import data_root as resolve_data_root
 
 #: Name of the lock file kept at the data root.
 LOCK_NAME = "downloads.lock.json"

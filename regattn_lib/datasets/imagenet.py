@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..paths import data_root as resolve_data_root
+from regattn_lib.runtime.paths import data_root as resolve_data_root
 
 #: File suffixes read as images (lower case; matching ignores case), as torchvision's ImageFolder.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")

@@ -42,7 +42,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..paths import data_root as resolve_data_root
+from regattn_lib.runtime.paths import data_root as resolve_data_root
 
 MANIFEST_PATH = Path(__file__).with_name("manifest.json")
 #: Environment variable: base URL of a mirror of every remote file (see the module docstring).

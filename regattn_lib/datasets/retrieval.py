@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..evaluate import protocol_gnd, supported_protocols
-from ..paths import data_root as resolve_data_root
-from . import downloads as dl
-from .archives import done_marker, extract_archive
-from .imagenet import IMAGE_EXTENSIONS, list_images
-from .manifest import manifest_entry
-from .safe_pickle import safe_load_pickle
+from regattn_lib.core.evaluate import protocol_gnd, supported_protocols
+from regattn_lib.datasets import downloads as dl
+from regattn_lib.datasets.archives import done_marker, extract_archive
+from regattn_lib.datasets.imagenet import IMAGE_EXTENSIONS, list_images
+from regattn_lib.datasets.manifest import manifest_entry
+from regattn_lib.datasets.safe_pickle import safe_load_pickle
+from regattn_lib.runtime.paths import data_root as resolve_data_root
 
 #: The 20 Paris6k images the authors' code leaves out (corrupt files), spec section 5.
 PARIS_BLACKLIST = (

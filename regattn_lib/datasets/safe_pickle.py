@@ -8,8 +8,8 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-from ..io_utils import sha256_file
-from .downloads import ChecksumError, hash_matches, lock_record_for_path
+from regattn_lib.datasets.downloads import ChecksumError, hash_matches, lock_record_for_path
+from regattn_lib.runtime.atomic import sha256_file
 
 
 class UnsafePickleError(ValueError):

@@ -20,12 +20,12 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..attention import RegionalAttention
-from ..io_utils import atomic_torch_save, atomic_write_text
-from .config import TrainConfig
+from regattn_lib.core.attention import RegionalAttention
+from regattn_lib.runtime.atomic import atomic_torch_save, atomic_write_text
+from regattn_lib.training.config import TrainConfig
 
 if TYPE_CHECKING:
-    from .model import AttentionClassifier
+    from regattn_lib.training.model import AttentionClassifier
 
 HISTORY_COLUMNS = ("step", "loss", "train_acc", "val_loss", "val_acc", "images_per_s")
 LATEST = "latest.pt"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..attention import ACTIVATIONS
+from regattn_lib.core.attention import ACTIVATIONS
 
 STAGES = ("fc", "attention")
 #: Which weights a run keeps: the last iteration's (the authors') or the best on validation.

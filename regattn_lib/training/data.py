@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
-from ..images import load_rgb
-from ..io_utils import atomic_torch_save
-from .augment import SampleSpec, draw_samples, train_crop, val_crop
-from .config import CACHE_SEED_OFFSET, TrainConfig
+from regattn_lib.datasets.images import load_rgb
+from regattn_lib.runtime.atomic import atomic_torch_save
+from regattn_lib.training.augment import SampleSpec, draw_samples, train_crop, val_crop
+from regattn_lib.training.config import CACHE_SEED_OFFSET, TrainConfig
 
 if TYPE_CHECKING:
-    from .model import AttentionClassifier
+    from regattn_lib.training.model import AttentionClassifier
 
 T = TypeVar("T")
 

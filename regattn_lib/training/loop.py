@@ -49,11 +49,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..attention import RegionalAttention
-from ..extract import resolve_device
-from ..heads import module_digest
-from .augment import fixed_subset
-from .checkpoint import (
+from regattn_lib.core.attention import RegionalAttention
+from regattn_lib.extraction.extract import resolve_device
+from regattn_lib.extraction.heads import module_digest
+from regattn_lib.training.augment import fixed_subset
+from regattn_lib.training.checkpoint import (
     ARTEFACTS,
     CURVES_PNG,
     HISTORY_CSV,
@@ -67,9 +67,16 @@ from .checkpoint import (
     seed_everything,
     write_history,
 )
-from .config import VAL_SEED_OFFSET, TrainConfig
-from .data import Draw, Loader, dist_rank_world, load_val_crop, rank_shard, train_batches
-from .model import AttentionClassifier, head_logits, resolve_fc
+from regattn_lib.training.config import VAL_SEED_OFFSET, TrainConfig
+from regattn_lib.training.data import (
+    Draw,
+    Loader,
+    dist_rank_world,
+    load_val_crop,
+    rank_shard,
+    train_batches,
+)
+from regattn_lib.training.model import AttentionClassifier, head_logits, resolve_fc
 
 
 @dataclass
@@ -383,7 +390,9 @@ def train(
             if state.step >= cfg.iterations or state.stopped:
                 save_artefact(state, model, cfg, classes, artefact)
             if cfg.plot and state.history:
-                from ..figures import plot_curves  # matplotlib only when plotting
+                from regattn_lib.experiments.figures import (
+                    plot_curves,  # matplotlib only when plotting
+                )
 
                 plot_curves(out_dir / HISTORY_CSV, out_dir / CURVES_PNG)
     done = state.step >= cfg.iterations or state.stopped

@@ -12,9 +12,14 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
-from ..attention import RegionalAttention
-from ..descriptor import attention_weights, batch_regions, pool_regions, weighted_mean
-from .checkpoint import load_trained_fc
+from regattn_lib.core.attention import RegionalAttention
+from regattn_lib.core.descriptor import (
+    attention_weights,
+    batch_regions,
+    pool_regions,
+    weighted_mean,
+)
+from regattn_lib.training.checkpoint import load_trained_fc
 
 
 def head_logits(

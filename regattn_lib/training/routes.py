@@ -12,10 +12,10 @@ from dataclasses import replace
 
 from torch import nn
 
-from ..datasets.imagenet import imagenet_split
-from .augment import remap_labels
-from .config import TrainConfig
-from .loop import TrainResult, train
+from regattn_lib.datasets.imagenet import imagenet_split
+from regattn_lib.training.augment import remap_labels
+from regattn_lib.training.config import TrainConfig
+from regattn_lib.training.loop import TrainResult, train
 
 
 def train_fc(

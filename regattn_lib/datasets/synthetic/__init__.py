@@ -64,8 +64,8 @@ procedural textures), ``assets`` (source photos and objects), ``rendering`` (one
 ``layout`` (folders), ``building`` (jobs, the three parts, atomic install).
 """
 
-from .building import generate_synthetic
-from .config import (
+from regattn_lib.datasets.synthetic.building import generate_synthetic
+from regattn_lib.datasets.synthetic.config import (
     GENERATOR,
     GENERATOR_VERSION,
     SYNTHETIC_PRESETS,
@@ -73,7 +73,11 @@ from .config import (
     tiny_config,
     view_label,
 )
-from .layout import SyntheticPaths, load_landmark_mask, synthetic_paths
+from regattn_lib.datasets.synthetic.layout import (
+    SyntheticPaths,
+    load_landmark_mask,
+    synthetic_paths,
+)
 
 __all__ = [
     "GENERATOR",

@@ -12,8 +12,8 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .config import STREAM_CODES, SyntheticConfig, stream_rng
-from .patterns import blend2, colour, colour_pair, pattern, to_u8
+from regattn_lib.datasets.synthetic.config import STREAM_CODES, SyntheticConfig, stream_rng
+from regattn_lib.datasets.synthetic.patterns import blend2, colour, colour_pair, pattern, to_u8
 
 # Photos whose tiles become objects, and textures reserved for backgrounds: disjoint, so that
 # background clutter never shares content with an object.

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .assets import Assets
-from .config import (
+from regattn_lib.datasets.synthetic.assets import Assets
+from regattn_lib.datasets.synthetic.config import (
     GENERATOR,
     GENERATOR_VERSION,
     SyntheticConfig,
@@ -30,8 +30,13 @@ from .config import (
     stream_rng,
     view_label,
 )
-from .layout import MASK_DIR, SyntheticPaths, save_landmark_mask, synthetic_paths
-from .rendering import render_scene
+from regattn_lib.datasets.synthetic.layout import (
+    MASK_DIR,
+    SyntheticPaths,
+    save_landmark_mask,
+    synthetic_paths,
+)
+from regattn_lib.datasets.synthetic.rendering import render_scene
 
 # Jobs: one per image, run in this process or in a pool. A job is
 # (kind, stream, index tuple, output path, extra) and returns (path, info); ``extra["mask"]``,

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from regattn_lib.paths import data_root as _data_root
+from regattn_lib.runtime.paths import data_root as _data_root
 
 #: Folder of the landmark masks, beside ``jpg/`` in a retrieval folder.
 MASK_DIR = "masks"

@@ -12,9 +12,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from .assets import Assets
-from .config import SyntheticConfig
-from .patterns import blend2, colour, colour_pair, coords, pattern, to_u8
+from regattn_lib.datasets.synthetic.assets import Assets
+from regattn_lib.datasets.synthetic.config import SyntheticConfig
+from regattn_lib.datasets.synthetic.patterns import (
+    blend2,
+    colour,
+    colour_pair,
+    coords,
+    pattern,
+    to_u8,
+)
 
 if TYPE_CHECKING:
     from skimage.transform import ProjectiveTransform

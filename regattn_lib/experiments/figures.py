@@ -1,0 +1,219 @@
+"""Figures of the notebooks, as pyplot-free matplotlib ``Figure`` objects (headless-safe)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from regattn_lib.datasets.images import crop_box, load_rgb
+from regattn_lib.runtime.atomic import atomic_write
+
+#: Border colours of ranked results by label.
+LABEL_COLOURS = {"positive": "#2ca02c", "hard": "#ff7f0e", "junk": "#7f7f7f", "negative": "#d62728"}
+
+
+def _figure(w: float, h: float) -> Figure:
+    fig = Figure(figsize=(w, h))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def plot_queries(paths: Sequence, bbxs: Sequence, names: Sequence[str], n: int = 6) -> Figure:
+    """The first ``n`` query images with their boxes."""
+    n = min(n, len(paths))
+    fig = _figure(3 * n, 3.2)
+    axes = np.atleast_1d(fig.subplots(1, n))
+    for ax, p, b, name in zip(axes, paths[:n], bbxs[:n], names[:n], strict=True):
+        ax.imshow(load_rgb(p, allow_truncated=True))
+        if b is not None:
+            ax.add_patch(
+                Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, ec="yellow", lw=2)
+            )
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def plot_scale_study(df: pd.DataFrame, metric: str = "mAP", dataset: str | None = None) -> Figure:
+    """mAP against the number of R-MAC levels L, one line per method."""
+    fig = _figure(6, 4)
+    ax = fig.subplots()
+    for method, g in df.groupby("method", sort=False):
+        ax.plot(g["levels"], g[metric], "o-", label=method)
+    ax.set_xlabel("R-MAC levels L (finer grid to the right)")
+    ax.set_ylabel(f"{metric} (%)")
+    ax.set_title(f"Scale study{'' if dataset is None else ' - ' + dataset}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_ap_scatter(
+    ap_base: np.ndarray, ap_ours: np.ndarray, base: str = "R-MAC", ours: str = "ours"
+) -> Figure:
+    """Per-query AP of ours against the baseline; points above the diagonal are wins."""
+    fig = _figure(4.8, 4.8)
+    ax = fig.subplots()
+    wins = int(np.sum(ap_ours > ap_base))
+    ax.scatter(ap_base, ap_ours, s=18, alpha=0.8)
+    ax.plot([0, 100], [0, 100], "k--", lw=1)
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 100)
+    ax.set_xlabel(f"AP {base} (%)")
+    ax.set_ylabel(f"AP {ours} (%)")
+    ax.set_title(f"{ours} better on {wins} of {len(ap_base)} queries")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def result_label(index: int, gnd: Mapping) -> str:
+    """positive / hard / junk / negative for database image ``index`` of one query's gnd."""
+    if index in set(gnd.get("junk", [])):
+        return "junk"
+    if "easy" in gnd and index in set(gnd.get("hard", [])):
+        return "hard"
+    if index in set(gnd.get("ok", [])) or index in set(gnd.get("easy", [])):
+        return "positive"
+    return "negative"
+
+
+def plot_ranked_list(
+    query_path,
+    bbx,
+    db_paths: Sequence,
+    ranking: Sequence[int],
+    gnd: Mapping,
+    k: int = 8,
+    title: str = "",
+) -> Figure:
+    """The query (cropped to its box) and its top-``k`` results, borders coloured by label."""
+    fig = _figure(2.2 * (k + 1), 2.6)
+    axes = fig.subplots(1, k + 1)
+    q = load_rgb(query_path, allow_truncated=True)
+    axes[0].imshow(crop_box(q, bbx) if bbx is not None else q)
+    axes[0].set_title("query", fontsize=9)
+    for ax, idx in zip(axes[1:], ranking[:k], strict=False):
+        ax.imshow(load_rgb(db_paths[idx], allow_truncated=True))
+        label = result_label(int(idx), gnd)
+        for s in ax.spines.values():
+            s.set_edgecolor(LABEL_COLOURS[label])
+            s.set_linewidth(5)
+        ax.set_title(label, fontsize=9, color=LABEL_COLOURS[label])
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def attention_heatmap(
+    height: int, width: int, regions: np.ndarray, alpha: np.ndarray
+) -> np.ndarray:
+    """Mean alpha of the regions covering each pixel (H, W); 0 where no region lies."""
+    total = np.zeros((height, width))
+    count = np.zeros((height, width))
+    for (x, y, w, h), a in zip(np.asarray(regions), np.asarray(alpha), strict=True):
+        total[y : y + h, x : x + w] += a
+        count[y : y + h, x : x + w] += 1
+    return np.divide(total, count, out=np.zeros_like(total), where=count > 0)
+
+
+def plot_attention(
+    image: np.ndarray, regions: np.ndarray, alpha: np.ndarray, title: str = "", ax=None
+) -> Figure:
+    """Region weights alpha painted back onto the image as a heat map."""
+    fig = None
+    if ax is None:
+        fig = _figure(5, 4)
+        ax = fig.subplots()
+    heat = attention_heatmap(image.shape[0], image.shape[1], regions, alpha)
+    ax.imshow(image)
+    im = ax.imshow(heat, cmap="jet", alpha=0.45)
+    ax.set_title(title, fontsize=9)
+    ax.axis("off")
+    if fig is not None:
+        fig.colorbar(im, ax=ax, fraction=0.046, label="mean alpha")
+        fig.tight_layout()
+    return fig if fig is not None else ax.figure
+
+
+def show_png(path):
+    """An IPython image of a PNG written by the library (for notebooks)."""
+    from IPython.display import Image
+
+    return Image(filename=str(path))
+
+
+def plot_curves(csv_path: str | os.PathLike, out_png: str | os.PathLike) -> Path:
+    """Loss and accuracy curves of a ``history.csv`` against the iteration, as a PNG.
+
+    Parameters
+    ----------
+    csv_path:
+        A ``history.csv`` written by training (``training.checkpoint.HISTORY_COLUMNS``).
+    out_png:
+        Where the figure goes (written atomically).
+    """
+    df = pd.read_csv(csv_path)
+    fig = _figure(10, 3.8)
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    val = df.dropna(subset=["val_loss"])
+    ax_loss.plot(df["step"], df["loss"], label="train")
+    ax_loss.plot(val["step"], val["val_loss"], "o-", label="val")
+    ax_acc.plot(df["step"], df["train_acc"], label="train")
+    ax_acc.plot(val["step"], val["val_acc"], "o-", label="val")
+    for ax, name in ((ax_loss, "cross-entropy"), (ax_acc, "accuracy")):
+        ax.set_xlabel("iteration")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    out_png = Path(out_png)
+
+    def _save(tmp: Path) -> None:
+        fig.savefig(tmp, format="png", dpi=100)
+
+    return atomic_write(out_png, _save)
+
+
+def plot_object_attention(table: pd.DataFrame) -> Figure:
+    """The attention's share of the landmark against R-MAC's uniform share, per method and image
+    set, with the 95% interval of the difference (``studies.object_attention``)."""
+    fig = _figure(7, 3.6)
+    ax = fig.subplots()
+    labels = [f"{r['method']}\n({r['images']})" for _, r in table.iterrows()]
+    x = np.arange(len(table))
+    ax.bar(x - 0.2, table["uniform share"], 0.4, label="uniform weights (R-MAC)", color="#bbbbbb")
+    err = np.vstack(
+        [
+            table["difference"] - table["difference low"],
+            table["difference high"] - table["difference"],
+        ]
+    )
+    ax.bar(x + 0.2, table["attention share"], 0.4, label="attention", color="#1f77b4")
+    ax.errorbar(
+        x + 0.2,
+        table["uniform share"] + table["difference"],
+        yerr=err,
+        fmt="none",
+        ecolor="black",
+        capsize=4,
+        label="95% interval of the difference",
+    )
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_ylabel("share of region weight on the landmark")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig

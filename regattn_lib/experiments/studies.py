@@ -1,0 +1,646 @@
+"""The experiments behind each table of the paper, as functions returning DataFrames.
+
+Each function runs the backbone once per dataset for all the methods it compares (the
+extraction engine evaluates many heads on one feature map) and reuses the descriptor cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from regattn_lib.core.evaluate import per_query_table
+from regattn_lib.core.regions import rmac_regions
+from regattn_lib.core.stats import paired_gain
+from regattn_lib.core.whitening import PCAWhitening
+from regattn_lib.experiments import pipeline as P
+from regattn_lib.experiments.reports import side_by_side
+from regattn_lib.experiments.timing import time_per_image
+from regattn_lib.extraction import methods
+from regattn_lib.extraction.heads import Head
+
+#: Column naming where each row's attention weights came from (``pipeline.provenance``).
+WEIGHTS = "weights"
+#: Column counting the models (seeds) a row's numbers average.
+SEEDS = "seeds"
+PAPER_ONLY = "paper only"
+
+
+def dataset_statistics(ctx: P.Context) -> pd.DataFrame:
+    """Database size, queries and positives per query for each test set of the profile."""
+    rows = []
+    for name in dict.fromkeys(ctx.profile.datasets + ctx.profile.revisited):
+        ds = P.dataset(ctx, name)
+        row = {"dataset": name, "database": ds.n_db, "queries": ds.n_queries}
+        for proto in ("easy", "hard", "junk", "ok"):
+            if ds.gnd and proto in ds.gnd[0]:
+                row[f"{proto} per query"] = float(np.mean([len(g[proto]) for g in ds.gnd]))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def compare_to_paper(
+    ours: pd.DataFrame,
+    paper: pd.DataFrame,
+    datasets: Sequence[str],
+    extra: Sequence[str] = (),
+    baseline: str | None = None,
+) -> tuple[pd.DataFrame, list[str]]:
+    """Paper vs ours vs difference where our columns are the paper's datasets.
+
+    Rows: ours in order, then the paper's rows we do not compute (e.g. SDCF), with empty
+    "ours" cells. On other datasets (the synthetic benchmark) a difference would compare unlike
+    things: the table then shows the paper's columns as a reference beside ours, and each
+    side's gain over its own ``baseline`` row (default: the first row, R-MAC), which is
+    comparable. Returns the table and its notes.
+    """
+    # labels and gains are not scores to compare: _with_weights and _with_intervals carry them
+    datasets = [d for d in datasets if d not in (WEIGHTS, SEEDS) and not _is_gain(d)]
+    methods = list(ours["method"]) + [m for m in paper["method"] if m not in set(ours["method"])]
+    ours = ours.set_index("method").reindex(methods).reset_index()
+    if WEIGHTS in ours.columns:
+        ours[WEIGHTS] = ours[WEIGHTS].fillna(PAPER_ONLY)
+    # gains and their intervals are carried by _with_intervals; labels by _with_weights
+    cols = list(datasets) + [
+        c for c in extra if c in ours.columns and c not in (WEIGHTS, SEEDS) and not _is_gain(c)
+    ]
+    if all(d in paper.columns for d in datasets):
+        table = _with_intervals(side_by_side(ours, paper, cols), ours, cols)
+        return _with_weights(table, ours), []
+    base = baseline if baseline is not None else methods[0]
+    ref = paper.set_index("method").reindex(methods)
+    out = pd.DataFrame({"method": methods})
+    for c in [c for c in paper.columns if c != "method"]:
+        out[f"{c} paper"] = ref[c].to_numpy(dtype=float)
+    for c in cols:
+        out[f"{c} ours"] = ours[c].to_numpy(dtype=float)
+    ib = methods.index(base)
+    for c in [c for c in paper.columns if c not in ("method", "time_s")]:
+        out[f"{c} paper gain"] = out[f"{c} paper"] - out[f"{c} paper"].iloc[ib]
+    for d in datasets:
+        out[f"{d} ours gain"] = out[f"{d} ours"] - out[f"{d} ours"].iloc[ib]
+    out = _with_intervals(out, ours, cols)
+    note = (
+        f"Ours is measured on {', '.join(datasets)}, not on the paper's datasets: the paper's "
+        f"values are shown for reference, and 'gain' columns compare each side to its own {base} row."
+    )
+    return _with_weights(out, ours), [note]
+
+
+def _is_gain(column: str) -> bool:
+    return column.endswith(" gain") or column.endswith(INTERVAL_SUFFIXES)
+
+
+def _with_weights(table: pd.DataFrame, ours: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with ours' ``weights`` column (where each row's attention came from) second,
+    and ``seeds`` (how many models a row averages) after it."""
+    if WEIGHTS in ours.columns:
+        table.insert(1, WEIGHTS, ours[WEIGHTS].to_numpy())
+    if SEEDS in ours.columns:
+        table.insert(2 if WEIGHTS in ours.columns else 1, SEEDS, ours[SEEDS].to_numpy())
+    return table
+
+
+def gain_intervals(
+    aps: dict[str, np.ndarray | None], baseline: str, column: str
+) -> dict[str, list[float]]:
+    """Each method's gain in mAP over ``baseline`` on one column, with its 95% paired-bootstrap
+    interval over queries (``stats.paired_gain``).
+
+    ``aps``: method -> per-query APs (Q,) or (S, Q) for S seeds (``None``: no value). Returns
+    the columns ``<column> gain``, ``<column> gain low``, ``<column> gain high`` (and
+    ``<column> gain seed sd`` when a method has several seeds), one value per method in order.
+    """
+    base = aps[baseline]
+    cols: dict[str, list[float]] = {f"{column} gain{k}": [] for k in ("", " low", " high")}
+    sds: list[float] = []
+    for values in aps.values():
+        if values is None or base is None:
+            g = None
+        else:
+            g = paired_gain(values, base)
+        cols[f"{column} gain"].append(np.nan if g is None else g.gain)
+        cols[f"{column} gain low"].append(np.nan if g is None else g.low)
+        cols[f"{column} gain high"].append(np.nan if g is None else g.high)
+        sds.append(np.nan if g is None or g.n_seeds < 2 else g.seed_sd)
+    if any(not np.isnan(v) for v in sds):
+        cols[f"{column} gain seed sd"] = sds
+    return cols
+
+
+INTERVAL_SUFFIXES = (" gain low", " gain high", " gain seed sd")
+
+
+def _with_intervals(out: pd.DataFrame, ours: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """Carry ours' gain and interval columns (``gain_intervals``) into a compared table, as
+    ``<c> ours gain``, ``<c> ours gain low`` ..."""
+    for c in columns:
+        for suffix in ("gain",) + tuple(x.strip() for x in INTERVAL_SUFFIXES):
+            src = f"{c} {suffix}"
+            if src in ours.columns:
+                out[f"{c} ours {suffix}"] = ours[src].to_numpy(dtype=float)
+    return out
+
+
+def head_weights(head: Head) -> str:
+    """Provenance label of a head's attention (``pipeline.provenance``)."""
+    return P.provenance(getattr(head, "attention", None))
+
+
+SEED_SEP = "|seed"
+
+
+def expand_seeds(
+    ctx: P.Context, heads: dict[str, Head]
+) -> tuple[dict[str, Head], dict[str, list[str]]]:
+    """Each head whose attention was trained here, once per seed of the profile (the same head
+    with that seed's weights, key ``<key>|seed<i>``); other heads once. Returns the heads and,
+    per original key, the keys of its seeds."""
+    out: dict[str, Head] = {}
+    groups: dict[str, list[str]] = {}
+    others: dict[str, list[Any]] | None = None
+    for key, head in heads.items():
+        out[key], groups[key] = head, [key]
+        att = getattr(head, "attention", None)
+        if att is None or getattr(att, "provenance", None) != P.TRAINED:
+            continue
+        if others is None:  # loaded once, only when a trained head is there
+            others = {
+                kind: [m for m in P.attention_seeds(ctx).get(label, [])[1:] if m is not None]
+                for label, kind in P.ATTENTION_KINDS.items()
+            }
+        for i, other in enumerate(others["context" if att.context else "regional"], start=1):
+            out[f"{key}{SEED_SEP}{i}"] = replace(head, attention=other)
+            groups[key].append(f"{key}{SEED_SEP}{i}")
+    return out, groups
+
+
+def seeded_score(
+    ctx: P.Context,
+    ds: Any,
+    heads: dict[str, Head],
+    qe_k: int = 0,
+    protocols: Sequence[str] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """``pipeline.score`` of ``heads`` where every trained attention counts once per seed.
+
+    A head with several seeds gets, per protocol, the mean mAP and mP@k over seeds, the
+    per-query APs of every seed as an (S, Q) array (``aps``, for ``gain_intervals``) and each
+    seed's mAP (``map_seeds``); ``seeds`` says how many."""
+    expanded, groups = expand_seeds(ctx, heads)
+    scores = P.score(P.describe(ctx, ds, expanded), ds, qe_k=qe_k, protocols=protocols)
+    out: dict[str, dict[str, Any]] = {}
+    for key, keys in groups.items():
+        runs = [scores[k] for k in keys]
+        merged = {**runs[0], "seeds": len(runs), "protocols": {}}
+        for proto, first in runs[0]["protocols"].items():
+            per = [r["protocols"][proto] for r in runs]
+            merged["protocols"][proto] = {
+                **first,
+                "map": float(np.mean([p["map"] for p in per])),
+                "map_seeds": [p["map"] for p in per],
+                "mp": {k: float(np.mean([p["mp"][k] for p in per])) for k in first["mp"]},
+                "aps": np.stack([np.asarray(p["aps"]) for p in per]),
+            }
+        out[key] = merged
+    return out
+
+
+def series_heads(ctx: P.Context, whitening: PCAWhitening) -> dict[str, Head]:
+    """Every R-MAC-grid head the series' tables use on the test sets, each trained attention
+    once per seed: the ablation rows (which are also the SOTA and revisited tables' R-MAC and
+    ours) and the scale study's rows at every L."""
+    heads: dict[str, Head] = dict(P.ablation_heads(ctx, whitening))
+    for lv in ctx.profile.scale_levels:
+        for label, att in P.available_attention(ctx).items():
+            heads[f"{label}|L={lv}"] = methods.build_head(
+                label, levels=lv, attention=att, whitening=whitening
+            )
+    return expand_seeds(ctx, heads)[0]
+
+
+def describe_series(ctx: P.Context, whitening: PCAWhitening, progress: bool = True) -> None:
+    """One backbone pass per test set for all of ``series_heads``, so that the ablation, the
+    scale study, the SOTA and revisited tables and the per-query study read their descriptors
+    from the cache instead of running the backbone over the same images again."""
+    heads = series_heads(ctx, whitening)
+    for name in dict.fromkeys(ctx.profile.datasets + ctx.profile.revisited):
+        P.describe(ctx, P.dataset(ctx, name), heads, progress=progress)
+
+
+def _classic_maps(
+    ctx: P.Context, ds_name: str, heads: dict[str, Head], qe_k: int = 0, distractors: bool = False
+):
+    """(dataset, scores, method -> classic mAP, method -> per-query classic APs); methods with
+    several seeds: the mean mAP and the (S, Q) APs (``seeded_score``)."""
+    ds = P.dataset(ctx, ds_name, distractors=distractors)
+    scores = seeded_score(ctx, ds, heads, qe_k=qe_k, protocols=["classic"])
+    maps = {k: v["protocols"]["classic"]["map"] for k, v in scores.items()}
+    aps = {k: v["protocols"]["classic"]["aps"] for k, v in scores.items()}
+    return ds, scores, maps, aps
+
+
+def ablation(
+    ctx: P.Context, whitening: PCAWhitening, timing: bool = True, n_timing: int = 20
+) -> pd.DataFrame:
+    """R-MAC + PCA, + regional attention, + context awareness on each test set, with s/image.
+
+    Columns: one classic mAP per test set (the mean over the profile's seeds for a trained
+    attention; ``seeds`` says how many), ``<set> medium`` / ``<set> hard`` where the set has
+    revisited labels, each with the gain over R-MAC + PCA and its 95% paired-bootstrap
+    interval over queries (``gain_intervals``), and ``time_s``: the median seconds per image of
+    each method over ``n_timing`` database images of the first test set
+    (:func:`timing.time_per_image`: warm
+    model, one image at a time, decoding excluded). ``table.attrs["notes"]`` says how, on which
+    device and in which precision; ``table.attrs["timing"]`` holds the measurements.
+    """
+    heads = P.ablation_heads(ctx, whitening)
+    base = next(iter(heads))  # R-MAC + PCA: every gain and its interval is against it
+    table = pd.DataFrame(
+        {"method": list(heads), WEIGHTS: [head_weights(h) for h in heads.values()]}
+    )
+    for name in ctx.profile.datasets:
+        ds, scores, maps, aps = _classic_maps(ctx, name, heads)
+        table[name] = [maps[m] for m in heads]
+        table[SEEDS] = [scores[m]["seeds"] for m in heads]
+        intervals = gain_intervals(aps, base, name)
+        # Sets that also carry the revisited labels (the synthetic ones) get Medium and Hard too.
+        extra = [p for p in ("medium", "hard") if p in ds.protocols]
+        if extra:
+            scores = seeded_score(ctx, ds, heads, protocols=extra)
+            for proto in extra:
+                col = f"{name} {proto}"
+                table[col] = [scores[m]["protocols"][proto]["map"] for m in heads]
+                proto_aps = {m: scores[m]["protocols"][proto]["aps"] for m in heads}
+                intervals.update(gain_intervals(proto_aps, base, col))
+        for col, values in intervals.items():
+            table[col] = values
+    if timing:
+        ds = P.dataset(ctx, ctx.profile.datasets[0])
+        t = time_per_image(ctx, ds, heads, n_timing)
+        table["time_s"] = [t[m].median_s for m in heads]
+        first = next(iter(t.values()))
+        table.attrs["notes"] = [
+            f"time_s: median seconds per image over {first.n} images of {ds.name}, one at a time "
+            f"at {first.image_size or 'original'} px, warm model, decoding excluded; "
+            f"{first.device}, {first.precision}"
+        ]
+        table.attrs["timing"] = {m: asdict(v) for m, v in t.items()}
+    return table
+
+
+def rpn_ablation(ctx: P.Context, whitening: PCAWhitening) -> tuple[pd.DataFrame, str]:
+    """The ablation with RPN proposals instead of the grid. Returns the table and the RPN label."""
+    from regattn_lib.models.rpn import RPNRegions
+
+    rpn = RPNRegions(
+        ctx.profile.rpn,
+        top_n=ctx.profile.rpn_proposals,
+        data_root=ctx.data_root,
+        download=ctx.profile.download,
+        device=ctx.device,
+        max_side=ctx.profile.rpn_max_side,
+    )
+    heads = P.ablation_heads(
+        ctx, whitening, region_fn=rpn, region_source=f"rpn-{rpn.weights}-{rpn.top_n}"
+    )
+    table = pd.DataFrame(
+        {"method": list(heads), WEIGHTS: [head_weights(h) for h in heads.values()]}
+    )
+    for name in ctx.profile.datasets:
+        _, _, maps, aps = _classic_maps(ctx, name, heads)
+        table[name] = [maps[m] for m in heads]
+        for col, values in gain_intervals(aps, next(iter(heads)), name).items():
+            table[col] = values
+    return table, rpn.label
+
+
+def scale_study(
+    ctx: P.Context, whitening: PCAWhitening, levels: Sequence[int] | None = None
+) -> pd.DataFrame:
+    """mAP against the number of levels L for R-MAC and the attention variants (long format),
+    with each method's gain over R-MAC at the same L and its 95% paired-bootstrap interval."""
+    levels = list(ctx.profile.scale_levels if levels is None else levels)
+    atts = P.available_attention(ctx)
+    heads: dict[str, Head] = {}
+    for lv in levels:
+        for label, att in atts.items():
+            heads[f"{label}|L={lv}"] = methods.build_head(
+                label, levels=lv, attention=att, whitening=whitening
+            )
+    rows = []
+    for name in ctx.profile.datasets:
+        ds = P.dataset(ctx, name)
+        scores = seeded_score(ctx, ds, heads, protocols=["classic"])
+        for lv in levels:
+            keys = [f"{label}|L={lv}" for label in atts]
+            aps = {k: scores[k]["protocols"]["classic"]["aps"] for k in keys}
+            gains = gain_intervals(aps, keys[0], "mAP")  # against R-MAC at the same L
+            for i, (label, key) in enumerate(zip(atts, keys, strict=True)):
+                row = {
+                    "dataset": name,
+                    "method": label,
+                    WEIGHTS: head_weights(heads[key]),
+                    "levels": lv,
+                    "regions_4x3": len(rmac_regions(768, 1024, lv)),
+                    "mAP": scores[key]["protocols"]["classic"]["map"],
+                    SEEDS: scores[key]["seeds"],
+                }
+                row.update({col: values[i] for col, values in gains.items()})
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def sota_heads(ctx: P.Context, whitening: PCAWhitening) -> dict[str, Head]:
+    """The state-of-the-art rows (``methods.SOTA_ROWS``): MAC, SPoC, CroW, CAM, each whitened on
+    the whitening set with its own whitening, R-MAC, and ours (the context-aware attention, else
+    the regional one). CAM needs the backbone's ImageNet classifier and is left out without
+    one; ours is left out without any attention model."""
+    fc = getattr(ctx.backbone, "fc", None)
+    fc_weight = None if fc is None else fc.weight.detach()
+    atts = {
+        methods.method(lbl).attention_kind: a
+        for lbl, a in P.available_attention(ctx).items()
+        if a is not None
+    }
+    rows: dict[str, methods.Method] = {}
+    for row, names in methods.SOTA_ROWS.items():
+        candidates = [methods.METHODS[n] for n in ((names,) if isinstance(names, str) else names)]
+        usable = [m for m in candidates if m.attention_kind is None or m.attention_kind in atts]
+        if usable and not (usable[0].pooling == "cam" and fc_weight is None):
+            rows[row] = usable[0]
+    poolings = [m.pooling for m in rows.values() if m.family == "global"]
+    full = P.learn_whitenings(ctx, poolings)  # one pass for all of them
+    dims = ctx.profile.global_whitening_dims
+    heads: dict[str, Head] = {}
+    for row, m in rows.items():
+        if m.family == "global":
+            w = full[m.pooling] if dims is None else full[m.pooling].truncate(dims)
+        else:
+            w = whitening
+        head = m.build(
+            levels=ctx.profile.levels,
+            whitening=w,
+            attention=atts.get(m.attention_kind),
+            fc_weight=fc_weight,
+        )
+        head.name = row  # the paper's row label
+        heads[row] = head
+    return heads
+
+
+def sota(ctx: P.Context, whitening: PCAWhitening) -> tuple[pd.DataFrame, list[str]]:
+    """The state-of-the-art table: every method without and with average QE (top-k), each with
+    its gain over R-MAC (without QE) and the gain's 95% paired-bootstrap interval."""
+    heads = sota_heads(ctx, whitening)
+    notes: list[str] = []
+    columns: dict[str, dict[str, float]] = {}
+    intervals: dict[str, dict[str, list[float]]] = {}
+    sets = [(n, False) for n in ctx.profile.datasets]
+    if ctx.profile.distractors is not None:
+        sets += [(n, True) for n in ctx.profile.datasets]
+    for name, distract in sets:
+        ds = P.dataset(ctx, name, distractors=distract)
+        col = (
+            {"oxford5k": "oxford105k", "paris6k": "paris106k"}.get(name, name + "+distractors")
+            if distract
+            else name
+        )
+        plain = seeded_score(ctx, ds, heads, protocols=["classic"])
+        qe = seeded_score(ctx, ds, heads, qe_k=ctx.profile.qe_k, protocols=["classic"])
+        columns[col] = {m: plain[m]["protocols"]["classic"]["map"] for m in heads}
+        columns[col].update({f"{m}+QE": qe[m]["protocols"]["classic"]["map"] for m in heads})
+        aps = {m: plain[m]["protocols"]["classic"]["aps"] for m in heads}
+        aps.update({f"{m}+QE": qe[m]["protocols"]["classic"]["aps"] for m in heads})
+        intervals[col] = gain_intervals(
+            aps, "R-MAC" if "R-MAC" in heads else next(iter(heads)), col
+        )
+        notes += [n for n in ds.notes if n not in notes]
+    methods = list(heads) + [f"{m}+QE" for m in heads]
+    labels = [head_weights(h) for h in heads.values()]
+    table = pd.DataFrame({"method": methods, WEIGHTS: labels + labels})
+    for col, vals in columns.items():
+        table[col] = [vals[m] for m in methods]
+    for cols in intervals.values():
+        for col, values in cols.items():
+            table[col] = values
+    if "CAM" not in heads:
+        notes.append(
+            "CAM is left out: the backbone has no ImageNet classifier (fc) to weight with."
+        )
+    return table, notes
+
+
+def revisited(ctx: P.Context, whitening: PCAWhitening) -> pd.DataFrame:
+    """Revisited protocol: mAP and mP@10 under Easy / Medium / Hard, R-MAC and ours, +- QE;
+    ours' gain over R-MAC (with the same QE) and its 95% paired-bootstrap interval."""
+    heads = {k: v for k, v in sota_heads(ctx, whitening).items() if k in ("R-MAC", "Ours")}
+    rows = []
+    for name in ctx.profile.revisited:
+        ds = P.dataset(ctx, name)
+        for qe_k in (0, ctx.profile.qe_k):
+            scores = seeded_score(ctx, ds, heads, qe_k=qe_k, protocols=["easy", "medium", "hard"])
+            gains: dict[str, list[float]] = {}
+            for proto in ("easy", "medium", "hard"):
+                aps = {m: r["protocols"][proto]["aps"] for m, r in scores.items()}
+                gains.update(gain_intervals(aps, "R-MAC", f"{proto} mAP"))
+            for i, (method, r) in enumerate(scores.items()):
+                row = {
+                    "dataset": name,
+                    "method": method + ("+QE" if qe_k else ""),
+                    WEIGHTS: head_weights(heads[method]),
+                }
+                for proto, v in r["protocols"].items():
+                    row[f"{proto} mAP"] = v["map"]
+                    row[f"{proto} mP@10"] = v["mp"][10]
+                row.update({col: values[i] for col, values in gains.items()})
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def whitening_study(ctx: P.Context, dims: Sequence[int | None]) -> pd.DataFrame:
+    """R-MAC without whitening and with whitening of several dimensions (None = all)."""
+    heads: dict[str, Head] = {
+        methods.label("rmac-nowhiten"): methods.build_head(
+            "rmac-nowhiten", levels=ctx.profile.levels
+        )
+    }
+    info = {}
+    for d in dims:
+        w = P.learn_whitening(ctx, n_components=d)
+        label = f"R-MAC + PCA-whitening {w.out_dim}-d"
+        heads[label] = methods.build_head("rmac", levels=ctx.profile.levels, whitening=w)
+        info[label] = w.meta["n_vectors"]
+    rows = []
+    for name in ctx.profile.datasets:
+        ds = P.dataset(ctx, name)
+        scores = P.score(P.describe(ctx, ds, heads), ds)
+        for m, s in scores.items():
+            row = {"dataset": name, "method": m, "whitening vectors": info.get(m, 0)}
+            row.update({f"{p} mAP": v["map"] for p, v in s["protocols"].items()})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def per_query(
+    ctx: P.Context, whitening: PCAWhitening, name: str | None = None
+) -> tuple[pd.DataFrame, dict]:
+    """Per-query AP of R-MAC and ours (classic protocol); also returns the descriptors."""
+    name = name or ctx.profile.datasets[0]
+    heads = {k: v for k, v in sota_heads(ctx, whitening).items() if k in ("R-MAC", "Ours")}
+    ds = P.dataset(ctx, name)
+    descs = P.describe(ctx, ds, heads)
+    scores = P.score(descs, ds, protocols=["classic"])
+    aps = {m: s["protocols"]["classic"]["aps"] for m, s in scores.items()}
+    df = per_query_table(ds.qimlist, aps, baseline="R-MAC")
+    # One comparison here: its column is plainly "gain" (extreme_queries, notebook 06).
+    df = df.rename(columns={"gain Ours": "gain"})
+    return df, {"dataset": ds, "descriptors": descs}
+
+
+TRAINING_COLUMNS = [
+    "stage",
+    "steps",
+    "finished",
+    "kept step",
+    "kept val_loss",
+    "kept val_acc",
+    "last val_loss",
+    "last val_acc",
+]
+
+
+def training_summary(runs: dict) -> pd.DataFrame:
+    """One row per training stage: iterations run, the weights kept (the last iteration's, or
+    the best validated ones under model selection: their step, validation loss and accuracy)
+    and the last validation."""
+    import torch
+
+    rows = []
+    for stage, run in runs.items():
+        val = run.history.dropna(subset=["val_acc"])
+        kept_step = run.steps
+        if run.artefact is not None:
+            config = torch.load(run.artefact, map_location="cpu", weights_only=True)["config"]
+            kept_step = int(config.get("selected_step", run.steps))
+        at = val[val["step"] == kept_step]
+        kept = at.iloc[-1] if len(at) else None
+        last = val.iloc[-1] if len(val) else None
+        nan = float("nan")
+        rows.append(
+            {
+                "stage": stage,
+                "steps": run.steps,
+                "finished": run.finished,
+                "kept step": kept_step,
+                "kept val_loss": float(kept["val_loss"]) if kept is not None else nan,
+                "kept val_acc": float(kept["val_acc"]) if kept is not None else nan,
+                "last val_loss": float(last["val_loss"]) if last is not None else nan,
+                "last val_acc": float(last["val_acc"]) if last is not None else nan,
+            }
+        )
+    return pd.DataFrame(rows, columns=TRAINING_COLUMNS)
+
+
+def save_training_curves(run, figures_dir, stage: str) -> object:
+    """Plot a training run's curves (its history CSV) to ``<figures_dir>/training_<stage>.png``
+    (spaces in the stage name become underscores: ``training_regional_seed_1.png``)."""
+    from regattn_lib.experiments.figures import plot_curves
+
+    png = Path(figures_dir) / f"training_{stage.replace(' ', '_')}.png"
+    return plot_curves(run.out_dir / "history.csv", png)
+
+
+def extreme_queries(perq: pd.DataFrame) -> tuple[int, int]:
+    """Indices of the query where ours gains most over R-MAC and where R-MAC wins most."""
+    gain = perq["gain"].fillna(0).to_numpy()
+    return int(np.argmax(gain)), int(np.argmin(gain))
+
+
+def attention_figure(ctx: P.Context, ds, queries: Sequence[int], n_db: int = 2):
+    """Attention maps (context model, else regional) of some queries and database images."""
+    from regattn_lib.experiments.figures import _figure, plot_attention
+
+    atts = P.available_attention(ctx)
+    att = atts.get(P.CONTEXT) or atts.get(P.REGIONAL)
+    items = [(ds.query_paths[q], ds.query_bbxs[q], f"query {ds.qimlist[q]}") for q in queries]
+    for q in queries:
+        pos = ds.gnd[q].get("ok") or ds.gnd[q].get("easy") or []
+        items += [
+            (ds.db_paths[i], None, f"db {ds.imlist[i]} (positive of {ds.qimlist[q]})")
+            for i in pos[:n_db]
+        ]
+    fig = _figure(4 * len(items), 3.6)
+    axes = np.atleast_1d(fig.subplots(1, len(items)))
+    for ax, (path, bbx, title) in zip(axes, items, strict=True):
+        image, regions, alpha = P.attention_for_image(ctx, path, att, bbx=bbx)
+        plot_attention(image, regions, alpha, title=title, ax=ax)
+    fig.tight_layout()
+    return fig
+
+
+def object_attention(ctx: P.Context, name: str | None = None, n_db: int = 300) -> pd.DataFrame:
+    """Does the attention weight the landmark above the clutter? Per method (first seed) and
+    image set (the queries, cropped to their boxes, and the first ``n_db`` database images that
+    show a landmark), the mean share of the attention mass on the landmark
+    (``object_attention``), the uniform share R-MAC gives, and the mean per-image difference
+    with its 95% bootstrap interval over images, and the spread of alpha within an image
+    (``alpha cv``: the mean over images of std / mean; a constant alpha is not attention).
+    Needs the landmark masks of a synthetic set.
+    """
+    from regattn_lib.datasets.synthetic import load_landmark_mask
+    from regattn_lib.experiments.object_attention import (
+        image_shares,
+        prepare_mask,
+        summarize_shares,
+    )
+
+    name = name or ctx.profile.datasets[0]
+    ds = P.dataset(ctx, name)
+    atts = {k: v for k, v in P.available_attention(ctx).items() if v is not None}
+    sets = {
+        "queries": [
+            (p, b, n) for p, b, n in zip(ds.query_paths, ds.query_bbxs, ds.qimlist, strict=True)
+        ],
+        "database": [(p, None, n) for p, n in zip(ds.db_paths, ds.imlist, strict=True)],
+    }
+    rows = []
+    for part, items in sets.items():
+        shares: list[dict[str, float]] = []
+        for path, bbx, image_name in items:
+            if part == "database" and len(shares) >= n_db:
+                break
+            mask = load_landmark_mask(ds.root, image_name)
+            if not mask.any():
+                continue
+            image, regions, alphas = P.attentions_for_image(ctx, path, atts, bbx=bbx)
+            found = image_shares(regions, alphas, prepare_mask(mask, ctx.profile.image_size, bbx))
+            if found is not None:
+                # the spread of alpha within the image: a constant alpha is not attention
+                found.update({f"{k} cv": float(a.std() / a.mean()) for k, a in alphas.items()})
+                shares.append(found)
+        for label in atts:
+            s = summarize_shares([x[label] for x in shares], [x["uniform"] for x in shares])
+            rows.append(
+                {
+                    "dataset": name,
+                    "images": part,
+                    "method": label,
+                    "n": s.n,
+                    "attention share": s.attention,
+                    "uniform share": s.uniform,
+                    "difference": s.difference,
+                    "difference low": s.low,
+                    "difference high": s.high,
+                    # mean over images of std(alpha) / mean(alpha): 0 would be R-MAC
+                    "alpha cv": float(np.mean([x[f"{label} cv"] for x in shares]))
+                    if shares
+                    else float("nan"),
+                }
+            )
+    return pd.DataFrame(rows)

@@ -1,0 +1,208 @@
+"""Descriptor heads: what ``extract`` computes from a batch's feature map.
+
+A head turns the backbone's (N, C, h, w) features into per-image outputs (R-MAC with optional
+regional attention and whitening, raw regional vectors for whitening learning, global-pooling
+baselines) and names everything that changes its output in ``cache_key`` (attention weights
+and whitening as digests), so cached descriptors are never reused across settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from regattn_lib.core import baselines
+from regattn_lib.core.attention import RegionalAttention
+from regattn_lib.core.descriptor import (
+    RegionalOutput,
+    RegionFn,
+    attention_weights,
+    batch_regions,
+    l2_normalize,
+    pool_regions,
+    weighted_l2_mean,
+    whiten_regions,
+)
+from regattn_lib.core.pooling import regional_max_pool
+from regattn_lib.core.regions import region_cells, rmac_regions
+from regattn_lib.core.whitening import PCAWhitening
+
+# The last feature map's shared steps: (weak reference to the map, step key -> result).
+_SHARED: list[Any] = [None, {}]
+
+
+def shared_step(feats: torch.Tensor, key: tuple, compute: Callable[[], Any]) -> Any:
+    """``compute()`` once per feature map and ``key``: the heads of one extraction batch see the
+    same ``feats`` object, so the pooling (and whitening) they share is done once. Only the
+    latest map is kept, by weak reference, so nothing outlives its batch."""
+    ref = _SHARED[0]
+    if ref is None or ref() is not feats:
+        _SHARED[0], _SHARED[1] = weakref.ref(feats), {}
+    memo = _SHARED[1]
+    if key not in memo:
+        memo[key] = compute()
+    return memo[key]
+
+
+class Head:
+    """Turns a batch's feature map into per-image outputs. Subclasses define ``__call__``."""
+
+    name: str = "head"
+
+    def __call__(self, feats: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def cache_key(self) -> dict[str, Any]:
+        """Everything about the head that changes its output."""
+        raise NotImplementedError
+
+
+def module_digest(module: nn.Module) -> str:
+    """A short sha256 of a module's state dict (names and values): the weights' identity in
+    cache keys and checkpoints."""
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().float().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _whitening_digest(w: PCAWhitening | None) -> str | None:
+    if w is None:
+        return None
+    h = hashlib.sha256(w.mean.numpy().tobytes())
+    h.update(w.projection.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class RegionalHead(Head):
+    """The paper's descriptor: R-MAC regions, optional attention, whitening, aggregation.
+
+    Parameters: ``levels`` (L, paper 5); ``attention`` (``None`` = R-MAC baseline);
+    ``whitening`` (``PCAWhitening`` or ``None``); ``full_image_region`` (cirtorch variant,
+    off); ``region_fn`` (images (N,3,H,W) -> list of (R_i, 4) regions per image, e.g. RPN
+    proposals; ``None`` = the R-MAC grid); ``region_source`` names it for the cache key;
+    ``stride`` (input pixels per feature cell: 32, the backbone's, part of its identity in the
+    cache key).
+    """
+
+    name: str = "rmac"
+    levels: int = 5
+    attention: RegionalAttention | None = None
+    whitening: PCAWhitening | None = None
+    full_image_region: bool = False
+    region_fn: RegionFn | None = None
+    region_source: str = "rmac-grid"
+    stride: int = 32
+
+    def describe(
+        self, feats: torch.Tensor, images: torch.Tensor
+    ) -> list[tuple[slice, RegionalOutput]]:
+        """The descriptor's one path (``descriptor.batch_regions``, ``pool_regions``,
+        ``attention_weights``, ``whiten_regions``, ``weighted_l2_mean``: what
+        ``describe_feature_map`` chains), per group of images sharing their regions: the pooled
+        features, alpha and descriptors of each.
+
+        Heads evaluated on the same feature map (extraction runs many at once) share the pooling
+        of equal regions and the whitening of equal pooled vectors: ``shared_step``.
+        """
+        groups = batch_regions(images, self.levels, self.full_image_region, self.region_fn)
+        out = []
+        for sl, regions in groups:
+            where = (sl.start, sl.stop, regions.tobytes(), self.stride)
+            pooled = shared_step(
+                feats,
+                ("pool", *where),
+                lambda sl=sl, r=regions: pool_regions(feats[sl], r, self.stride),
+            )
+            xhat = shared_step(
+                feats,
+                ("whiten", *where, id(self.whitening)),
+                lambda p=pooled: whiten_regions(p.max_pooled, self.whitening),
+            )
+            alpha = attention_weights(self.attention, pooled.avg_pooled, pooled.global_avg)
+            out.append((sl, RegionalOutput(pooled, alpha, weighted_l2_mean(xhat, alpha))))
+        return out
+
+    def __call__(self, feats: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        return torch.cat([out.descriptor for _, out in self.describe(feats, images)])
+
+    def cache_key(self) -> dict[str, Any]:
+        att = self.attention
+        return {
+            "head": "regional",
+            "levels": self.levels,
+            "attention": None
+            if att is None
+            else {
+                "context": att.context,
+                "activation": att.activation,
+                "digest": module_digest(att),
+            },
+            "whitening": _whitening_digest(self.whitening),
+            "full_image_region": self.full_image_region,
+            "regions": self.region_source,
+        }
+
+
+@dataclass
+class RegionalVectorsHead(Head):
+    """Raw regional max-pooled vectors (R, C) per image: the input of whitening learning."""
+
+    name: str = "regional-vectors"
+    levels: int = 3
+
+    def __call__(self, feats: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        regions = rmac_regions(images.shape[2], images.shape[3], self.levels)
+        # max pooling only: the average and global pools of pool_regions are not needed here
+        # (they took half the time of the whitening pass at 800 px)
+        return regional_max_pool(feats, region_cells(regions, feats.shape[2], feats.shape[3]))
+
+    def cache_key(self) -> dict[str, Any]:
+        return {"head": "regional-vectors", "levels": self.levels}
+
+
+GLOBAL_POOLINGS = ("mac", "spoc", "crow", "cam")
+
+
+@dataclass
+class GlobalHead(Head):
+    """A global-pooling baseline (MAC, SPoC, CroW, CAM), L2 -> optional whitening -> L2.
+
+    ``fc_weight`` (classes, C) is required for CAM.
+    """
+
+    name: str = "mac"
+    pooling: str = "mac"
+    whitening: PCAWhitening | None = None
+    fc_weight: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.pooling not in GLOBAL_POOLINGS:
+            raise ValueError(f"pooling must be one of {GLOBAL_POOLINGS}, got {self.pooling!r}")
+        if self.pooling == "cam" and self.fc_weight is None:
+            raise ValueError("CAM pooling needs the backbone's fc weights (fc_weight)")
+
+    def __call__(self, feats: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        if self.pooling == "cam":
+            v = baselines.cam(feats, self.fc_weight)
+        else:
+            v = getattr(baselines, self.pooling)(feats)
+        v = l2_normalize(v)
+        if self.whitening is not None:
+            v = l2_normalize(self.whitening.apply(v))
+        return v
+
+    def cache_key(self) -> dict[str, Any]:
+        return {
+            "head": "global",
+            "pooling": self.pooling,
+            "whitening": _whitening_digest(self.whitening),
+        }
