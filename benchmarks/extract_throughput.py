@@ -45,7 +45,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from regattn_lib.core.attention import OFFICIAL_RELPATH, RegionalAttention, load_official_attention
+from regattn_lib.core.attention import RegionalAttention
 from regattn_lib.core.evaluate import evaluate
 from regattn_lib.core.search import cosine_ranks
 from regattn_lib.core.whitening import PCAWhitening
@@ -55,10 +55,12 @@ from regattn_lib.experiments import pipeline as P
 from regattn_lib.experiments.bench_report import command_line, device_name, shown_path, write_report
 from regattn_lib.extraction.extract import extract_images
 from regattn_lib.extraction.heads import RegionalHead
-from regattn_lib.extraction.image_stream import resolve_precision, target_size
+from regattn_lib.extraction.image_stream import target_size
+from regattn_lib.models.attention_weights import OFFICIAL_RELPATH, load_official_attention
 from regattn_lib.models.backbone_weights import default_weights_path
-from regattn_lib.models.backbones import build_backbone
 from regattn_lib.models.batchnorm_calibration import calibrate_batchnorm
+from regattn_lib.models.factory import build_backbone
+from regattn_lib.runtime.environment import resolve_precision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling usual_pipeline.py
 from usual_pipeline import usual_descriptors  # noqa: E402
@@ -440,7 +442,7 @@ def make_setup(args: argparse.Namespace) -> Setup:
         # Default BatchNorm statistics make a random ResNet-101's activations overflow fp16;
         # calibrated on 8 benchmark images they keep a trained network's scale.
         calibrate_batchnorm(backbone, calibration_batch(ds.db_paths[:8], args.image_size))
-    ctx.__dict__["backbone"] = backbone  # the Context's cached_property: reuse this instance
+    ctx = ctx.with_backbone(backbone)  # reuse this instance
     whitening, w_source = choose_whitening(args, ctx, backbone, weights)
     # Resident on the device for both pipelines: a per-image host-to-GPU copy of a 2048 x 2048
     # projection would slow the batch-1 baseline for a reason that has nothing to do with it.

@@ -145,7 +145,7 @@ def _child(settings: Mapping[str, Any]) -> dict[str, Any]:
         )
         ctx = P.Context(prof, root, root / "results", torch.device("cpu"))
         bb = GeneratedBackbone()
-        ctx.__dict__["backbone"] = bb  # the cached_property, set: no weights to load
+        ctx = ctx.with_backbone(bb)  # no weights to load
         rss_before_kb = _status_kb("VmRSS")
         t0 = time.perf_counter()
         if settings["mode"] == "streamed":

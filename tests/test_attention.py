@@ -5,12 +5,11 @@ import pytest
 import torch
 
 from regattn_lib.core.attention import (
-    OFFICIAL_SHA256,
     AttentionFileError,
     RegionalAttention,
     attention_from_state_dict,
-    load_official_attention,
 )
+from regattn_lib.models.attention_weights import OFFICIAL_SHA256, load_official_attention
 
 
 def softplus(v):

@@ -15,6 +15,8 @@ from regattn_lib.models import backbone_weights as BW
 from regattn_lib.models import backbones as B
 from regattn_lib.models import batchnorm_calibration as BN
 from regattn_lib.models import caffe_weights as CW
+from regattn_lib.models import conventions as C
+from regattn_lib.models.factory import build_backbone
 from regattn_lib.runtime.atomic import sha256_file
 
 CAFFE_FILE = "imagenet-caffe-resnet101-features-10a101d.pth"
@@ -31,17 +33,17 @@ TV_URL = "https://download.pytorch.org/models/resnet101-63fe2227.pth"
 
 @pytest.fixture(scope="module")
 def caffe_random() -> B.Backbone:
-    return B.build_backbone("caffe-resnet101", pretrained=False)
+    return build_backbone("caffe-resnet101", pretrained=False)
 
 
 @pytest.fixture(scope="module")
 def tv_random() -> B.Backbone:
-    return B.build_backbone("torchvision-resnet101", pretrained=False)
+    return build_backbone("torchvision-resnet101", pretrained=False)
 
 
 @pytest.fixture(scope="module")
 def lite() -> B.Backbone:
-    return B.build_backbone("efficientnet-lite0")
+    return build_backbone("efficientnet-lite0")
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +172,7 @@ def test_cirtorch_keys_cover_caffe_layout_exactly(cirtorch_state):
 
 def test_caffe_loads_cirtorch_file(cirtorch_state):
     state, path = cirtorch_state
-    net = B.build_backbone("caffe-resnet101", weights_path=path)
+    net = build_backbone("caffe-resnet101", weights_path=path)
     pairs = {
         "0.weight": net.conv1.weight,
         "1.weight": net.bn1.weight,
@@ -191,11 +193,11 @@ def test_truncated_weights_file_names_the_file(cirtorch_state, tmp_path):
     bad = tmp_path / "truncated.pth"
     bad.write_bytes(path.read_bytes()[:100_000])
     with pytest.raises(BW.WeightsError, match="truncated.pth"):
-        B.build_backbone("caffe-resnet101", weights_path=bad)
+        build_backbone("caffe-resnet101", weights_path=bad)
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")
     with pytest.raises(BW.WeightsError, match="garbage.pth"):
-        B.build_backbone("caffe-resnet101", weights_path=garbage)
+        build_backbone("caffe-resnet101", weights_path=garbage)
 
 
 def test_missing_and_unexpected_keys_are_named(cirtorch_state):
@@ -220,7 +222,7 @@ def test_missing_and_unexpected_keys_are_named(cirtorch_state):
 def test_missing_weights_error_gives_url_and_path(name, filename, url, tmp_path):
     dest = tmp_path / "weights" / filename
     with pytest.raises(BW.WeightsNotFoundError) as err:
-        B.build_backbone(name, data_root=tmp_path, download=False)
+        build_backbone(name, data_root=tmp_path, download=False)
     assert url in str(err.value) and str(dest) in str(err.value)
     assert isinstance(err.value, FileNotFoundError)
 
@@ -248,7 +250,7 @@ def test_failed_download_gives_url_and_path(monkeypatch, tmp_path):
     _fake_downloads(monkeypatch, fail)
     dest = tmp_path / "weights" / CAFFE_FILE
     with pytest.raises(BW.WeightsNotFoundError) as err:
-        B.build_backbone("caffe-resnet101", data_root=tmp_path)
+        build_backbone("caffe-resnet101", data_root=tmp_path)
     msg = str(err.value)
     assert CAFFE_URL in msg and str(dest) in msg and "network unreachable" in msg
 
@@ -262,11 +264,11 @@ def test_download_on_first_use_into_data_root(monkeypatch, tmp_path, cirtorch_st
         return dest
 
     calls = _fake_downloads(monkeypatch, copy)
-    net = B.build_backbone("caffe-resnet101", data_root=tmp_path)
+    net = build_backbone("caffe-resnet101", data_root=tmp_path)
     dest = tmp_path / "weights" / CAFFE_FILE
     assert calls == [(CAFFE_URL, dest, "caffe_resnet101_features")]
     assert net.weights_id == sha256_file(dest)
-    B.build_backbone("caffe-resnet101", data_root=tmp_path)  # present now: no second download
+    build_backbone("caffe-resnet101", data_root=tmp_path)  # present now: no second download
     assert len(calls) == 1
 
 
@@ -284,7 +286,7 @@ def test_real_downloader_records_size_and_sha256_in_the_data_root(
     monkeypatch.setenv("REGATTN_MANIFEST", str(override))
     monkeypatch.setenv("REGATTN_DATA", str(tmp_path / "elsewhere"))  # must not be used
     root = tmp_path / "data"
-    net = B.build_backbone("caffe-resnet101", data_root=root)
+    net = build_backbone("caffe-resnet101", data_root=root)
     dest = root / "weights" / CAFFE_FILE
     record = downloads.lock_record(source.as_uri(), lock_file=root / "downloads.lock.json")
     assert record["size"] == source.stat().st_size
@@ -312,7 +314,7 @@ def test_torchvision_file_with_wrong_hash_is_rejected(tmp_path):
     dest.parent.mkdir()
     dest.write_bytes(b"something else")
     with pytest.raises(BW.WeightsError, match="63fe2227") as err:
-        B.build_backbone("torchvision-resnet101", data_root=tmp_path, download=False)
+        build_backbone("torchvision-resnet101", data_root=tmp_path, download=False)
     assert str(dest) in str(err.value)
 
 
@@ -350,16 +352,16 @@ def test_preprocess_lite(lite):
 
 def test_preprocess_rejects_non_uint8():
     with pytest.raises(ValueError, match="uint8"):
-        B.preprocess_lite(PIXELS.float())
+        C.preprocess_lite(PIXELS.float())
     with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
-        B.preprocess_caffe(PIXELS[0])
+        C.preprocess_caffe(PIXELS[0])
 
 
 # ---------------------------------------------------------------------------- EfficientNet-Lite0
 
 
 def test_lite_builds_silently_from_packaged_weights(capsys):
-    net = B.build_backbone("efficientnet-lite0")
+    net = build_backbone("efficientnet-lite0")
     assert capsys.readouterr().out == ""
     assert net.weights_id == sha256_file(B.lite0_weights_path())
     assert isinstance(net.fc, nn.Linear)
@@ -424,7 +426,7 @@ def test_lite_channels_last_gives_same_features(lite):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_lite_on_cuda_matches_cpu():
-    net = B.build_backbone("efficientnet-lite0")
+    net = build_backbone("efficientnet-lite0")
     x = torch.randint(0, 256, (1, 3, 96, 128), dtype=torch.uint8)
     with torch.no_grad():
         cpu = net.features(x)
@@ -455,13 +457,13 @@ def test_fc_where_the_weights_have_one(caffe_random, tv_random):
 
 def test_unknown_backbone_name():
     with pytest.raises(ValueError, match="unknown backbone"):
-        B.build_backbone("resnet50", pretrained=False)
+        build_backbone("resnet50", pretrained=False)
 
 
 # ---------------------------------------------------------------------------- calibration
 def test_calibrated_random_backbone_keeps_fp16_range():
     torch.manual_seed(0)
-    bb = B.build_backbone("caffe-resnet101", pretrained=False)
+    bb = build_backbone("caffe-resnet101", pretrained=False)
     images = torch.randint(0, 256, (2, 3, 128, 160), dtype=torch.uint8)
     with torch.no_grad():
         before = float(bb.features(images).abs().max())
@@ -532,7 +534,7 @@ def _rmac(net: B.Backbone, images: torch.Tensor) -> torch.Tensor:
 def folded_file(cirtorch_state, tmp_path_factory) -> Path:
     state, _ = cirtorch_state
     path = tmp_path_factory.mktemp("folded") / "folded-rgb.pth"
-    torch.save(B.fold_caffe_to_rgb(state), path)
+    torch.save(C.fold_caffe_to_rgb(state), path)
     return path
 
 
@@ -550,7 +552,7 @@ def test_fold_is_exact_away_from_the_border():
         "4.0.conv1.weight": torch.ones(1),
     }
     before = {k: v.clone() for k, v in state.items()}
-    folded = B.fold_caffe_to_rgb(state)
+    folded = C.fold_caffe_to_rgb(state)
     for k in state:  # pure: the input is untouched; only conv1 and bn1's mean change
         assert torch.equal(state[k], before[k]), k
         changed = k in ("0.weight", "1.running_mean")
@@ -564,12 +566,12 @@ def test_fold_is_exact_away_from_the_border():
     conv_f = nn.Conv2d(3, 5, 7, stride=2, padding=3, bias=False)
     with torch.no_grad():
         conv_f.weight.copy_(folded["0.weight"])
-        caffe = conv(B.preprocess_caffe(images)) - state["1.running_mean"].view(1, 5, 1, 1)
-        rgb = conv_f(B.preprocess_imagenet(images)) - folded["1.running_mean"].view(1, 5, 1, 1)
+        caffe = conv(C.preprocess_caffe(images)) - state["1.running_mean"].view(1, 5, 1, 1)
+        rgb = conv_f(C.preprocess_imagenet(images)) - folded["1.running_mean"].view(1, 5, 1, 1)
     inner = (slice(None), slice(None), slice(2, -2), slice(2, -2))
     torch.testing.assert_close(rgb[inner], caffe[inner], rtol=1e-4, atol=1e-3)
     # named layout (the authors' keys) folds the same way
-    named = B.fold_caffe_to_rgb(
+    named = C.fold_caffe_to_rgb(
         {"conv1.weight": state["0.weight"], "bn1.running_mean": state["1.running_mean"]}
     )
     assert torch.equal(named["conv1.weight"], folded["0.weight"])
@@ -578,8 +580,8 @@ def test_fold_is_exact_away_from_the_border():
 
 def test_convention_read_off_the_file_and_fold_gives_same_descriptors(cirtorch_state, folded_file):
     _, path = cirtorch_state
-    caffe = B.build_backbone("caffe-resnet101", weights_path=path)
-    rgb = B.build_backbone("caffe-resnet101", weights_path=folded_file)
+    caffe = build_backbone("caffe-resnet101", weights_path=path)
+    rgb = build_backbone("caffe-resnet101", weights_path=folded_file)
     assert (caffe.input_convention, caffe.convention_source) == ("caffe-bgr", "detected")
     assert (rgb.input_convention, rgb.convention_source) == ("rgb-imagenet", "detected")
     # measured: the right convention scores about 0.2, the wrong one above 8
@@ -593,7 +595,7 @@ def test_convention_read_off_the_file_and_fold_gives_same_descriptors(cirtorch_s
     cos = (a * b).sum(1)  # R-MAC descriptors are L2-normalised
     assert cos.min() >= 0.99, cos
     # what the pipeline did before: the cirtorch file fed BGR 0-255 minus the Caffe mean
-    wrong = B.build_backbone(
+    wrong = build_backbone(
         "caffe-resnet101", weights_path=folded_file, input_convention="caffe-bgr"
     )
     assert wrong.convention_source == "forced" and wrong.convention_scores is None
@@ -608,15 +610,15 @@ def test_file_matching_no_convention_is_refused(cirtorch_state, tmp_path):
     path = tmp_path / "odd-stats.pth"
     torch.save(bad, path)
     with pytest.raises(CW.InputConventionError, match="odd-stats.pth") as err:
-        B.build_backbone("caffe-resnet101", weights_path=path)
+        build_backbone("caffe-resnet101", weights_path=path)
     assert isinstance(err.value, BW.WeightsError)
     assert "caffe-bgr" in str(err.value) and "input_convention=" in str(err.value)
-    forced = B.build_backbone("caffe-resnet101", weights_path=path, input_convention="caffe-bgr")
+    forced = build_backbone("caffe-resnet101", weights_path=path, input_convention="caffe-bgr")
     assert (forced.input_convention, forced.convention_source) == ("caffe-bgr", "forced")
     with pytest.raises(ValueError, match="input_convention"):
-        B.build_backbone("caffe-resnet101", weights_path=path, input_convention="bgr")
+        build_backbone("caffe-resnet101", weights_path=path, input_convention="bgr")
     with pytest.raises(ValueError, match="input_convention"):
-        B.build_backbone("efficientnet-lite0", input_convention="caffe-bgr")
+        build_backbone("efficientnet-lite0", input_convention="caffe-bgr")
 
 
 def test_detection_on_real_pretrained_weights(lite):
@@ -640,7 +642,7 @@ def test_authors_file_with_fc_loads(cirtorch_state, tmp_path):
     fc_w, fc_b = torch.randn(1000, 2048) * 0.01, torch.randn(1000)
     path = tmp_path / "resnet101_caffeProto.pth"
     torch.save({**named, "fc.weight": fc_w, "fc.bias": fc_b}, path)
-    net = B.build_backbone("caffe-resnet101", weights_path=path)
+    net = build_backbone("caffe-resnet101", weights_path=path)
     assert (net.input_convention, net.convention_source) == ("caffe-bgr", "detected")
     assert isinstance(net.fc, nn.Linear) and (net.fc.in_features, net.fc.out_features) == (
         2048,
@@ -651,16 +653,16 @@ def test_authors_file_with_fc_loads(cirtorch_state, tmp_path):
     assert torch.equal(net.layer3[22].conv2.weight, state["6.22.conv2.weight"])
     torch.save({**named, "fc.weight": fc_w}, path)
     with pytest.raises(BW.WeightsError, match="fc.weight but not its pair"):
-        B.build_backbone("caffe-resnet101", weights_path=path)
+        build_backbone("caffe-resnet101", weights_path=path)
     torch.save({**named, "fc.weight": fc_w[:10], "fc.bias": fc_b[:10]}, path)
     with pytest.raises(BW.WeightsError, match="resnet101_caffeProto.pth"):
-        B.build_backbone("caffe-resnet101", weights_path=path)
+        build_backbone("caffe-resnet101", weights_path=path)
     torch.save({**named, "fc.weight": fc_w, "fc.bias": fc_b, "extra.weight": fc_b}, path)
     with pytest.raises(BW.WeightsError, match=r"unexpected keys \['extra\.weight'\]"):
-        B.build_backbone("caffe-resnet101", weights_path=path)
+        build_backbone("caffe-resnet101", weights_path=path)
 
 
 def test_preprocess_follows_the_convention():
-    net = B.build_backbone("caffe-resnet101", pretrained=False, input_convention="rgb-imagenet")
-    torch.testing.assert_close(net.preprocess(PIXELS), B.preprocess_imagenet(PIXELS))
+    net = build_backbone("caffe-resnet101", pretrained=False, input_convention="rgb-imagenet")
+    torch.testing.assert_close(net.preprocess(PIXELS), C.preprocess_imagenet(PIXELS))
     assert net.input_convention == "rgb-imagenet"

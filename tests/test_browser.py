@@ -69,7 +69,7 @@ def test_query_explorer_in_jupyterlab(tmp_path):
     _ensure_chromium()
     ctx = P.setup("smoke", device="cpu")
     build_cache(ctx)
-    ex = QueryExplorer(ctx, widgets=False)
+    ex = QueryExplorer(ctx)
     want_before, want_after = ex.select_query(0), ex.select_query(3)
     out = ctx.dirs["figures"] / "explorer.png"
     out.unlink(missing_ok=True)

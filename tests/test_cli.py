@@ -78,7 +78,7 @@ def test_eval_precision_option_scores_each_and_compares(monkeypatch, capsys):
 
     import torch
 
-    from regattn_lib import __main__ as cli
+    from regattn_lib.apps import cli as cli
     from regattn_lib.experiments import pipeline as P
     from regattn_lib.experiments.profiles import get_profile
 

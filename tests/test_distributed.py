@@ -18,7 +18,7 @@ from regattn_lib.extraction.distributed import shard_batches
 from regattn_lib.extraction.extract import extract_images
 from regattn_lib.extraction.heads import RegionalHead
 from regattn_lib.extraction.image_stream import size_batches
-from regattn_lib.models.backbones import build_backbone
+from regattn_lib.models.factory import build_backbone
 from regattn_lib.training.data import Loader, Stream, rank_shard, rank_slice
 
 REPO = Path(__file__).resolve().parents[1]

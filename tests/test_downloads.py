@@ -356,8 +356,8 @@ def test_every_download_goes_through_the_mirror_into_the_data_root_in_use(
 ):
     """Attention, RPN, ResNet weights and datasets: fetched from <mirror>/<host><path>, checked
     against the override manifest, recorded in the lock file of the data root passed in."""
-    from regattn_lib.core.attention import load_official_attention
     from regattn_lib.models import backbone_weights as BW
+    from regattn_lib.models.attention_weights import load_official_attention
     from regattn_lib.models.rpn import RPNRegions
 
     monkeypatch.setenv("REGATTN_DATA", str(tmp_path / "default-root"))  # must stay untouched

@@ -20,7 +20,7 @@ from regattn_lib.apps.explorer import model as explorer_model
 from regattn_lib.apps.explorer.imaging import level_regions
 from regattn_lib.apps.explorer.model import K_MAX, QueryExplorer
 from regattn_lib.apps.explorer.source import MissingCacheError, build_cache
-from regattn_lib.apps.explorer.view import open_explorer
+from regattn_lib.apps.explorer.view import ExplorerView, open_explorer
 from regattn_lib.core.evaluate import compute_map, evaluate, protocol_gnd
 from regattn_lib.core.qe import average_query_expansion
 from regattn_lib.core.regions import rmac_regions
@@ -40,7 +40,7 @@ def ctx():
 
 @pytest.fixture(scope="module")
 def explorer(ctx):
-    return QueryExplorer(ctx, widgets=False)
+    return QueryExplorer(ctx)
 
 
 @pytest.fixture
@@ -66,7 +66,7 @@ def test_loads_the_three_ablation_methods_from_the_cache_without_extracting(ctx)
         mock.patch("regattn_lib.extraction.extract.extract_images", refuse),
         mock.patch.object(explorer_model, "extract_images", refuse),
     ):
-        ex = QueryExplorer(ctx, widgets=False)
+        ex = QueryExplorer(ctx)
     assert ex.methods == [P.RMAC, P.REGIONAL, P.CONTEXT]
     assert ex.protocols == ["classic", "easy", "medium", "hard"]
     assert len(ex.db_thumbs) == ex.ds.n_db == 156 and len(ex.query_thumbs) == ex.ds.n_queries
@@ -220,7 +220,7 @@ def test_query_table_gains_are_ap_differences(ex):
 
 
 def test_widgets_drive_the_explorer(ctx):
-    ex = QueryExplorer(ctx)
+    ex = QueryExplorer(ctx, view=ExplorerView)
     v = ex.view
     v.query.value = 4
     assert ex.state()["query"] == 4
@@ -250,7 +250,7 @@ def test_missing_descriptor_cache_names_the_command(ctx):
     other = P.setup("smoke", device="cpu", image_size=224)  # no notebook caches this size
     before = sorted(other.cache_dir.rglob("*"))
     with pytest.raises(MissingCacheError, match=r"run \./run_all\.sh --profile smoke --only 03"):
-        QueryExplorer(other, widgets=False)
+        QueryExplorer(other)
     assert sorted(other.cache_dir.rglob("*")) == before  # nothing was extracted
     shown = open_explorer(other)
     assert "./run_all.sh --profile smoke --only 03" in shown.value
@@ -261,7 +261,7 @@ def test_missing_whitening_names_the_command_without_learning_it(ctx, tmp_path):
         os.symlink(ctx.data_root / sub, tmp_path / sub)
     empty = P.setup("smoke", device="cpu", data_root=tmp_path, results=ctx.results)
     with pytest.raises(MissingCacheError, match=r"whitening.*--profile smoke --only 03"):
-        QueryExplorer(empty, widgets=False)
+        QueryExplorer(empty)
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.pt"))
 
 

@@ -230,7 +230,7 @@ def test_autocast_precisions_are_close_to_fp32_and_auto_is_fp32_on_cpu(images):
 
 
 def test_resolve_precision_per_device():
-    from regattn_lib.extraction.image_stream import resolve_precision
+    from regattn_lib.runtime.environment import resolve_precision
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert [resolve_precision("auto", d) for d in (cpu, cuda)] == ["fp32", "fp16"]
@@ -472,7 +472,7 @@ def test_whitening_pass_streams_every_kind_in_one_pass(tmp_path, monkeypatch):
     ctx = _whitening_context(tmp_path, small=[(90, 120)])  # short side 90: skipped below
     monkeypatch.setattr(P, "whitening_min_side", lambda profile: 95)
     bb = CountingBackbone()
-    ctx.__dict__["backbone"] = bb
+    ctx = ctx.with_backbone(bb)
     out = P.learn_whitenings(ctx, ["regional", "mac"], progress=False)
     assert bb.images == 7  # one pass for both kinds; the small image is never decoded
     paths = P._whitening_paths(ctx)
@@ -493,7 +493,7 @@ def test_whitening_pass_streams_every_kind_in_one_pass(tmp_path, monkeypatch):
         torch.testing.assert_close(out[kind].apply(stacked), w.apply(stacked), rtol=1e-4, atol=1e-4)
     # cached: a rerun extracts nothing; no checkpoint is left behind
     P.learn_whitenings(ctx, ["regional", "mac"], progress=False)
-    assert bb.images == 7 and not list(ctx.cache_dir.rglob("*.ckpt"))
+    assert bb.images == 7 and not list(ctx.cache_dir.rglob("pass-*"))
 
 
 def test_whitening_pass_resumes_after_an_interruption(tmp_path, monkeypatch):
@@ -501,15 +501,15 @@ def test_whitening_pass_resumes_after_an_interruption(tmp_path, monkeypatch):
 
     monkeypatch.setattr(P, "WHITENING_GROUP", 2)
     ref_ctx = _whitening_context(tmp_path / "ref")
-    ref_ctx.__dict__["backbone"] = ToyBackbone()
+    ref_ctx = ref_ctx.with_backbone(ToyBackbone())
     ref = P.learn_whitenings(ref_ctx, ["regional"], progress=False)["regional"]
     ctx = _whitening_context(tmp_path / "run")
-    ctx.__dict__["backbone"] = CountingBackbone(fail_after=5)  # groups [0, 2), [2, 4) finished
+    ctx = ctx.with_backbone(CountingBackbone(fail_after=5))  # groups [0, 2), [2, 4) finished
     with pytest.raises(RuntimeError, match="killed"):
         P.learn_whitenings(ctx, ["regional"], progress=False, checkpoint_s=0)
-    assert len(list(ctx.cache_dir.rglob("*.ckpt"))) == 1
+    assert len(list(ctx.cache_dir.rglob("pass-*/statistics.pt"))) == 1
     bb = CountingBackbone()
-    ctx.__dict__["backbone"] = bb
+    ctx = ctx.with_backbone(bb)
     w = P.learn_whitenings(ctx, ["regional"], progress=False, checkpoint_s=0)["regional"]
     assert bb.images == 7 - 4
     assert torch.equal(w.mean, ref.mean) and torch.equal(w.projection, ref.projection)
@@ -520,7 +520,7 @@ def test_whitening_cache_key_covers_every_image_name(tmp_path):
     from regattn_lib.experiments import pipeline as P
 
     ctx = _whitening_context(tmp_path, n=1)
-    ctx.__dict__["backbone"] = ToyBackbone()
+    ctx = ctx.with_backbone(ToyBackbone())
     a = [Path(f"/x/img{i:03d}.jpg") for i in range(80)]
     b = a[:60] + [Path("/x/other.jpg")] + a[61:]  # same first 50 names, same count
     fa, _ = P._whitening_files(ctx, ["regional"], a)
@@ -550,7 +550,7 @@ def test_shard_size_from_the_environment(images, tmp_path, monkeypatch):
 
 
 def test_a_new_generator_version_gets_new_cache_keys(images, tmp_path):
-    from regattn_lib.extraction.extract import content_stamp
+    from regattn_lib.runtime.identity import content_stamp
 
     root = tmp_path / "set"
     root.mkdir()

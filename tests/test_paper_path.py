@@ -7,13 +7,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from regattn_lib.core.attention import load_official_attention
 from regattn_lib.core.whitening import learn_pca_whitening
 from regattn_lib.extraction.extract import extract_images
 from regattn_lib.extraction.heads import RegionalHead, RegionalVectorsHead
+from regattn_lib.models.attention_weights import load_official_attention
 from regattn_lib.models.backbone_weights import default_weights_path
-from regattn_lib.models.backbones import build_backbone
 from regattn_lib.models.caffe_weights import random_caffe_state_dict
+from regattn_lib.models.factory import build_backbone
 
 
 def test_caffe_backbone_official_attention_descriptor_end_to_end(tmp_path, official_weights):

@@ -16,14 +16,20 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
-from regattn_lib import __main__ as cli
+from regattn_lib.apps import cli as cli
 from regattn_lib.apps.photos import index as photo_index
 from regattn_lib.apps.photos import model as photo_model
 from regattn_lib.apps.photos.index import folder_cache_dir, index_folder, list_folder_files
-from regattn_lib.apps.photos.model import load_photo_model, oriented_size, read_photo
+from regattn_lib.apps.photos.model import load_photo_model
 from regattn_lib.apps.photos.search import SearchHit, query_vector, search_folder
 from regattn_lib.core.whitening import learn_pca_whitening
-from regattn_lib.datasets.images import ImageError, crop_box, resize_longest
+from regattn_lib.datasets.images import (
+    ImageError,
+    crop_box,
+    oriented_size,
+    read_photo,
+    resize_longest,
+)
 from regattn_lib.experiments.profiles import get_profile
 from regattn_lib.training.checkpoint import load_trained_attention
 
@@ -398,7 +404,7 @@ def test_the_explorer_opens_a_folder_of_photos(tmp_path):
     # no trained attention here: R-MAC only, rather than the same R-MAC under three names
     assert list(source.heads) == ["R-MAC + PCA"]
     assert source.ds.imlist == source.ds.qimlist == list_folder_files(folder)
-    ex = QueryExplorer(ctx, source=source, widgets=False)
+    ex = QueryExplorer(ctx, source=source)
     q = source.ds.qimlist.index("copies/coffee_small.jpg")
     state = ex.select_query(q)
     assert state["names"][:2] == ["coffee_small", "coffee"]  # itself, then its original

@@ -25,10 +25,11 @@ from reference_case import (
     usual_pipeline,
 )
 
-from regattn_lib.core.attention import RegionalAttention, load_official_attention
+from regattn_lib.core.attention import RegionalAttention
 from regattn_lib.core.descriptor import describe_feature_map
 from regattn_lib.core.regions import rmac_regions
 from regattn_lib.core.whitening import PCAWhitening
+from regattn_lib.models.attention_weights import load_official_attention
 
 
 @pytest.fixture(scope="module")

@@ -522,7 +522,7 @@ def test_fixture_weights_have_the_publishers_layouts(fixture, tmp_path):
 
     from regattn_lib.experiments import pipeline as P
     from regattn_lib.experiments import studies as S
-    from regattn_lib.models.backbones import build_backbone
+    from regattn_lib.models.factory import build_backbone
 
     state = FX.caffe_features_state(0)
     ref = torch.nn.Sequential(*list(torchvision.models.resnet101().children())[:-2]).state_dict()
@@ -537,7 +537,7 @@ def test_fixture_weights_have_the_publishers_layouts(fixture, tmp_path):
     ctx = P.setup(
         "paper", data_root=root, results=tmp_path / "results", device="cpu", overrides=overrides
     )
-    ctx.__dict__["backbone"] = backbone  # the cached property, set to the fixture's network
+    ctx = ctx.with_backbone(backbone)  # the fixture's network
     perq, _ = S.per_query(ctx, P.learn_whitening(ctx, progress=False), "oxford5k")
     assert list(perq["query"]) == fixture.expected["known_answer"]["queries"]
     aps = perq[[c for c in perq.columns if c.startswith("AP ")]].to_numpy()

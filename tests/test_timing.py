@@ -51,7 +51,7 @@ class FakeSet:
 def _context(tmp_path: Path, events: list, **overrides) -> P.Context:
     profile = get_profile("smoke", **overrides)
     ctx = P.Context(profile, tmp_path / "data", tmp_path / "results", torch.device("cpu"), {})
-    ctx.__dict__["backbone"] = LoggingBackbone(events)  # stands in for the cached_property
+    ctx = ctx.with_backbone(LoggingBackbone(events))
     return ctx
 
 

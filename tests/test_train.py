@@ -17,7 +17,6 @@ from PIL import Image
 from torch import nn
 
 from regattn_lib.datasets.imagenet import IMAGENET_ENV
-from regattn_lib.experiments.figures import plot_curves
 from regattn_lib.training import data as training_data
 from regattn_lib.training.augment import (
     SampleSpec,
@@ -31,6 +30,7 @@ from regattn_lib.training.augment import (
 )
 from regattn_lib.training.checkpoint import HISTORY_COLUMNS, load_trained_attention, load_trained_fc
 from regattn_lib.training.config import TrainConfig
+from regattn_lib.training.curves import plot_curves
 from regattn_lib.training.loop import at_checkpoint
 from regattn_lib.training.model import AttentionClassifier, head_logits
 from regattn_lib.training.routes import train_attention, train_fc, train_from_folder

@@ -54,7 +54,7 @@ def _ctx(tmp_path, profile="paper", with_fc=False, **overrides):
         device="cpu",
         overrides=overrides,
     )
-    ctx.__dict__["backbone"] = _TinyBackbone(with_fc)  # skip building ResNet-101
+    ctx = ctx.with_backbone(_TinyBackbone(with_fc))  # skip building ResNet-101
     return ctx
 
 

@@ -1,33 +1,19 @@
-"""Regional attention with optional context (the paper's contribution), and the official weights.
+"""Regional attention with optional context (the paper's contribution).
 
 alpha_i = softplus(W_c * tanh(W_r * z_i + b_r) + b_c), with z_i = k_i (regional attention) or
 z_i = [k_i ; g] (context-aware attention), k_i the region's average-pooled vector and g the
 global average pool. The layers are 1x1 ``Conv1d`` so that the authors' state dict loads as is.
 
-The authors' released weights are the manifest entry ``official_attention``
-(``datasets/manifest.json``): URL, destination, size and sha256 come from there only.
+The authors' released weights load through ``models.attention_weights``; here is what checks
+a state dict of their layout (``attention_from_state_dict``).
 """
 
 from __future__ import annotations
-
-import os
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from regattn_lib.runtime.atomic import sha256_file
-
-#: Manifest key of the authors' released context-aware attention weights.
-OFFICIAL_KEY = "official_attention"
-# Old module constants, now read from the manifest (the one registry of downloads).
-_OFFICIAL_FIELDS = {
-    "OFFICIAL_URL": "url",
-    "OFFICIAL_SHA256": "sha256",
-    "OFFICIAL_SIZE": "size",
-    "OFFICIAL_RELPATH": "dest",
-}
 #: Shapes of the authors' released context-aware attention (ResNet-101, 2048 channels).
 OFFICIAL_SHAPES = {
     "conv_att_1.weight": (64, 4096, 1),
@@ -112,62 +98,6 @@ class RegionalAttention(nn.Module):
 
 class AttentionFileError(ValueError):
     """An attention weights file that is corrupt or of the wrong shape."""
-
-
-def official_entry() -> dict:
-    """The manifest entry of the authors' weights (``url``, ``dest``, ``sha256``, ``size``)."""
-    from regattn_lib.datasets.manifest import manifest_entry
-
-    return manifest_entry(OFFICIAL_KEY)
-
-
-def __getattr__(name: str):
-    # OFFICIAL_URL / OFFICIAL_SHA256 / OFFICIAL_SIZE / OFFICIAL_RELPATH, from the manifest
-    if name in _OFFICIAL_FIELDS:
-        return official_entry()[_OFFICIAL_FIELDS[name]]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _fetch_official(data_root: str | os.PathLike | None) -> Path:
-    """Download (or verify) the authors' weights into ``<data_root>/<dest>``; the lock file
-    of that same data root records them."""
-    from regattn_lib.datasets.downloads import download_entry
-
-    return download_entry(OFFICIAL_KEY, data_root)
-
-
-def load_official_attention(
-    path: str | os.PathLike | None = None,
-    *,
-    data_root: str | os.PathLike | None = None,
-    check_sha256: bool = True,
-) -> RegionalAttention:
-    """Load the authors' released context-aware attention (2048 channels, hidden 64, tanh).
-
-    ``path=None`` takes the manifest entry ``official_attention`` in ``data_root`` (default
-    ``paths.data_root()``): ``<data_root>/weights/ContextAwareRegionalAttention_weights.pth``,
-    downloaded from the authors' commit URL (or ``$REGATTN_MIRROR``) when absent and checked
-    against the manifest's size and sha256. A given ``path`` is checked against the
-    manifest's sha256 (``check_sha256=True``, default) before it is unpickled
-    (``weights_only=True``); then every tensor's shape is checked.
-    """
-    entry = official_entry()
-    path = Path(path) if path is not None else _fetch_official(data_root)
-    if not path.is_file():
-        raise FileNotFoundError(f"attention weights not found: {path} (URL: {entry['url']})")
-    expected = entry.get("sha256")
-    if check_sha256 and expected:
-        digest = sha256_file(path)
-        if digest != expected:
-            raise AttentionFileError(
-                f"{path}: sha256 {digest} differs from the authors' release {expected}; "
-                f"the file is corrupt or not the official one (URL: {entry['url']})"
-            )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for a broken pickle
-        raise AttentionFileError(f"{path}: cannot read attention weights: {e}") from e
-    return attention_from_state_dict(state, source=str(path))
 
 
 def attention_from_state_dict(

@@ -1,30 +1,38 @@
 """The paper's global descriptor as pure functions: f = L2( mean_i alpha_i * L2( P (x_i - mu) ) ).
 
-One path from a feature map to a descriptor, shared by extraction (``heads.RegionalHead``),
-training (``AttentionClassifier``) and the figures (``pipeline.attention_for_image``), so that
-all of them see the same regions, the same pooling and the same attention:
+One path from a feature map to a descriptor, shared by extraction (``extraction.heads``),
+training (``training.model``) and the figures (``experiments.pipeline.attention_for_image``,
+the photo views), so that all of them see the same regions, the same pooling and the same
+attention:
 
 1. ``batch_regions``: the regions of a batch of images (the R-MAC grid, or a region source
    such as RPN proposals), grouped by the images that share them;
 2. ``pool_regions``: x_i (regional max pool), k_i (regional average pool) and g (global
    average pool) of a feature map over those regions;
 3. ``attention_weights``: alpha_i from (k_i, g), or ``None`` for the R-MAC baseline;
-4. ``aggregate``: PCA-whitening of each x_i and L2 (``whiten_regions``), then the
-   alpha-weighted mean and L2 (``weighted_l2_mean``).
+4. ``whiten_regions`` (PCA-whitening of each x_i, then L2) and ``weighted_l2_mean`` (the
+   alpha-weighted mean, then L2); ``weighted_mean`` is the raw mean_i alpha_i x_i that
+   classification training feeds to its fc.
 
-``describe_feature_map`` chains 2-4. cirtorch's ``functional.py``/``pooling.py`` split is the
-model: these functions hold no state; the heads and models around them are thin.
+``describe`` is the one composite: images + feature map -> per group of images, a
+``RegionalOutput`` holding the pooled regions, alpha, the raw weighted mean and the descriptor
+(the last two computed when first read, so training pays for no whitening and extraction for no
+raw mean). ``describe_pooled`` is its second half, for pooled vectors already at hand (the
+training loop's cached crops). Heads evaluated on one feature map share the pooling of equal
+regions and the whitening of equal pooled vectors through a ``SharedSteps`` passed in.
+cirtorch's ``functional.py``/``pooling.py`` split is the model: these functions hold no state.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
 
 import numpy as np
 import torch
 
-from regattn_lib.core.attention import RegionalAttention
 from regattn_lib.core.pooling import global_avg_pool, regional_avg_pool, regional_max_pool
 from regattn_lib.core.regions import region_cells, rmac_regions
 from regattn_lib.core.whitening import PCAWhitening
@@ -33,35 +41,85 @@ from regattn_lib.core.whitening import PCAWhitening
 #: regions in input pixels per image (e.g. RPN proposals).
 RegionFn = Callable[[torch.Tensor], list[np.ndarray]]
 
+#: Anything that maps (k (N, R, C), g (N, C)) to alpha (N, R): a ``RegionalAttention``, its DDP
+#: wrapper, or a plain callable.
+AttentionFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
 
 def l2_normalize(x: torch.Tensor, dim: int = -1, eps: float = 1e-8) -> torch.Tensor:
     """x / max(||x||, eps)."""
     return x / x.norm(dim=dim, keepdim=True).clamp_min(eps)
 
 
+class SharedSteps:
+    """The steps that heads evaluated on one feature map share: the pooling of equal regions and
+    the whitening of equal pooled vectors, each computed once.
+
+    Make one per feature map (extraction makes one per batch) and pass it to every head of that
+    map; it keeps what it computed for as long as it lives, so let it go with the batch.
+    ``computed`` counts the steps actually run, by kind (``'pool'``, ``'whiten'``).
+    """
+
+    def __init__(self) -> None:
+        self._memo: dict[tuple, Any] = {}
+        self.computed: dict[str, int] = {}
+
+    def get(self, key: tuple, compute: Callable[[], Any]) -> Any:
+        """``compute()`` the first time ``key`` is asked for, the remembered result after."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+            self.computed[key[0]] = self.computed.get(key[0], 0) + 1
+        return self._memo[key]
+
+
 @dataclass
 class RegionalFeatures:
     """Everything pooled from one batch of same-size images.
 
-    ``regions`` (R, 4) in input pixels (x, y, w, h); ``cells`` (R, 4) inclusive feature cells;
-    ``max_pooled`` x_i (N, R, C); ``avg_pooled`` k_i (N, R, C); ``global_avg`` g (N, C).
+    ``max_pooled`` x_i (N, R, C); ``avg_pooled`` k_i (N, R, C); ``global_avg`` g (N, C);
+    ``regions`` (R, 4) in input pixels (x, y, w, h) and ``cells`` (R, 4) inclusive feature
+    cells, ``None`` for vectors pooled elsewhere (training's cached crops).
     """
 
-    regions: np.ndarray
-    cells: np.ndarray
     max_pooled: torch.Tensor
     avg_pooled: torch.Tensor
     global_avg: torch.Tensor
+    regions: np.ndarray | None = None
+    cells: np.ndarray | None = None
 
 
-@dataclass
+@dataclass(eq=False)
 class RegionalOutput:
-    """``describe_feature_map``'s result: the pooled features, alpha (N, R) or ``None`` for
-    R-MAC, and the (N, D) L2-normalised descriptors."""
+    """What the descriptor's path gives for one group of images.
+
+    ``features``: the pooled regions; ``alpha`` (N, R), ``None`` for R-MAC; ``weighted_mean``
+    (N, C): mean_i alpha_i x_i of the raw x_i (classification training's fc input);
+    ``whitened`` (N, R, D): L2(P(x_i - mu)); ``descriptor`` (N, D): the L2-normalised
+    descriptor. The last three are computed when first read.
+    """
 
     features: RegionalFeatures
     alpha: torch.Tensor | None
-    descriptor: torch.Tensor
+    whitening: PCAWhitening | None = None
+    shared: SharedSteps | None = field(default=None, repr=False)
+    share_key: tuple = field(default=(), repr=False)
+
+    @cached_property
+    def weighted_mean(self) -> torch.Tensor:
+        return weighted_mean(self.features.max_pooled, self.alpha)
+
+    @cached_property
+    def whitened(self) -> torch.Tensor:
+        def compute() -> torch.Tensor:
+            return whiten_regions(self.features.max_pooled, self.whitening)
+
+        if self.shared is None:
+            return compute()
+        return self.shared.get(("whiten", *self.share_key, id(self.whitening)), compute)
+
+    @cached_property
+    def descriptor(self) -> torch.Tensor:
+        return weighted_l2_mean(self.whitened, self.alpha)
 
     def weights(self) -> torch.Tensor:
         """alpha, with R-MAC's implicit weights (all 1) made explicit, on the CPU."""
@@ -112,16 +170,16 @@ def pool_regions(feats: torch.Tensor, regions: np.ndarray, stride: int = 32) -> 
     """
     cells = region_cells(regions, feats.shape[2], feats.shape[3], stride)
     return RegionalFeatures(
-        regions=np.asarray(regions),
-        cells=cells,
         max_pooled=regional_max_pool(feats, cells),
         avg_pooled=regional_avg_pool(feats, cells),
         global_avg=global_avg_pool(feats),
+        regions=np.asarray(regions),
+        cells=cells,
     )
 
 
 def attention_weights(
-    attention: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None,
+    attention: AttentionFn | None,
     regional_avg: torch.Tensor,
     global_avg: torch.Tensor,
 ) -> torch.Tensor | None:
@@ -193,20 +251,66 @@ def aggregate(
     return weighted_l2_mean(whiten_regions(regional, whitening), alpha, region_mask)
 
 
+def describe_pooled(
+    features: RegionalFeatures,
+    attention: AttentionFn | None = None,
+    whitening: PCAWhitening | None = None,
+    shared: SharedSteps | None = None,
+    share_key: tuple = (),
+) -> RegionalOutput:
+    """Pooled regions -> alpha, and the weighted mean and descriptor on demand.
+
+    ``attention`` ``None`` gives R-MAC; ``whitening`` ``None`` skips PCA-whitening (L2 only);
+    ``shared`` and ``share_key`` (where the pooled vectors came from) let heads on one feature
+    map whiten equal vectors once.
+    """
+    alpha = attention_weights(attention, features.avg_pooled, features.global_avg)
+    return RegionalOutput(features, alpha, whitening, shared, share_key)
+
+
+def describe(
+    feats: torch.Tensor,
+    images: torch.Tensor,
+    *,
+    levels: int = 5,
+    attention: AttentionFn | None = None,
+    whitening: PCAWhitening | None = None,
+    full_image_region: bool = False,
+    region_fn: RegionFn | None = None,
+    stride: int = 32,
+    shared: SharedSteps | None = None,
+) -> list[tuple[slice, RegionalOutput]]:
+    """The descriptor's one path: a batch's feature map (N, C, h, w) and its uint8 images
+    (N, 3, H, W) -> one ``RegionalOutput`` per group of images sharing their regions
+    (``batch_regions``: one group for the R-MAC grid, one per image for a ``region_fn``).
+
+    ``levels``, ``full_image_region`` and ``region_fn`` choose the regions (``batch_regions``);
+    ``stride``: input pixels per feature cell (the backbone's); ``attention`` ``None`` is R-MAC;
+    ``whitening`` ``None`` skips it; ``shared``: the feature map's ``SharedSteps``, so that
+    several calls on one map pool equal regions (and whiten equal vectors) once.
+    """
+    out = []
+    for sl, regions in batch_regions(images, levels, full_image_region, region_fn):
+        where = (sl.start, sl.stop, regions.tobytes(), stride)
+
+        def pool(sl: slice = sl, regions: np.ndarray = regions) -> RegionalFeatures:
+            return pool_regions(feats[sl], regions, stride)
+
+        features = pool() if shared is None else shared.get(("pool", *where), pool)
+        out.append((sl, describe_pooled(features, attention, whitening, shared, where)))
+    return out
+
+
 def describe_feature_map(
     feats: torch.Tensor,
     regions: np.ndarray,
-    attention: RegionalAttention | None = None,
+    attention: AttentionFn | None = None,
     whitening: PCAWhitening | None = None,
     stride: int = 32,
 ) -> RegionalOutput:
-    """Feature map (N, C, h, w) + regions -> pooled features, alpha and descriptors.
-
-    ``attention`` ``None`` gives R-MAC; ``whitening`` ``None`` skips PCA-whitening.
-    """
-    features = pool_regions(feats, regions, stride)
-    alpha = attention_weights(attention, features.avg_pooled, features.global_avg)
-    return RegionalOutput(features, alpha, aggregate(features.max_pooled, alpha, whitening))
+    """Feature map (N, C, h, w) + one set of regions for all its images -> ``RegionalOutput``
+    (``pool_regions`` then ``describe_pooled``)."""
+    return describe_pooled(pool_regions(feats, regions, stride), attention, whitening)
 
 
 def weighted_mean(regional: torch.Tensor, alpha: torch.Tensor | None) -> torch.Tensor:

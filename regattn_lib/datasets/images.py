@@ -1,4 +1,7 @@
-"""Image reading, resizing and query cropping, as the authors' test script prepares images.
+"""Image reading, resizing and query cropping, as the authors' test script prepares images,
+and the reading of one's own photos (``read_photo``: EXIF orientation applied, HEIC through an
+optional plug-in, truncated files used as far as they decode when most of the picture is there,
+every unusable file an ``ImageError`` whose message is the reason it is skipped).
 
 Images travel as ``uint8`` RGB arrays of shape (H, W, 3); each backbone does its own
 normalisation (BGR / mean / std) in ``Backbone.preprocess``.
@@ -7,16 +10,27 @@ normalisation (BGR / mean / std) in ``Backbone.preprocess``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
+import math
 import os
 import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+try:  # HEIC/HEIF photos (phones) decode only with this optional plug-in
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+except ImportError:
+    pillow_heif = None
 
 #: What PIL raises on a file it cannot decode (corrupt, not an image, a decompression bomb).
 DECODE_ERRORS = (
@@ -28,6 +42,13 @@ DECODE_ERRORS = (
 )
 #: Smallest side the stride-32 backbones accept: below it the feature map would be empty.
 MIN_SIDE = 32
+#: A truncated file is used when at least this fraction of its rows decoded.
+MIN_DECODED_FRACTION = 0.5
+VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".m4v", ".3gp", ".mts", ".wmv", ".webm"}
+HEIF_SUFFIXES = {".heic", ".heif", ".avif"}
+#: EXIF orientations that swap width and height (90 or 270 degrees).
+_SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
+_ORIENTATION_TAG = 0x0112  # EXIF Orientation
 
 
 class ImageError(ValueError):
@@ -174,3 +195,129 @@ def prepare_image(
             f"{e} (after resizing to {longest} px{' and cropping' if bbx else ''})"
         ) from e
     return image
+
+
+# ----------------------------------------------------------------------------- own photos
+class Photo(NamedTuple):
+    """A photo ready for the backbone: uint8 RGB (H, W, 3) resized (and cropped), upright;
+    ``original``: (H, W) after EXIF orientation, before resizing; ``sha256`` of the file."""
+
+    image: np.ndarray
+    original: tuple[int, int]
+    sha256: str
+
+
+def _not_image_reason(path: Path, error: Exception) -> str:
+    suffix = path.suffix.lower()
+    if suffix in VIDEO_SUFFIXES:
+        return "not an image (video file)"
+    if suffix in HEIF_SUFFIXES and pillow_heif is None:
+        return f"{suffix[1:].upper()} image without a decoder (pip install pillow-heif)"
+    if isinstance(error, UnidentifiedImageError):  # its message repeats the path
+        return "not an image (unrecognised file format)"
+    return f"not an image this reader can decode ({error})"
+
+
+def oriented_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(H, W) of an image as displayed (EXIF orientation applied), from its header only.
+
+    Raises ``ImageError`` naming the file: missing, or not an image (with the reason).
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            orientation = im.getexif().get(_ORIENTATION_TAG)
+    except FileNotFoundError as e:
+        raise ImageError(f"image file not found: {path}") from e
+    except PermissionError as e:
+        raise ImageError(f"unreadable: {e.strerror}") from e
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ImageError(_not_image_reason(path, e)) from e
+    return (w, h) if orientation in _SWAPPING_ORIENTATIONS else (h, w)
+
+
+def _decoded_fraction(stored: np.ndarray) -> float:
+    """Fraction of rows before the uniform grey (128) rows PIL leaves after a truncation."""
+    grey = (stored == 128).all(axis=(1, 2))
+    if not grey[-1]:
+        return 1.0
+    tail = len(grey) if grey.all() else int(np.argmin(grey[::-1]))  # trailing grey rows
+    return 1.0 - tail / len(grey)
+
+
+def _decode_photo(data: bytes, path: Path, longest: int | None) -> np.ndarray:
+    """Upright uint8 RGB of a file's bytes; a JPEG much larger than needed decodes reduced."""
+
+    def open_reduced() -> Image.Image:
+        im = Image.open(io.BytesIO(data))
+        if longest is not None and max(im.size) > 2 * longest:
+            # libjpeg's 1/2..1/8 scaling, kept at >= 2x the target so the bilinear resize after
+            # it does not alias; no-op for other formats
+            s = 2 * longest / max(im.size)
+            im.draft("RGB", (math.ceil(im.size[0] * s), math.ceil(im.size[1] * s)))
+        im.load()
+        return im
+
+    try:
+        try:
+            im = open_reduced()
+        except OSError as e:
+            if isinstance(e, UnidentifiedImageError):
+                raise
+            with truncated_images_allowed():
+                im = open_reduced()
+            fraction = _decoded_fraction(np.asarray(im.convert("RGB")))
+            if fraction < MIN_DECODED_FRACTION:
+                raise ImageError(
+                    f"truncated file: only {fraction:.0%} of the image decoded "
+                    f"(under {MIN_DECODED_FRACTION:.0%})"
+                ) from e
+        upright = ImageOps.exif_transpose(im).convert("RGB")
+    except ImageError:
+        raise
+    except DECODE_ERRORS as e:
+        raise ImageError(f"cannot decode: {e}") from e
+    return np.array(upright, dtype=np.uint8)
+
+
+def read_photo(
+    path: str | os.PathLike,
+    longest: int | None,
+    min_side: int = 0,
+    box: Sequence[float] | None = None,
+) -> Photo:
+    """Read a photo upright (EXIF orientation), resize its longest side to ``longest`` and,
+    for a query, crop it to ``box`` = (x1, y1, x2, y2) in the upright original's pixels.
+
+    The crop is the paper's query crop (``images.crop_box``): the whole image is resized, then
+    cut at ``round(box * longest / max(H, W))``. Raises ``ImageError`` whose message is the
+    reason the file cannot be used: missing; not an image; shorter side under ``min_side``
+    (default 0); truncated with under ``MIN_DECODED_FRACTION`` decoded (a truncated file is
+    otherwise used as far as it goes); under 32 px after resizing or cropping; a box outside
+    the image.
+    """
+    path = Path(path)
+    h, w = oriented_size(path)
+    if min(h, w) < min_side:
+        raise ImageError(f"too small: {w}x{h} px, shorter side under the profile's {min_side} px")
+    if box is not None:
+        x1, y1, x2, y2 = (float(v) for v in box)
+        if not (x2 > x1 and y2 > y1):
+            raise ImageError(
+                f"query box {list(box)} is empty: (x1, y1, x2, y2) needs x2 > x1, y2 > y1"
+            )
+        if x2 <= 0 or y2 <= 0 or x1 >= w or y1 >= h:
+            raise ImageError(f"query box {list(box)} lies outside {path} ({w}x{h} px upright)")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ImageError(f"unreadable: {e.strerror or e}") from e
+    image = _decode_photo(data, path, longest)
+    resized, _ = resize_longest(image, longest)
+    if box is not None:
+        # the ratio of the original (not of a reduced JPEG decode) scales the box
+        scale = 1.0 if longest is None else longest / max(h, w)
+        resized = crop_box(resized, box, scale)
+    check_rgb(resized, str(path))
+    return Photo(resized, (h, w), hashlib.sha256(data).hexdigest())

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,7 +11,6 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from regattn_lib.datasets.images import crop_box, load_rgb
-from regattn_lib.runtime.atomic import atomic_write
 
 #: Border colours of ranked results by label.
 LABEL_COLOURS = {"positive": "#2ca02c", "hard": "#ff7f0e", "junk": "#7f7f7f", "negative": "#d62728"}
@@ -153,38 +150,6 @@ def show_png(path):
     from IPython.display import Image
 
     return Image(filename=str(path))
-
-
-def plot_curves(csv_path: str | os.PathLike, out_png: str | os.PathLike) -> Path:
-    """Loss and accuracy curves of a ``history.csv`` against the iteration, as a PNG.
-
-    Parameters
-    ----------
-    csv_path:
-        A ``history.csv`` written by training (``training.checkpoint.HISTORY_COLUMNS``).
-    out_png:
-        Where the figure goes (written atomically).
-    """
-    df = pd.read_csv(csv_path)
-    fig = _figure(10, 3.8)
-    ax_loss, ax_acc = fig.subplots(1, 2)
-    val = df.dropna(subset=["val_loss"])
-    ax_loss.plot(df["step"], df["loss"], label="train")
-    ax_loss.plot(val["step"], val["val_loss"], "o-", label="val")
-    ax_acc.plot(df["step"], df["train_acc"], label="train")
-    ax_acc.plot(val["step"], val["val_acc"], "o-", label="val")
-    for ax, name in ((ax_loss, "cross-entropy"), (ax_acc, "accuracy")):
-        ax.set_xlabel("iteration")
-        ax.set_ylabel(name)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    out_png = Path(out_png)
-
-    def _save(tmp: Path) -> None:
-        fig.savefig(tmp, format="png", dpi=100)
-
-    return atomic_write(out_png, _save)
 
 
 def plot_object_attention(table: pd.DataFrame) -> Figure:

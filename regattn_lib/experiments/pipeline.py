@@ -5,8 +5,8 @@ descriptors and scores for a profile. Notebooks call these and present the resul
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from regattn_lib.core.attention import RegionalAttention, load_official_attention
-from regattn_lib.core.descriptor import batch_regions
+from regattn_lib.core.attention import RegionalAttention
+from regattn_lib.core.descriptor import SharedSteps, batch_regions
 from regattn_lib.core.evaluate import evaluate
 from regattn_lib.core.qe import average_query_expansion
 from regattn_lib.core.search import cosine_ranks
@@ -32,18 +32,23 @@ from regattn_lib.experiments.reports import results_dirs
 from regattn_lib.extraction import methods
 from regattn_lib.extraction.extract import (
     Descriptors,
-    cache_key,
-    content_stamp,
-    env_number,
     extract_dataset,
-    list_digest,
     write_skipped_images,
 )
-from regattn_lib.extraction.heads import GlobalHead, Head, RegionalHead, RegionalVectorsHead
-from regattn_lib.extraction.image_stream import resolve_device, resolve_precision
+from regattn_lib.extraction.heads import Head
 from regattn_lib.extraction.whitening_stream import accumulate_images
+from regattn_lib.models.attention_weights import load_official_attention
+from regattn_lib.runtime.environment import env_number, resolve_device, resolve_precision
+from regattn_lib.runtime.identity import (
+    backbone_weights_id,
+    cache_key,
+    content_stamp,
+    fc_weight,
+    list_digest,
+)
 from regattn_lib.runtime.paths import data_root as resolve_data_root
 from regattn_lib.runtime.paths import results_root
+from regattn_lib.runtime.shards import ShardStore
 
 #: Row labels of the ablation, as in the paper's table (``methods.ABLATION_METHODS``).
 RMAC, REGIONAL, CONTEXT = (methods.label(name) for name in methods.ABLATION_METHODS)
@@ -52,13 +57,21 @@ ATTENTION_KINDS = {REGIONAL: "regional", CONTEXT: "context"}
 
 @dataclass
 class Context:
-    """A profile resolved against a data root, a results folder and a device."""
+    """A profile resolved against a data root, a results folder and a device.
+
+    The backbone is built on first use from the profile (``models.backbones.build_backbone``),
+    or by ``backbone_factory`` when one is given: the seam through which tests, benchmarks and
+    the photo search pass a network of their own (``with_backbone``).
+    """
 
     profile: Profile
     data_root: Path
     results: Path
     device: torch.device
     dirs: dict[str, Path] = field(default_factory=dict)
+    backbone_factory: Callable[[], torch.nn.Module] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     @property
     def cache_dir(self) -> Path:
@@ -66,12 +79,18 @@ class Context:
 
     @cached_property
     def backbone(self) -> torch.nn.Module:
-        from regattn_lib.models.backbones import build_backbone
+        if self.backbone_factory is not None:
+            return self.backbone_factory()
+        from regattn_lib.models.factory import build_backbone
 
         bb = build_backbone(
             self.profile.backbone, data_root=self.data_root, download=self.profile.download
         )
         return bb.to(self.device)
+
+    def with_backbone(self, backbone: torch.nn.Module) -> Context:
+        """This context with ``backbone`` (already built, used as it is) as its network."""
+        return replace(self, backbone_factory=lambda: backbone)
 
 
 def setup(
@@ -187,10 +206,9 @@ def learn_whitening(
 
 
 def _whitening_head(ctx: Context, kind: str) -> Head:
-    if kind == "regional":
-        return RegionalVectorsHead(levels=ctx.profile.whitening_levels)
-    fc = _fc_weight(ctx.backbone) if kind == "cam" else None
-    return GlobalHead(name=kind, pooling=kind, fc_weight=fc)
+    return methods.whitening_head(
+        kind, levels=ctx.profile.whitening_levels, fc_weight=fc_weight(ctx.backbone)
+    )
 
 
 #: The authors skip whitening images whose original shorter side is under 200 px (spec 2).
@@ -224,7 +242,7 @@ def _whitening_files(
         # every name, not a prefix: two lists that differ anywhere get different files
         "images": list_digest([x.name for x in paths]),
         "backbone": p.backbone,
-        "weights": getattr(bb, "cache_id", getattr(bb, "weights_id", None)),
+        "weights": backbone_weights_id(bb),
         "size": p.whitening_image_size,
         "levels": p.whitening_levels,
         "dims": None,
@@ -276,10 +294,8 @@ def learn_whitenings(
         if checkpoint_s is None:
             checkpoint_s = env_number("REGATTN_CHECKPOINT_S", 300.0, float)
         group = env_number("REGATTN_SHARD_IMAGES", WHITENING_GROUP)
-        checkpoint = (
-            ctx.cache_dir
-            / "whitening"
-            / f"pass-{cache_key({**common, 'kinds': sorted(missing)})}.ckpt"
+        checkpoint = ShardStore(
+            ctx.cache_dir / "whitening" / f"pass-{cache_key({**common, 'kinds': sorted(missing)})}"
         )
         accs, skipped = accumulate_images(
             paths,
@@ -307,19 +323,12 @@ def learn_whitenings(
                 "skipped": [s.to_dict() for s in skipped],
             }
             learn_pca_whitening(accs[kind], meta=meta).save(files[kind])
-        checkpoint.unlink(missing_ok=True)
-        for stale in checkpoint.parent.glob(f".{checkpoint.name}.*.tmp"):
-            stale.unlink(missing_ok=True)  # a save cut short by a kill (atomic_write's temp)
+        checkpoint.clear()  # with any temporary file of a save cut short by a kill
     out = {k: PCAWhitening.load(f) for k, f in files.items()}
     if out:  # every kind of one pass skipped the same images
         skipped = next(iter(out.values())).meta.get("skipped")
         report_skipped(ctx, f"whitening-{p.whitening_set}", skipped)
     return out
-
-
-def _fc_weight(backbone: torch.nn.Module) -> torch.Tensor | None:
-    fc = getattr(backbone, "fc", None)
-    return None if fc is None else fc.weight.detach()
 
 
 # ----------------------------------------------------------------------------- attention
@@ -446,7 +455,7 @@ def describe(
 ) -> dict[str, Descriptors]:
     """Descriptors of ``ds`` for every head (cached under ``<data>/cache/<profile>/``).
 
-    ``precision``: the backbone's (``image_stream.PRECISIONS``); ``None`` (default) takes the
+    ``precision``: the backbone's (``runtime.environment.PRECISIONS``); ``None`` (default) takes the
     profile's (``fp32`` in the paper profile). The cache is keyed by it.
     """
     descs = extract_dataset(
@@ -547,12 +556,10 @@ def attentions_for_image(
     """(image, regions, label -> alpha) of one image as the descriptor sees it (resized,
     cropped, the backbone in the profile's precision), one backbone pass for all attentions.
     ``upright=True`` reads it as own-photo search does (EXIF orientation applied)."""
-    from regattn_lib.datasets.images import prepare_image
+    from regattn_lib.datasets.images import prepare_image, read_photo
     from regattn_lib.extraction.image_stream import backbone_features
 
     if upright:
-        from regattn_lib.apps.photos.model import read_photo
-
         image = read_photo(path, ctx.profile.image_size, box=bbx).image
     else:
         image = prepare_image(path, ctx.profile.image_size, bbx)
@@ -561,9 +568,10 @@ def attentions_for_image(
     feats = backbone_features(ctx.backbone, ctx.backbone.preprocess(batch), precision)
     stride = getattr(ctx.backbone, "stride", 32)
     alphas, regions = {}, None
+    shared = SharedSteps()  # the attentions see one pooling of the regions
     for label, attention in attentions.items():
-        head = RegionalHead(levels=levels or ctx.profile.levels, attention=attention, stride=stride)
-        ((_, out),) = head.describe(feats, batch)
+        head = methods.attention_head(attention, levels or ctx.profile.levels, stride)
+        ((_, out),) = head.describe(feats, batch, shared)
         regions, alphas[label] = out.features.regions, out.weights()[0].numpy()
     if regions is None:
         regions = batch_regions(batch, levels or ctx.profile.levels)[0][1]

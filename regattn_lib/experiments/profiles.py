@@ -73,7 +73,7 @@ class Profile:
     rpn_max_side: int | None = None  # run the RPN on a downsized copy (offline profiles)
     qe_k: int = 5
     batch_size: int | None = None  # extraction batch; None: 16 on CUDA, 1 on the CPU
-    # backbone precision of every extraction (image_stream.PRECISIONS): "auto" = fp16 autocast on
+    # backbone precision of every extraction (runtime.environment.PRECISIONS): "auto" = fp16 autocast on
     # CUDA, fp32 on the CPU; "fp32" everywhere is the authors' setting (paper profile)
     precision: str = "auto"
     timing_image_size: int | None = None  # the time column's image size; None: image_size

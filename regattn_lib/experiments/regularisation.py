@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from regattn_lib.experiments import pipeline as P
+from regattn_lib.experiments import pipeline
 
 #: The variants the demo's choice was measured on: the authors' learning rate and weight decay,
 #: the weight decay raised 10x and 1000x, dropout on the attention's inputs, and the learning
@@ -33,7 +33,7 @@ DEFAULT_VARIANTS: dict[str, dict[str, Any]] = {
 
 
 def regularisation_study(
-    ctx: P.Context,
+    ctx: pipeline.Context,
     variants: Mapping[str, Mapping[str, Any]] | None = None,
     kind: str = "regional",
     iterations: int | None = None,
@@ -91,7 +91,7 @@ def regularisation_study(
     return pd.DataFrame(rows)
 
 
-def _fc_row(ctx: P.Context) -> dict[str, Any]:
+def _fc_row(ctx: pipeline.Context) -> dict[str, Any]:
     """The frozen fc alone (alpha = 1): the validation loss the attention starts from."""
     import pandas as pd
 

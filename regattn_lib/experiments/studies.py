@@ -18,7 +18,7 @@ from regattn_lib.core.evaluate import per_query_table
 from regattn_lib.core.regions import rmac_regions
 from regattn_lib.core.stats import paired_gain
 from regattn_lib.core.whitening import PCAWhitening
-from regattn_lib.experiments import pipeline as P
+from regattn_lib.experiments import pipeline
 from regattn_lib.experiments.reports import side_by_side
 from regattn_lib.experiments.timing import time_per_image
 from regattn_lib.extraction import methods
@@ -31,11 +31,11 @@ SEEDS = "seeds"
 PAPER_ONLY = "paper only"
 
 
-def dataset_statistics(ctx: P.Context) -> pd.DataFrame:
+def dataset_statistics(ctx: pipeline.Context) -> pd.DataFrame:
     """Database size, queries and positives per query for each test set of the profile."""
     rows = []
     for name in dict.fromkeys(ctx.profile.datasets + ctx.profile.revisited):
-        ds = P.dataset(ctx, name)
+        ds = pipeline.dataset(ctx, name)
         row = {"dataset": name, "database": ds.n_db, "queries": ds.n_queries}
         for proto in ("easy", "hard", "junk", "ok"):
             if ds.gnd and proto in ds.gnd[0]:
@@ -149,14 +149,14 @@ def _with_intervals(out: pd.DataFrame, ours: pd.DataFrame, columns: Sequence[str
 
 def head_weights(head: Head) -> str:
     """Provenance label of a head's attention (``pipeline.provenance``)."""
-    return P.provenance(getattr(head, "attention", None))
+    return pipeline.provenance(getattr(head, "attention", None))
 
 
 SEED_SEP = "|seed"
 
 
 def expand_seeds(
-    ctx: P.Context, heads: dict[str, Head]
+    ctx: pipeline.Context, heads: dict[str, Head]
 ) -> tuple[dict[str, Head], dict[str, list[str]]]:
     """Each head whose attention was trained here, once per seed of the profile (the same head
     with that seed's weights, key ``<key>|seed<i>``); other heads once. Returns the heads and,
@@ -167,12 +167,12 @@ def expand_seeds(
     for key, head in heads.items():
         out[key], groups[key] = head, [key]
         att = getattr(head, "attention", None)
-        if att is None or getattr(att, "provenance", None) != P.TRAINED:
+        if att is None or getattr(att, "provenance", None) != pipeline.TRAINED:
             continue
         if others is None:  # loaded once, only when a trained head is there
             others = {
-                kind: [m for m in P.attention_seeds(ctx).get(label, [])[1:] if m is not None]
-                for label, kind in P.ATTENTION_KINDS.items()
+                kind: [m for m in pipeline.attention_seeds(ctx).get(label, [])[1:] if m is not None]
+                for label, kind in pipeline.ATTENTION_KINDS.items()
             }
         for i, other in enumerate(others["context" if att.context else "regional"], start=1):
             out[f"{key}{SEED_SEP}{i}"] = replace(head, attention=other)
@@ -181,7 +181,7 @@ def expand_seeds(
 
 
 def seeded_score(
-    ctx: P.Context,
+    ctx: pipeline.Context,
     ds: Any,
     heads: dict[str, Head],
     qe_k: int = 0,
@@ -193,7 +193,9 @@ def seeded_score(
     per-query APs of every seed as an (S, Q) array (``aps``, for ``gain_intervals``) and each
     seed's mAP (``map_seeds``); ``seeds`` says how many."""
     expanded, groups = expand_seeds(ctx, heads)
-    scores = P.score(P.describe(ctx, ds, expanded), ds, qe_k=qe_k, protocols=protocols)
+    scores = pipeline.score(
+        pipeline.describe(ctx, ds, expanded), ds, qe_k=qe_k, protocols=protocols
+    )
     out: dict[str, dict[str, Any]] = {}
     for key, keys in groups.items():
         runs = [scores[k] for k in keys]
@@ -211,34 +213,38 @@ def seeded_score(
     return out
 
 
-def series_heads(ctx: P.Context, whitening: PCAWhitening) -> dict[str, Head]:
+def series_heads(ctx: pipeline.Context, whitening: PCAWhitening) -> dict[str, Head]:
     """Every R-MAC-grid head the series' tables use on the test sets, each trained attention
     once per seed: the ablation rows (which are also the SOTA and revisited tables' R-MAC and
     ours) and the scale study's rows at every L."""
-    heads: dict[str, Head] = dict(P.ablation_heads(ctx, whitening))
+    heads: dict[str, Head] = dict(pipeline.ablation_heads(ctx, whitening))
     for lv in ctx.profile.scale_levels:
-        for label, att in P.available_attention(ctx).items():
+        for label, att in pipeline.available_attention(ctx).items():
             heads[f"{label}|L={lv}"] = methods.build_head(
                 label, levels=lv, attention=att, whitening=whitening
             )
     return expand_seeds(ctx, heads)[0]
 
 
-def describe_series(ctx: P.Context, whitening: PCAWhitening, progress: bool = True) -> None:
+def describe_series(ctx: pipeline.Context, whitening: PCAWhitening, progress: bool = True) -> None:
     """One backbone pass per test set for all of ``series_heads``, so that the ablation, the
     scale study, the SOTA and revisited tables and the per-query study read their descriptors
     from the cache instead of running the backbone over the same images again."""
     heads = series_heads(ctx, whitening)
     for name in dict.fromkeys(ctx.profile.datasets + ctx.profile.revisited):
-        P.describe(ctx, P.dataset(ctx, name), heads, progress=progress)
+        pipeline.describe(ctx, pipeline.dataset(ctx, name), heads, progress=progress)
 
 
 def _classic_maps(
-    ctx: P.Context, ds_name: str, heads: dict[str, Head], qe_k: int = 0, distractors: bool = False
+    ctx: pipeline.Context,
+    ds_name: str,
+    heads: dict[str, Head],
+    qe_k: int = 0,
+    distractors: bool = False,
 ):
     """(dataset, scores, method -> classic mAP, method -> per-query classic APs); methods with
     several seeds: the mean mAP and the (S, Q) APs (``seeded_score``)."""
-    ds = P.dataset(ctx, ds_name, distractors=distractors)
+    ds = pipeline.dataset(ctx, ds_name, distractors=distractors)
     scores = seeded_score(ctx, ds, heads, qe_k=qe_k, protocols=["classic"])
     maps = {k: v["protocols"]["classic"]["map"] for k, v in scores.items()}
     aps = {k: v["protocols"]["classic"]["aps"] for k, v in scores.items()}
@@ -246,7 +252,7 @@ def _classic_maps(
 
 
 def ablation(
-    ctx: P.Context, whitening: PCAWhitening, timing: bool = True, n_timing: int = 20
+    ctx: pipeline.Context, whitening: PCAWhitening, timing: bool = True, n_timing: int = 20
 ) -> pd.DataFrame:
     """R-MAC + PCA, + regional attention, + context awareness on each test set, with s/image.
 
@@ -259,7 +265,7 @@ def ablation(
     model, one image at a time, decoding excluded). ``table.attrs["notes"]`` says how, on which
     device and in which precision; ``table.attrs["timing"]`` holds the measurements.
     """
-    heads = P.ablation_heads(ctx, whitening)
+    heads = pipeline.ablation_heads(ctx, whitening)
     base = next(iter(heads))  # R-MAC + PCA: every gain and its interval is against it
     table = pd.DataFrame(
         {"method": list(heads), WEIGHTS: [head_weights(h) for h in heads.values()]}
@@ -281,7 +287,7 @@ def ablation(
         for col, values in intervals.items():
             table[col] = values
     if timing:
-        ds = P.dataset(ctx, ctx.profile.datasets[0])
+        ds = pipeline.dataset(ctx, ctx.profile.datasets[0])
         t = time_per_image(ctx, ds, heads, n_timing)
         table["time_s"] = [t[m].median_s for m in heads]
         first = next(iter(t.values()))
@@ -294,7 +300,7 @@ def ablation(
     return table
 
 
-def rpn_ablation(ctx: P.Context, whitening: PCAWhitening) -> tuple[pd.DataFrame, str]:
+def rpn_ablation(ctx: pipeline.Context, whitening: PCAWhitening) -> tuple[pd.DataFrame, str]:
     """The ablation with RPN proposals instead of the grid. Returns the table and the RPN label."""
     from regattn_lib.models.rpn import RPNRegions
 
@@ -306,7 +312,7 @@ def rpn_ablation(ctx: P.Context, whitening: PCAWhitening) -> tuple[pd.DataFrame,
         device=ctx.device,
         max_side=ctx.profile.rpn_max_side,
     )
-    heads = P.ablation_heads(
+    heads = pipeline.ablation_heads(
         ctx, whitening, region_fn=rpn, region_source=f"rpn-{rpn.weights}-{rpn.top_n}"
     )
     table = pd.DataFrame(
@@ -321,12 +327,12 @@ def rpn_ablation(ctx: P.Context, whitening: PCAWhitening) -> tuple[pd.DataFrame,
 
 
 def scale_study(
-    ctx: P.Context, whitening: PCAWhitening, levels: Sequence[int] | None = None
+    ctx: pipeline.Context, whitening: PCAWhitening, levels: Sequence[int] | None = None
 ) -> pd.DataFrame:
     """mAP against the number of levels L for R-MAC and the attention variants (long format),
     with each method's gain over R-MAC at the same L and its 95% paired-bootstrap interval."""
     levels = list(ctx.profile.scale_levels if levels is None else levels)
-    atts = P.available_attention(ctx)
+    atts = pipeline.available_attention(ctx)
     heads: dict[str, Head] = {}
     for lv in levels:
         for label, att in atts.items():
@@ -335,7 +341,7 @@ def scale_study(
             )
     rows = []
     for name in ctx.profile.datasets:
-        ds = P.dataset(ctx, name)
+        ds = pipeline.dataset(ctx, name)
         scores = seeded_score(ctx, ds, heads, protocols=["classic"])
         for lv in levels:
             keys = [f"{label}|L={lv}" for label in atts]
@@ -356,7 +362,7 @@ def scale_study(
     return pd.DataFrame(rows)
 
 
-def sota_heads(ctx: P.Context, whitening: PCAWhitening) -> dict[str, Head]:
+def sota_heads(ctx: pipeline.Context, whitening: PCAWhitening) -> dict[str, Head]:
     """The state-of-the-art rows (``methods.SOTA_ROWS``): MAC, SPoC, CroW, CAM, each whitened on
     the whitening set with its own whitening, R-MAC, and ours (the context-aware attention, else
     the regional one). CAM needs the backbone's ImageNet classifier and is left out without
@@ -365,7 +371,7 @@ def sota_heads(ctx: P.Context, whitening: PCAWhitening) -> dict[str, Head]:
     fc_weight = None if fc is None else fc.weight.detach()
     atts = {
         methods.method(lbl).attention_kind: a
-        for lbl, a in P.available_attention(ctx).items()
+        for lbl, a in pipeline.available_attention(ctx).items()
         if a is not None
     }
     rows: dict[str, methods.Method] = {}
@@ -375,7 +381,7 @@ def sota_heads(ctx: P.Context, whitening: PCAWhitening) -> dict[str, Head]:
         if usable and not (usable[0].pooling == "cam" and fc_weight is None):
             rows[row] = usable[0]
     poolings = [m.pooling for m in rows.values() if m.family == "global"]
-    full = P.learn_whitenings(ctx, poolings)  # one pass for all of them
+    full = pipeline.learn_whitenings(ctx, poolings)  # one pass for all of them
     dims = ctx.profile.global_whitening_dims
     heads: dict[str, Head] = {}
     for row, m in rows.items():
@@ -394,7 +400,7 @@ def sota_heads(ctx: P.Context, whitening: PCAWhitening) -> dict[str, Head]:
     return heads
 
 
-def sota(ctx: P.Context, whitening: PCAWhitening) -> tuple[pd.DataFrame, list[str]]:
+def sota(ctx: pipeline.Context, whitening: PCAWhitening) -> tuple[pd.DataFrame, list[str]]:
     """The state-of-the-art table: every method without and with average QE (top-k), each with
     its gain over R-MAC (without QE) and the gain's 95% paired-bootstrap interval."""
     heads = sota_heads(ctx, whitening)
@@ -405,7 +411,7 @@ def sota(ctx: P.Context, whitening: PCAWhitening) -> tuple[pd.DataFrame, list[st
     if ctx.profile.distractors is not None:
         sets += [(n, True) for n in ctx.profile.datasets]
     for name, distract in sets:
-        ds = P.dataset(ctx, name, distractors=distract)
+        ds = pipeline.dataset(ctx, name, distractors=distract)
         col = (
             {"oxford5k": "oxford105k", "paris6k": "paris106k"}.get(name, name + "+distractors")
             if distract
@@ -436,13 +442,13 @@ def sota(ctx: P.Context, whitening: PCAWhitening) -> tuple[pd.DataFrame, list[st
     return table, notes
 
 
-def revisited(ctx: P.Context, whitening: PCAWhitening) -> pd.DataFrame:
+def revisited(ctx: pipeline.Context, whitening: PCAWhitening) -> pd.DataFrame:
     """Revisited protocol: mAP and mP@10 under Easy / Medium / Hard, R-MAC and ours, +- QE;
     ours' gain over R-MAC (with the same QE) and its 95% paired-bootstrap interval."""
     heads = {k: v for k, v in sota_heads(ctx, whitening).items() if k in ("R-MAC", "Ours")}
     rows = []
     for name in ctx.profile.revisited:
-        ds = P.dataset(ctx, name)
+        ds = pipeline.dataset(ctx, name)
         for qe_k in (0, ctx.profile.qe_k):
             scores = seeded_score(ctx, ds, heads, qe_k=qe_k, protocols=["easy", "medium", "hard"])
             gains: dict[str, list[float]] = {}
@@ -463,7 +469,7 @@ def revisited(ctx: P.Context, whitening: PCAWhitening) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def whitening_study(ctx: P.Context, dims: Sequence[int | None]) -> pd.DataFrame:
+def whitening_study(ctx: pipeline.Context, dims: Sequence[int | None]) -> pd.DataFrame:
     """R-MAC without whitening and with whitening of several dimensions (None = all)."""
     heads: dict[str, Head] = {
         methods.label("rmac-nowhiten"): methods.build_head(
@@ -472,14 +478,14 @@ def whitening_study(ctx: P.Context, dims: Sequence[int | None]) -> pd.DataFrame:
     }
     info = {}
     for d in dims:
-        w = P.learn_whitening(ctx, n_components=d)
+        w = pipeline.learn_whitening(ctx, n_components=d)
         label = f"R-MAC + PCA-whitening {w.out_dim}-d"
         heads[label] = methods.build_head("rmac", levels=ctx.profile.levels, whitening=w)
         info[label] = w.meta["n_vectors"]
     rows = []
     for name in ctx.profile.datasets:
-        ds = P.dataset(ctx, name)
-        scores = P.score(P.describe(ctx, ds, heads), ds)
+        ds = pipeline.dataset(ctx, name)
+        scores = pipeline.score(pipeline.describe(ctx, ds, heads), ds)
         for m, s in scores.items():
             row = {"dataset": name, "method": m, "whitening vectors": info.get(m, 0)}
             row.update({f"{p} mAP": v["map"] for p, v in s["protocols"].items()})
@@ -488,14 +494,14 @@ def whitening_study(ctx: P.Context, dims: Sequence[int | None]) -> pd.DataFrame:
 
 
 def per_query(
-    ctx: P.Context, whitening: PCAWhitening, name: str | None = None
+    ctx: pipeline.Context, whitening: PCAWhitening, name: str | None = None
 ) -> tuple[pd.DataFrame, dict]:
     """Per-query AP of R-MAC and ours (classic protocol); also returns the descriptors."""
     name = name or ctx.profile.datasets[0]
     heads = {k: v for k, v in sota_heads(ctx, whitening).items() if k in ("R-MAC", "Ours")}
-    ds = P.dataset(ctx, name)
-    descs = P.describe(ctx, ds, heads)
-    scores = P.score(descs, ds, protocols=["classic"])
+    ds = pipeline.dataset(ctx, name)
+    descs = pipeline.describe(ctx, ds, heads)
+    scores = pipeline.score(descs, ds, protocols=["classic"])
     aps = {m: s["protocols"]["classic"]["aps"] for m, s in scores.items()}
     df = per_query_table(ds.qimlist, aps, baseline="R-MAC")
     # One comparison here: its column is plainly "gain" (extreme_queries, notebook 06).
@@ -550,7 +556,7 @@ def training_summary(runs: dict) -> pd.DataFrame:
 def save_training_curves(run, figures_dir, stage: str) -> object:
     """Plot a training run's curves (its history CSV) to ``<figures_dir>/training_<stage>.png``
     (spaces in the stage name become underscores: ``training_regional_seed_1.png``)."""
-    from regattn_lib.experiments.figures import plot_curves
+    from regattn_lib.training.curves import plot_curves
 
     png = Path(figures_dir) / f"training_{stage.replace(' ', '_')}.png"
     return plot_curves(run.out_dir / "history.csv", png)
@@ -562,12 +568,12 @@ def extreme_queries(perq: pd.DataFrame) -> tuple[int, int]:
     return int(np.argmax(gain)), int(np.argmin(gain))
 
 
-def attention_figure(ctx: P.Context, ds, queries: Sequence[int], n_db: int = 2):
+def attention_figure(ctx: pipeline.Context, ds, queries: Sequence[int], n_db: int = 2):
     """Attention maps (context model, else regional) of some queries and database images."""
     from regattn_lib.experiments.figures import _figure, plot_attention
 
-    atts = P.available_attention(ctx)
-    att = atts.get(P.CONTEXT) or atts.get(P.REGIONAL)
+    atts = pipeline.available_attention(ctx)
+    att = atts.get(pipeline.CONTEXT) or atts.get(pipeline.REGIONAL)
     items = [(ds.query_paths[q], ds.query_bbxs[q], f"query {ds.qimlist[q]}") for q in queries]
     for q in queries:
         pos = ds.gnd[q].get("ok") or ds.gnd[q].get("easy") or []
@@ -578,13 +584,15 @@ def attention_figure(ctx: P.Context, ds, queries: Sequence[int], n_db: int = 2):
     fig = _figure(4 * len(items), 3.6)
     axes = np.atleast_1d(fig.subplots(1, len(items)))
     for ax, (path, bbx, title) in zip(axes, items, strict=True):
-        image, regions, alpha = P.attention_for_image(ctx, path, att, bbx=bbx)
+        image, regions, alpha = pipeline.attention_for_image(ctx, path, att, bbx=bbx)
         plot_attention(image, regions, alpha, title=title, ax=ax)
     fig.tight_layout()
     return fig
 
 
-def object_attention(ctx: P.Context, name: str | None = None, n_db: int = 300) -> pd.DataFrame:
+def object_attention(
+    ctx: pipeline.Context, name: str | None = None, n_db: int = 300
+) -> pd.DataFrame:
     """Does the attention weight the landmark above the clutter? Per method (first seed) and
     image set (the queries, cropped to their boxes, and the first ``n_db`` database images that
     show a landmark), the mean share of the attention mass on the landmark
@@ -601,8 +609,8 @@ def object_attention(ctx: P.Context, name: str | None = None, n_db: int = 300) -
     )
 
     name = name or ctx.profile.datasets[0]
-    ds = P.dataset(ctx, name)
-    atts = {k: v for k, v in P.available_attention(ctx).items() if v is not None}
+    ds = pipeline.dataset(ctx, name)
+    atts = {k: v for k, v in pipeline.available_attention(ctx).items() if v is not None}
     sets = {
         "queries": [
             (p, b, n) for p, b, n in zip(ds.query_paths, ds.query_bbxs, ds.qimlist, strict=True)
@@ -618,7 +626,7 @@ def object_attention(ctx: P.Context, name: str | None = None, n_db: int = 300) -
             mask = load_landmark_mask(ds.root, image_name)
             if not mask.any():
                 continue
-            image, regions, alphas = P.attentions_for_image(ctx, path, atts, bbx=bbx)
+            image, regions, alphas = pipeline.attentions_for_image(ctx, path, atts, bbx=bbx)
             found = image_shares(regions, alphas, prepare_mask(mask, ctx.profile.image_size, bbx))
             if found is not None:
                 # the spread of alpha within the image: a constant alpha is not attention

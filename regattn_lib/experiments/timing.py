@@ -12,7 +12,7 @@ import torch
 from regattn_lib.datasets.retrieval import RetrievalDataset
 from regattn_lib.experiments.pipeline import Context
 from regattn_lib.extraction.heads import Head
-from regattn_lib.extraction.image_stream import resolve_precision
+from regattn_lib.runtime.environment import resolve_precision
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,8 @@ from torch import nn
 
 from regattn_lib.extraction.extract import extract_images
 from regattn_lib.extraction.heads import Head, RegionalHead
-from regattn_lib.extraction.image_stream import resolve_device, size_batches, target_size
+from regattn_lib.extraction.image_stream import size_batches, target_size
+from regattn_lib.runtime.environment import resolve_device
 
 
 @dataclass(frozen=True)
@@ -241,7 +242,7 @@ def _image_lists(args: argparse.Namespace) -> tuple[list[Path], list[Path], list
 def main(argv: Sequence[str] | None = None) -> int:
     """Extract R-MAC descriptors (db, then queries) with every process; rank 0 saves them."""
     from regattn_lib.core.whitening import PCAWhitening
-    from regattn_lib.models.backbones import build_backbone
+    from regattn_lib.models.factory import build_backbone
     from regattn_lib.runtime.atomic import atomic_torch_save
 
     args = parse_args(argv)

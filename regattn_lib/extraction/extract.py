@@ -21,11 +21,8 @@ feeds the whitening statistics without keeping the vectors. The heads live in ``
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
-import json
 import os
-import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,14 +34,11 @@ from torch import nn
 
 from regattn_lib.datasets.images import ImageError
 from regattn_lib.extraction.heads import Head
-from regattn_lib.extraction.image_stream import (
-    SkippedImage,
-    group_ranges,
-    iter_images,
-    resolve_device,
-    resolve_precision,
-)
+from regattn_lib.extraction.image_stream import SkippedImage, group_ranges, iter_images
 from regattn_lib.runtime.atomic import atomic_torch_save, atomic_write_text
+from regattn_lib.runtime.environment import env_number, resolve_device, resolve_precision
+from regattn_lib.runtime.identity import backbone_weights_id, cache_key, content_stamp, list_digest
+from regattn_lib.runtime.shards import SHARD_IMAGES, ShardStore
 
 
 def extract_images(
@@ -131,52 +125,12 @@ class Descriptors:
         return sorted({s.index for s in self.skipped})
 
 
-def list_digest(items: Sequence[Any]) -> str:
-    """Short sha256 of a list (names, boxes) for cache keys: every element counts."""
-    return hashlib.sha256(json.dumps([str(i) for i in items]).encode()).hexdigest()[:16]
-
-
-def content_stamp(folder: str | os.PathLike | None) -> str | None:
-    """What a generated image folder's names do not say: the generator and its version from
-    the ``meta.json`` a synthetic set carries (images of one name change with the generator),
-    so caches of an older version are never reused. ``None`` for downloaded sets."""
-    meta = None if folder is None else Path(folder) / "meta.json"
-    if meta is None or not meta.is_file():
-        return None
-    info = json.loads(meta.read_text())
-    return f"{info.get('generator')}@{info.get('version')}"
-
-
-def cache_key(parts: Mapping[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-#: Images per shard file while a part of a dataset is being extracted (resumable unit);
-#: ``$REGATTN_SHARD_IMAGES`` overrides it (and the whitening pass's group size).
-SHARD_IMAGES = 500
-
-
-def env_number(name: str, default: int | float, kind: type = int) -> Any:
-    """``kind($name)`` when the variable is set (must be > 0 for int, >= 0 for float), else
-    ``default``; a bad value raises ``ValueError`` naming the variable."""
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise ValueError(f"${name} must be a number, got {raw!r}") from None
-    if value < (1 if kind is int else 0):
-        raise ValueError(f"${name} must be {'> 0' if kind is int else '>= 0'}, got {raw!r}")
-    return value
-
-
 def _extract_part(
     paths: Sequence[Path],
     bbxs: Sequence[Sequence[float] | None] | None,
     backbone: nn.Module,
     heads: Mapping[str, Head],
-    shard_dirs: Mapping[str, Path | None],
+    shards: Mapping[str, ShardStore],
     image_size: int | None,
     shard_size: int,
     on_bad: str,
@@ -185,23 +139,19 @@ def _extract_part(
 ) -> dict[str, tuple[torch.Tensor | None, list[SkippedImage]]]:
     """Every head's outputs on ``paths`` as (N, ...) rows (zero rows for skipped images).
 
-    Work is written in shards of ``shard_size`` images (``<shard_dir>/<start>-<end>.pt``,
-    atomically) as soon as a shard is complete; existing shards are loaded instead of being
-    extracted, so a rerun after an interruption only extracts the unfinished shards. Returns
-    name -> (rows or ``None`` when ``paths`` is empty, skipped images).
+    Work is written to each head's ``ShardStore`` in shards of ``shard_size`` images (named
+    ``<start>-<end>``) as soon as a shard is complete; existing shards are loaded instead of
+    being extracted, so a rerun after an interruption only extracts the unfinished shards.
+    Returns name -> (rows or ``None`` when ``paths`` is empty, skipped images).
     """
     chunks = group_ranges(len(paths), shard_size)
 
-    def shard_file(name: str, c: tuple[int, int]) -> Path | None:
-        d = shard_dirs.get(name)
-        return None if d is None else d / f"{c[0]:08d}-{c[1]:08d}.pt"
+    def shard_name(c: tuple[int, int]) -> str:
+        return f"{c[0]:08d}-{c[1]:08d}"
 
-    have = {
-        n: {c for c in chunks if (f := shard_file(n, c)) is not None and f.is_file()} for n in heads
-    }
+    have = {n: {c for c in chunks if shards[n].has(shard_name(c))} for n in heads}
     todo = [c for c in chunks if any(c not in have[n] for n in heads)]
     run = {n: h for n, h in heads.items() if any(c not in have[n] for c in todo)}
-    memory: dict[str, dict[tuple[int, int], dict[str, Any]]] = {n: {} for n in heads}
     if todo:
         chunk_of: dict[int, tuple[int, int]] = {}
         for c in todo:
@@ -241,20 +191,13 @@ def _extract_part(
                     "rows": torch.stack([buf["out"][n][i] for i in index]) if index else None,
                     "skipped": [s.to_dict() for s in sorted(buf["skipped"], key=lambda s: s.index)],
                 }
-                f = shard_file(n, c)
-                if f is None:
-                    memory[n][c] = shard
-                else:
-                    atomic_torch_save(f, shard)
+                shards[n].save(shard_name(c), shard)
     out: dict[str, tuple[torch.Tensor | None, list[SkippedImage]]] = {}
     for n in heads:
         rows: torch.Tensor | None = None
         skipped: list[SkippedImage] = []
         for c in chunks:
-            f = shard_file(n, c)
-            shard = (
-                memory[n][c] if f is None else torch.load(f, map_location="cpu", weights_only=True)
-            )
+            shard = shards[n].load(shard_name(c))
             skipped += [SkippedImage.from_dict(d) for d in shard["skipped"]]
             if shard["rows"] is None:
                 continue
@@ -270,10 +213,18 @@ def _extract_part(
     return out
 
 
-def _remove_shards(dirs: Iterable[Path | None]) -> None:
-    for d in dirs:
-        if d is not None and d.is_dir():
-            shutil.rmtree(d, ignore_errors=True)
+def _shard_stores(files: Mapping[str, Path | None], part: str | None) -> dict[str, ShardStore]:
+    """Each head's shards, beside its cache file (``<key>.parts/<part>/``), in memory without
+    one."""
+    return {
+        n: ShardStore(None if f is None else f.with_suffix(".parts") / (part or ""))
+        for n, f in files.items()
+    }
+
+
+def _clear_shards(files: Mapping[str, Path | None]) -> None:
+    for store in _shard_stores(files, None).values():
+        store.clear()
 
 
 def _stems(paths: Sequence[Path]) -> list[str]:
@@ -328,7 +279,7 @@ def extract_dataset(
     backbone_key = {
         "backbone": getattr(backbone, "name", type(backbone).__name__),
         # weights and input convention (backbones.Backbone.cache_id)
-        "weights": getattr(backbone, "cache_id", getattr(backbone, "weights_id", None)),
+        "weights": backbone_weights_id(backbone),
         "image_size": image_size,
         "bf16": precision == "bf16",
     }
@@ -386,7 +337,6 @@ def extract_dataset(
                 [SkippedImage.from_dict(s) for s in d.get("skipped", [])],
             )
     if todo:
-        parts = {n: None if files[n] is None else files[n].with_suffix(".parts") for n in todo}
         # database images that cannot be used are skipped; a bad query is an error
         db, qs = (
             _extract_part(
@@ -394,7 +344,7 @@ def extract_dataset(
                 boxes,
                 backbone,
                 todo,
-                {n: p and p / part for n, p in parts.items()},
+                _shard_stores({n: files[n] for n in todo}, part),
                 image_size,
                 shard_size,
                 on_bad,
@@ -431,7 +381,7 @@ def extract_dataset(
                     "skipped": [s.to_dict() for s in skipped],
                 }
                 atomic_torch_save(files[name], saved)
-        _remove_shards(parts.values())
+        _clear_shards({n: files[n] for n in todo})
     if n_dist:
         _add_distractors(
             result,
@@ -463,13 +413,12 @@ def _add_distractors(
     """Append the (shared, cached) distractor rows to each head's database, in place."""
     dist: dict[str, dict[str, Any]] = {}
     if todo:
-        parts = {n: None if files[n] is None else files[n].with_suffix(".parts") for n in todo}
         out = _extract_part(
             paths,
             None,
             backbone,
             todo,
-            parts,
+            _shard_stores({n: files[n] for n in todo}, None),
             image_size,
             shard_size,
             "skip",
@@ -488,7 +437,7 @@ def _add_distractors(
             dist[name] = d
             if files[name] is not None:
                 atomic_torch_save(files[name], d)
-        _remove_shards(parts.values())
+        _clear_shards({n: files[n] for n in todo})
     for name, core in result.items():
         # one head's distractor rows in memory at a time besides the results (100k x 2048 fp32
         # is 0.8 GB per head)

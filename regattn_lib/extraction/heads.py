@@ -8,46 +8,24 @@ and whitening as digests), so cached descriptors are never reused across setting
 
 from __future__ import annotations
 
-import hashlib
-import weakref
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 
 from regattn_lib.core import baselines
 from regattn_lib.core.attention import RegionalAttention
 from regattn_lib.core.descriptor import (
     RegionalOutput,
     RegionFn,
-    attention_weights,
-    batch_regions,
+    SharedSteps,
+    describe,
     l2_normalize,
-    pool_regions,
-    weighted_l2_mean,
-    whiten_regions,
 )
 from regattn_lib.core.pooling import regional_max_pool
 from regattn_lib.core.regions import region_cells, rmac_regions
 from regattn_lib.core.whitening import PCAWhitening
-
-# The last feature map's shared steps: (weak reference to the map, step key -> result).
-_SHARED: list[Any] = [None, {}]
-
-
-def shared_step(feats: torch.Tensor, key: tuple, compute: Callable[[], Any]) -> Any:
-    """``compute()`` once per feature map and ``key``: the heads of one extraction batch see the
-    same ``feats`` object, so the pooling (and whitening) they share is done once. Only the
-    latest map is kept, by weak reference, so nothing outlives its batch."""
-    ref = _SHARED[0]
-    if ref is None or ref() is not feats:
-        _SHARED[0], _SHARED[1] = weakref.ref(feats), {}
-    memo = _SHARED[1]
-    if key not in memo:
-        memo[key] = compute()
-    return memo[key]
+from regattn_lib.runtime.identity import module_digest, whitening_digest
 
 
 class Head:
@@ -55,30 +33,16 @@ class Head:
 
     name: str = "head"
 
-    def __call__(self, feats: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, feats: torch.Tensor, images: torch.Tensor, shared: SharedSteps | None = None
+    ) -> torch.Tensor:
+        """Per-image outputs of a batch; ``shared``: the feature map's ``SharedSteps`` (heads
+        that pool or whiten use it, the others ignore it)."""
         raise NotImplementedError
 
     def cache_key(self) -> dict[str, Any]:
         """Everything about the head that changes its output."""
         raise NotImplementedError
-
-
-def module_digest(module: nn.Module) -> str:
-    """A short sha256 of a module's state dict (names and values): the weights' identity in
-    cache keys and checkpoints."""
-    h = hashlib.sha256()
-    for k, v in sorted(module.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().float().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def _whitening_digest(w: PCAWhitening | None) -> str | None:
-    if w is None:
-        return None
-    h = hashlib.sha256(w.mean.numpy().tobytes())
-    h.update(w.projection.numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 @dataclass
@@ -103,36 +67,26 @@ class RegionalHead(Head):
     stride: int = 32
 
     def describe(
-        self, feats: torch.Tensor, images: torch.Tensor
+        self, feats: torch.Tensor, images: torch.Tensor, shared: SharedSteps | None = None
     ) -> list[tuple[slice, RegionalOutput]]:
-        """The descriptor's one path (``descriptor.batch_regions``, ``pool_regions``,
-        ``attention_weights``, ``whiten_regions``, ``weighted_l2_mean``: what
-        ``describe_feature_map`` chains), per group of images sharing their regions: the pooled
-        features, alpha and descriptors of each.
+        """``descriptor.describe`` with this head's settings: per group of images sharing their
+        regions, the pooled features, alpha, the raw weighted mean and the descriptor."""
+        return describe(
+            feats,
+            images,
+            levels=self.levels,
+            attention=self.attention,
+            whitening=self.whitening,
+            full_image_region=self.full_image_region,
+            region_fn=self.region_fn,
+            stride=self.stride,
+            shared=shared,
+        )
 
-        Heads evaluated on the same feature map (extraction runs many at once) share the pooling
-        of equal regions and the whitening of equal pooled vectors: ``shared_step``.
-        """
-        groups = batch_regions(images, self.levels, self.full_image_region, self.region_fn)
-        out = []
-        for sl, regions in groups:
-            where = (sl.start, sl.stop, regions.tobytes(), self.stride)
-            pooled = shared_step(
-                feats,
-                ("pool", *where),
-                lambda sl=sl, r=regions: pool_regions(feats[sl], r, self.stride),
-            )
-            xhat = shared_step(
-                feats,
-                ("whiten", *where, id(self.whitening)),
-                lambda p=pooled: whiten_regions(p.max_pooled, self.whitening),
-            )
-            alpha = attention_weights(self.attention, pooled.avg_pooled, pooled.global_avg)
-            out.append((sl, RegionalOutput(pooled, alpha, weighted_l2_mean(xhat, alpha))))
-        return out
-
-    def __call__(self, feats: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        return torch.cat([out.descriptor for _, out in self.describe(feats, images)])
+    def __call__(
+        self, feats: torch.Tensor, images: torch.Tensor, shared: SharedSteps | None = None
+    ) -> torch.Tensor:
+        return torch.cat([out.descriptor for _, out in self.describe(feats, images, shared)])
 
     def cache_key(self) -> dict[str, Any]:
         att = self.attention
@@ -146,7 +100,7 @@ class RegionalHead(Head):
                 "activation": att.activation,
                 "digest": module_digest(att),
             },
-            "whitening": _whitening_digest(self.whitening),
+            "whitening": whitening_digest(self.whitening),
             "full_image_region": self.full_image_region,
             "regions": self.region_source,
         }
@@ -159,7 +113,9 @@ class RegionalVectorsHead(Head):
     name: str = "regional-vectors"
     levels: int = 3
 
-    def __call__(self, feats: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, feats: torch.Tensor, images: torch.Tensor, shared: SharedSteps | None = None
+    ) -> torch.Tensor:
         regions = rmac_regions(images.shape[2], images.shape[3], self.levels)
         # max pooling only: the average and global pools of pool_regions are not needed here
         # (they took half the time of the whitening pass at 800 px)
@@ -190,7 +146,9 @@ class GlobalHead(Head):
         if self.pooling == "cam" and self.fc_weight is None:
             raise ValueError("CAM pooling needs the backbone's fc weights (fc_weight)")
 
-    def __call__(self, feats: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, feats: torch.Tensor, images: torch.Tensor, shared: SharedSteps | None = None
+    ) -> torch.Tensor:
         if self.pooling == "cam":
             v = baselines.cam(feats, self.fc_weight)
         else:
@@ -204,5 +162,5 @@ class GlobalHead(Head):
         return {
             "head": "global",
             "pooling": self.pooling,
-            "whitening": _whitening_digest(self.whitening),
+            "whitening": whitening_digest(self.whitening),
         }

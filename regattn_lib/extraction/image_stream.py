@@ -24,10 +24,11 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
+from regattn_lib.core.descriptor import SharedSteps
 from regattn_lib.datasets.images import MIN_SIDE, ImageError, crop_box, prepare_image, scaled_size
 from regattn_lib.extraction.heads import Head
+from regattn_lib.runtime.environment import resolve_device, resolve_precision
 
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 _AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
 #: Default images per forward pass on CUDA (batch 1 on the CPU).
 CUDA_BATCH = 16
@@ -143,26 +144,6 @@ def size_batches(sizes: Sequence[tuple[int, int]], batch_size: int) -> list[list
     return [
         idx[s : s + batch_size] for idx in groups.values() for s in range(0, len(idx), batch_size)
     ]
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``'fp32'``, ``'fp16'`` or ``'bf16'``: what ``precision`` means on ``device``.
-
-    ``"auto"`` is fp16 on CUDA and fp32 on the CPU (CPU fp16 kernels are emulated and slow);
-    ``"fp16"`` and ``"bf16"`` force autocast on any device, so the GPU's numerics can be
-    checked on a CPU.
-    """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "auto":
-        return "fp16" if device.type == "cuda" else "fp32"
-    return precision
 
 
 def backbone_features(backbone: nn.Module, x: torch.Tensor, precision: str) -> torch.Tensor:
@@ -294,8 +275,9 @@ def iter_images(
             x = backbone.preprocess(batch)
             feats = backbone_features(backbone, x, precision)
             outs = {}
+            shared = SharedSteps()  # the heads pool equal regions and whiten equal vectors once
             for name, head in heads.items():
-                out = head(feats, batch).cpu()
+                out = head(feats, batch, shared).cpu()
                 zero = out.reshape(len(idx), -1).abs().amax(1) == 0
                 if zero.any():
                     names = [str(paths[idx[j]]) for j in torch.nonzero(zero).flatten().tolist()]

@@ -7,23 +7,22 @@ is built one way and shown under one label. Names are what the command line acce
 CAM). The state-of-the-art table names its rows as the paper's does: ``SOTA_ROWS``.
 
 Query expansion is not a method here: it re-ranks any method's descriptors (``pipeline.rank``).
+The heads that are not retrieval methods come from here too: the raw vectors a whitening is
+learned on (``whitening_head``) and the attention-only heads of the figures
+(``attention_head``). No head is constructed anywhere else.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
 from regattn_lib.core.attention import RegionalAttention
+from regattn_lib.core.descriptor import RegionFn
 from regattn_lib.core.whitening import PCAWhitening
-from regattn_lib.extraction.heads import GlobalHead, Head, RegionalHead
-
-#: Images (N, 3, H, W) -> one (R_i, 4) array of regions per image (e.g. RPN proposals).
-RegionFn = Callable[[torch.Tensor], list[np.ndarray]]
+from regattn_lib.extraction.heads import GlobalHead, Head, RegionalHead, RegionalVectorsHead
 
 
 @dataclass(frozen=True)
@@ -53,6 +52,8 @@ class Method:
         fc_weight: torch.Tensor | None = None,
         region_fn: RegionFn | None = None,
         region_source: str = "rmac-grid",
+        stride: int = 32,
+        name: str | None = None,
     ) -> Head:
         """The method's head, named by its label.
 
@@ -61,22 +62,25 @@ class Method:
         by, and only used by, methods with an ``attention_kind``); ``fc_weight`` (the
         backbone's ImageNet classifier (classes, C), required by CAM); ``region_fn`` and
         ``region_source`` (regional methods: regions other than the R-MAC grid, e.g. RPN
-        proposals, and their name in the cache key).
+        proposals, and their name in the cache key); ``stride`` (regional methods: the
+        backbone's input pixels per feature cell, default 32); ``name`` (the head's name,
+        default the label).
         """
         if self.attention_kind is not None and attention is None:
             raise ValueError(f"method {self.name!r} needs a {self.attention_kind} attention model")
         w = whitening if self.whitened else None
         if self.family == "global":
             return GlobalHead(
-                name=self.label, pooling=self.pooling, whitening=w, fc_weight=fc_weight
+                name=name or self.label, pooling=self.pooling, whitening=w, fc_weight=fc_weight
             )
         return RegionalHead(
-            name=self.label,
+            name=name or self.label,
             levels=levels,
             attention=attention if self.attention_kind is not None else None,
             whitening=w,
             region_fn=region_fn,
             region_source=region_source,
+            stride=stride,
         )
 
 
@@ -128,3 +132,27 @@ def label(name: str) -> str:
 def build_head(name: str, **kwargs: Any) -> Head:
     """``method(name).build(**kwargs)``: the head of a method by name or label."""
     return method(name).build(**kwargs)
+
+
+def whitening_head(kind: str, levels: int = 3, fc_weight: torch.Tensor | None = None) -> Head:
+    """The head whose outputs a whitening of ``kind`` is learned on: ``'regional'``, the raw
+    regional max-pooled vectors at ``levels`` (authors: L = 3); a global pooling
+    (``'mac'``, ``'spoc'``, ``'crow'``, ``'cam'``), its unwhitened L2-normalised vector
+    (``fc_weight`` is used by CAM alone)."""
+    if kind == "regional":
+        return RegionalVectorsHead(levels=levels)
+    m = method(kind)
+    if m.family != "global":
+        raise ValueError(f"no whitening is learned for {kind!r}; use 'regional' or a pooling")
+    return m.build(whitening=None, fc_weight=fc_weight if kind == "cam" else None, name=kind)
+
+
+def attention_head(
+    attention: RegionalAttention | None, levels: int = 5, stride: int = 32
+) -> RegionalHead:
+    """An unwhitened regional head weighted by ``attention`` (``None``: R-MAC): what the figures
+    read alpha and regions from."""
+    kind = None if attention is None else ("context" if attention.context else "regional")
+    name = "rmac-nowhiten" if kind is None else kind
+    head = method(name).build(levels=levels, attention=attention, stride=stride, name=name)
+    return head

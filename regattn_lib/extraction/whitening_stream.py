@@ -6,16 +6,17 @@ import os
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from regattn_lib.core.whitening import CovarianceAccumulator
 from regattn_lib.extraction.heads import Head
 from regattn_lib.extraction.image_stream import SkippedImage, group_ranges, iter_images
-from regattn_lib.runtime.atomic import atomic_torch_save
+from regattn_lib.runtime.shards import ShardStore
+
+#: The name of the pass's one shard: its statistics so far.
+STATISTICS = "statistics"
 
 
 def accumulate_images(
@@ -25,7 +26,7 @@ def accumulate_images(
     image_size: int | None = 1024,
     *,
     group_size: int = 1000,
-    checkpoint: str | os.PathLike | None = None,
+    checkpoint: ShardStore | None = None,
     checkpoint_s: float = 300.0,
     min_original_side: int | None = None,
     block_rows: int = 4096,
@@ -40,22 +41,23 @@ def accumulate_images(
     Resumable: images go in consecutive groups of ``group_size`` (default 1000); after each
     group the accumulators merge their buffered rows, and when ``checkpoint_s`` seconds (default
     300; 0: after every group) have passed since the last save, the state is written atomically
-    to ``checkpoint`` (one C x C fp64 matrix per head, 32 MB at C = 2048). A rerun with the
+    to the ``checkpoint`` store's one shard (one C x C fp64 matrix per head, 32 MB at C = 2048). A rerun with the
     same ``paths`` and ``group_size`` continues after the last saved group, and gives exactly
     the result of an uninterrupted pass (the same blocks merged in the same order). The caller
-    deletes the checkpoint once it has used the result. ``kwargs`` go to ``iter_images``
+    clears the store once it has used the result. ``kwargs`` go to ``iter_images``
     (device, batch_size, num_workers, precision, progress).
     """
     ranges = group_ranges(len(paths), group_size)
     state = None
-    if checkpoint is not None and Path(checkpoint).is_file():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if checkpoint is not None and checkpoint.has(STATISTICS):
+        state = checkpoint.load(STATISTICS)
         if (
             state.get("n_paths"),
             state.get("group_size"),
             sorted(state.get("accumulators", {})),
         ) != (len(paths), group_size, sorted(heads)):
-            warnings.warn(f"{checkpoint}: made for another pass; starting over", stacklevel=2)
+            where = checkpoint.path(STATISTICS)
+            warnings.warn(f"{where}: made for another pass; starting over", stacklevel=2)
             state = None
     if state is None:
         accs = {name: CovarianceAccumulator(block_rows) for name in heads}
@@ -69,8 +71,8 @@ def accumulate_images(
         done = int(state["done_groups"])
 
     def save(n_done: int) -> None:
-        atomic_torch_save(
-            checkpoint,
+        checkpoint.save(
+            STATISTICS,
             {
                 "n_paths": len(paths),
                 "group_size": group_size,

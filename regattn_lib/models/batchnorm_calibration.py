@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn as nn
-
-if TYPE_CHECKING:
-    from regattn_lib.models.backbones import Backbone
 
 
 @torch.no_grad()
 def calibrate_batchnorm(
-    backbone: Backbone, images: torch.Tensor, min_var_ratio: float = 1e-2
-) -> Backbone:
+    backbone: nn.Module, images: torch.Tensor, min_var_ratio: float = 1e-2
+) -> nn.Module:
     """Set each BatchNorm's running mean and variance to those of its input on ``images``.
 
     For randomly initialised backbones that only time things: with the default running

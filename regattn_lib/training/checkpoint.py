@@ -13,7 +13,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -23,9 +23,6 @@ from torch import nn
 from regattn_lib.core.attention import RegionalAttention
 from regattn_lib.runtime.atomic import atomic_torch_save, atomic_write_text
 from regattn_lib.training.config import TrainConfig
-
-if TYPE_CHECKING:
-    from regattn_lib.training.model import AttentionClassifier
 
 HISTORY_COLUMNS = ("step", "loss", "train_acc", "val_loss", "val_acc", "images_per_s")
 LATEST = "latest.pt"
@@ -220,7 +217,7 @@ def write_history(rows: Sequence[dict[str, float]], path: str | os.PathLike) -> 
 
 # ----------------------------------------------------------------------------- artefacts
 def artefact_config(
-    model: AttentionClassifier, cfg: TrainConfig, classes: Sequence[str] | None, steps: int
+    model: nn.Module, cfg: TrainConfig, classes: Sequence[str] | None, steps: int
 ) -> dict[str, Any]:
     backbone = model.backbone
     out: dict[str, Any] = {
@@ -247,7 +244,7 @@ def artefact_config(
 
 def save_artefact(
     state: TrainState,
-    model: AttentionClassifier,
+    model: nn.Module,
     cfg: TrainConfig,
     classes: Sequence[str] | None,
     path: Path,

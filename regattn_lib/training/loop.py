@@ -51,7 +51,7 @@ from tqdm.auto import tqdm
 
 from regattn_lib.core.attention import RegionalAttention
 from regattn_lib.extraction.extract import resolve_device
-from regattn_lib.extraction.heads import module_digest
+from regattn_lib.runtime.identity import module_digest
 from regattn_lib.training.augment import fixed_subset
 from regattn_lib.training.checkpoint import (
     ARTEFACTS,
@@ -390,9 +390,7 @@ def train(
             if state.step >= cfg.iterations or state.stopped:
                 save_artefact(state, model, cfg, classes, artefact)
             if cfg.plot and state.history:
-                from regattn_lib.experiments.figures import (
-                    plot_curves,  # matplotlib only when plotting
-                )
+                from regattn_lib.training.curves import plot_curves
 
                 plot_curves(out_dir / HISTORY_CSV, out_dir / CURVES_PNG)
     done = state.step >= cfg.iterations or state.stopped

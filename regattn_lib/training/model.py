@@ -13,12 +13,7 @@ import torch
 from torch import nn
 
 from regattn_lib.core.attention import RegionalAttention
-from regattn_lib.core.descriptor import (
-    attention_weights,
-    batch_regions,
-    pool_regions,
-    weighted_mean,
-)
+from regattn_lib.core.descriptor import RegionalFeatures, describe, describe_pooled
 from regattn_lib.training.checkpoint import load_trained_fc
 
 
@@ -29,8 +24,8 @@ def head_logits(
     attention: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None,
     fc: Callable[[torch.Tensor], torch.Tensor],
 ) -> torch.Tensor:
-    """logits = fc( mean_i alpha_i * x_i ) on raw pooled vectors (spec section 1, item 6), with
-    the descriptor's own ``attention_weights`` and ``weighted_mean``.
+    """logits = fc( mean_i alpha_i * x_i ) on raw pooled vectors (spec section 1, item 6): the
+    descriptor's own path (``descriptor.describe_pooled``), its raw weighted mean under the fc.
 
     Parameters
     ----------
@@ -43,7 +38,7 @@ def head_logits(
     fc:
         The classifier, C -> classes.
     """
-    return fc(weighted_mean(x, attention_weights(attention, k, g)))
+    return fc(describe_pooled(RegionalFeatures(x, k, g), attention).weighted_mean)
 
 
 class AttentionClassifier(nn.Module):
@@ -86,8 +81,9 @@ class AttentionClassifier(nn.Module):
         with torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else nullcontext():
             feats = self.backbone.features(images.to(device))
         # the descriptor's own regions and pooling: training sees what extraction sees
-        ((_, regions),) = batch_regions(images, self.levels)
-        p = pool_regions(feats.float(), regions, getattr(self.backbone, "stride", 32))
+        stride = getattr(self.backbone, "stride", 32)
+        ((_, out),) = describe(feats.float(), images, levels=self.levels, stride=stride)
+        p = out.features
         return p.max_pooled, p.avg_pooled, p.global_avg
 
     def classify(self, x: torch.Tensor, k: torch.Tensor, g: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from regattn_lib.apps.explorer.source import ExplorerSource
 from regattn_lib.datasets.retrieval import RetrievalDataset
-from regattn_lib.experiments import pipeline as P
+from regattn_lib.experiments import pipeline
 from regattn_lib.extraction import methods
 from regattn_lib.extraction.extract import Descriptors
 
@@ -18,7 +18,7 @@ FOLDER_METHODS = ("rmac", "regional", "context")
 
 
 def folder_source(
-    ctx: P.Context,
+    ctx: pipeline.Context,
     folder: str | os.PathLike,
     method_names: Sequence[str] = FOLDER_METHODS,
     progress: bool = True,

@@ -33,7 +33,7 @@ from regattn_lib.core.evaluate import compute_map, per_query_table
 from regattn_lib.core.qe import average_query_expansion
 from regattn_lib.core.search import cosine_ranks
 from regattn_lib.datasets.images import ImageError
-from regattn_lib.experiments import pipeline as P
+from regattn_lib.experiments import pipeline
 from regattn_lib.extraction.extract import extract_images
 
 #: Largest k offered by the slider (the result grid keeps this many tiles ready).
@@ -51,7 +51,7 @@ class _Upload:
 @dataclass
 class _State:
     query: int = 0
-    method: str = P.RMAC
+    method: str = pipeline.RMAC
     qe: bool = False
     k: int = 8
     protocol: str = "classic"
@@ -74,9 +74,9 @@ class QueryExplorer:
         Results shown at first, default 8 (the slider goes to ``K_MAX``).
     thumb_px:
         Long side of the thumbnails (queries and database), precomputed once; default 112.
-    widgets:
-        Build the ipywidgets view (``view.ExplorerView``), default ``True`` (``False`` for
-        tests and scripts).
+    view:
+        A function that builds the widgets from the explorer (``view.ExplorerView``, what
+        ``view.open_explorer`` passes), default ``None``: no widgets (tests, scripts).
     source:
         What to search, default ``None``: ``cached_source(ctx, dataset)``, the profile's
         cached ablation descriptors. The methods are its heads, in their order; the first
@@ -88,11 +88,11 @@ class QueryExplorer:
 
     def __init__(
         self,
-        ctx: P.Context,
+        ctx: pipeline.Context,
         dataset: str | None = None,
         k: int = 8,
         thumb_px: int = 112,
-        widgets: bool = True,
+        view: Callable[[QueryExplorer], Any] | None = None,
         source: ExplorerSource | None = None,
     ) -> None:
         self.ctx = ctx
@@ -120,14 +120,7 @@ class QueryExplorer:
             thumbnail(p, thumb_px, b)
             for p, b in zip(self.ds.query_paths, self.ds.query_bbxs, strict=True)
         ]
-        self.view = self._build_view() if widgets else None
-
-    def _build_view(self) -> Any:
-        from regattn_lib.apps.explorer.view import (
-            ExplorerView,  # ipywidgets only where the view is wanted
-        )
-
-        return ExplorerView(self)
+        self.view = None if view is None else view(self)
 
     # -- cached computations -------------------------------------------------------------
     @property
@@ -138,7 +131,7 @@ class QueryExplorer:
         """Full ranking (database, queries) of ``method``, with average QE if ``qe``; memoised."""
         key = (method, bool(qe))
         if key not in self._ranks:
-            self._ranks[key] = P.rank(self.descriptors[method], self.qe_k if qe else 0)
+            self._ranks[key] = pipeline.rank(self.descriptors[method], self.qe_k if qe else 0)
         return self._ranks[key]
 
     def _gnd(self, protocol: str) -> list[dict[str, list[int]]]:
@@ -264,7 +257,7 @@ class QueryExplorer:
         s = self._state
         q = self._describe_upload(self._upload, s.method)
         d = self.descriptors[s.method]
-        # images skipped at extraction (zero rows) are never shown nor used for QE, as P.rank
+        # images skipped at extraction (zero rows) are never shown nor used for QE, as pipeline.rank
         keep = np.setdiff1d(np.arange(d.db.shape[0]), d.skipped_indices)
         db = d.db[torch.from_numpy(keep)] if len(keep) < d.db.shape[0] else d.db
         if s.qe:
@@ -355,7 +348,7 @@ class QueryExplorer:
         if key not in self._cache:
             att = None if method is None else self.attentions[method]
             with one_image_threads(self.ctx.device):
-                image, regions, alpha = P.attention_for_image(
+                image, regions, alpha = pipeline.attention_for_image(
                     self.ctx, path, att, s.levels, bbx, upright=self.source.upright
                 )
             grid = level_regions(image.shape[0], image.shape[1], s.levels)

@@ -13,7 +13,7 @@ from typing import Any
 from regattn_lib.core.attention import RegionalAttention
 from regattn_lib.core.whitening import PCAWhitening
 from regattn_lib.datasets.retrieval import RetrievalDataset
-from regattn_lib.experiments import pipeline as P
+from regattn_lib.experiments import pipeline
 from regattn_lib.experiments.training_plan import train_profile_attention
 from regattn_lib.extraction.extract import Descriptors, extract_dataset
 from regattn_lib.extraction.heads import Head
@@ -46,7 +46,7 @@ def build_command(profile: str) -> str:
     return f"./run_all.sh --profile {profile} --only 03"
 
 
-def _missing_message(ctx: P.Context, what: str) -> str:
+def _missing_message(ctx: pipeline.Context, what: str) -> str:
     p = ctx.profile.name
     return (
         f"{what}. The query explorer only reads cached descriptors, it never extracts a "
@@ -56,21 +56,23 @@ def _missing_message(ctx: P.Context, what: str) -> str:
     )
 
 
-def cached_whitening(ctx: P.Context) -> PCAWhitening:
+def cached_whitening(ctx: pipeline.Context) -> PCAWhitening:
     """The profile's regional PCA-whitening, loaded from its cache and never learned here.
 
     ``learn_whitening(cached_only=True)`` owns the cache key and never extracts.
     """
     try:
-        return P.learn_whitening(ctx, progress=False, cached_only=True)
+        return pipeline.learn_whitening(ctx, progress=False, cached_only=True)
     except FileNotFoundError:
         raise MissingCacheError(
             _missing_message(ctx, f"No cached whitening under {ctx.cache_dir / 'whitening'}")
         ) from None
 
 
-def cached_descriptors(ctx: P.Context, ds: Any, heads: dict[str, Any]) -> dict[str, Descriptors]:
-    """Descriptors of ``ds`` for ``heads`` from the cache of ``P.describe`` (same keys)."""
+def cached_descriptors(
+    ctx: pipeline.Context, ds: Any, heads: dict[str, Any]
+) -> dict[str, Descriptors]:
+    """Descriptors of ``ds`` for ``heads`` from the cache of ``pipeline.describe`` (same keys)."""
     try:
         return extract_dataset(
             ds,
@@ -87,30 +89,34 @@ def cached_descriptors(ctx: P.Context, ds: Any, heads: dict[str, Any]) -> dict[s
         raise MissingCacheError(_missing_message(ctx, reason[:1].upper() + reason[1:])) from None
 
 
-def cached_source(ctx: P.Context, dataset: str | None = None) -> ExplorerSource:
+def cached_source(ctx: pipeline.Context, dataset: str | None = None) -> ExplorerSource:
     """The ablation rows (R-MAC + PCA, + regional attention, + context) of ``dataset``.
 
     ``dataset``: a test set of the profile, default ``None``: its first ablation set. Raises
     ``MissingCacheError`` when the whitening or the descriptor cache is missing.
     """
-    ds = P.dataset(ctx, dataset or ctx.profile.datasets[0])
+    ds = pipeline.dataset(ctx, dataset or ctx.profile.datasets[0])
     whitening = cached_whitening(ctx)
-    attentions = P.available_attention(ctx)
-    heads = P.ablation_heads(ctx, whitening, attentions)
+    attentions = pipeline.available_attention(ctx)
+    heads = pipeline.ablation_heads(ctx, whitening, attentions)
     return ExplorerSource(ds, heads, attentions, cached_descriptors(ctx, ds, heads))
 
 
-def build_cache(ctx: P.Context, dataset: str | None = None, progress: bool = False) -> None:
+def build_cache(ctx: pipeline.Context, dataset: str | None = None, progress: bool = False) -> None:
     """Build what the explorer reads where it is missing, with the pipeline (notebooks 01-03).
 
     Data, whitening, the attention weights (profiles that train them) and the descriptors
     of the ablation rows; whatever exists is loaded, not redone. For tests and fresh clones.
     """
-    P.prepare_data(ctx, progress=progress)
-    whitening = P.learn_whitening(ctx, progress=progress)
+    pipeline.prepare_data(ctx, progress=progress)
+    whitening = pipeline.learn_whitening(ctx, progress=progress)
     if ctx.profile.train.source == "train":
-        kinds = [k for k in P.ATTENTION_KINDS.values() if not P.attention_file(ctx, k).is_file()]
+        kinds = [
+            k
+            for k in pipeline.ATTENTION_KINDS.values()
+            if not pipeline.attention_file(ctx, k).is_file()
+        ]
         if kinds:
             train_profile_attention(ctx, kinds=kinds)
-    ds = P.dataset(ctx, dataset or ctx.profile.datasets[0])
-    P.describe(ctx, ds, P.ablation_heads(ctx, whitening), progress=progress)
+    ds = pipeline.dataset(ctx, dataset or ctx.profile.datasets[0])
+    pipeline.describe(ctx, ds, pipeline.ablation_heads(ctx, whitening), progress=progress)

@@ -13,7 +13,7 @@ from typing import Any
 
 from regattn_lib.apps.explorer.model import K_MAX, QueryExplorer
 from regattn_lib.apps.explorer.source import MissingCacheError
-from regattn_lib.experiments import pipeline as P
+from regattn_lib.experiments import pipeline
 from regattn_lib.experiments.figures import LABEL_COLOURS
 
 #: Border colour of results of an uploaded image (no ground truth to label them).
@@ -21,7 +21,7 @@ UNLABELLED_COLOUR = "#1f77b4"
 
 
 def open_explorer(
-    ctx: P.Context, dataset: str | None = None, folder: str | None = None, **kwargs: Any
+    ctx: pipeline.Context, dataset: str | None = None, folder: str | None = None, **kwargs: Any
 ) -> Any:
     """A ``QueryExplorer`` over the profile's ``dataset`` (its cached descriptors) or over a
     ``folder`` of one's own photos (indexed on the way, ``explorer.folder``), or an HTML
@@ -33,7 +33,7 @@ def open_explorer(
             from regattn_lib.apps.explorer.folder import folder_source
 
             kwargs["source"] = folder_source(ctx, folder)
-        return QueryExplorer(ctx, dataset, **kwargs)
+        return QueryExplorer(ctx, dataset, view=ExplorerView, **kwargs)
     except MissingCacheError as e:
         return W.HTML(
             f"<div style='color:#b00020'><b>Query explorer:</b> {html.escape(str(e))}</div>"

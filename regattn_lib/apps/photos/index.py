@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,12 +25,13 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from regattn_lib.apps.photos.model import PhotoModel, load_photo_model, read_photo
-from regattn_lib.datasets.images import ImageError
+from regattn_lib.apps.photos.model import PhotoModel, load_photo_model
+from regattn_lib.datasets.images import ImageError, read_photo
 from regattn_lib.experiments.profiles import Profile
-from regattn_lib.extraction.extract import SHARD_IMAGES, env_number
 from regattn_lib.runtime.atomic import atomic_torch_save, atomic_write_json, sha256_file
+from regattn_lib.runtime.environment import env_number
 from regattn_lib.runtime.paths import data_root as resolve_data_root
+from regattn_lib.runtime.shards import SHARD_IMAGES, ShardStore
 
 #: Version of the cache layout (a change makes old caches be rebuilt, never misread).
 INDEX_FORMAT = 1
@@ -110,23 +111,21 @@ def folder_cache_dir(
 
 
 # ----------------------------------------------------------------------------- cache files
-def _save_records(path: Path, records: dict[str, FileRecord], config: dict[str, Any]) -> None:
+def _records_payload(records: dict[str, FileRecord], config: dict[str, Any]) -> dict[str, Any]:
+    """What an index file or one of its shards holds."""
     names = sorted(records)
     described = [n for n in names if records[n].vector is not None]
-    atomic_torch_save(
-        path,
-        {
-            "format": INDEX_FORMAT,
-            "config": config,
-            "paths": names,
-            "size": [records[n].size for n in names],
-            "mtime_ns": [records[n].mtime_ns for n in names],
-            "sha256": [records[n].sha256 for n in names],
-            "reason": [records[n].reason for n in names],
-            "described": described,
-            "vectors": torch.stack([records[n].vector for n in described]) if described else None,
-        },
-    )
+    return {
+        "format": INDEX_FORMAT,
+        "config": config,
+        "paths": names,
+        "size": [records[n].size for n in names],
+        "mtime_ns": [records[n].mtime_ns for n in names],
+        "sha256": [records[n].sha256 for n in names],
+        "reason": [records[n].reason for n in names],
+        "described": described,
+        "vectors": torch.stack([records[n].vector for n in described]) if described else None,
+    }
 
 
 def _load_records(path: Path, config: dict[str, Any]) -> dict[str, FileRecord]:
@@ -135,6 +134,12 @@ def _load_records(path: Path, config: dict[str, Any]) -> dict[str, FileRecord]:
         return {}
     d = torch.load(path, map_location="cpu", weights_only=True)
     if d.get("format") != INDEX_FORMAT or d.get("config") != config:
+        # a cache of another model, format or library version: never mixed in, said once
+        warnings.warn(
+            f"{path}: made with other settings (format {d.get('format')!r}); its photos are "
+            "described again",
+            stacklevel=3,
+        )
         return {}
     rows = {n: i for i, n in enumerate(d["described"])}
     return {
@@ -250,11 +255,11 @@ def index_folder(
         shard_images = env_number("REGATTN_SHARD_IMAGES", SHARD_IMAGES)
     cache = folder_cache_dir(folder, model, data_root)
     config = _config(model, folder)
-    index_file, parts_dir = cache / "index.pt", cache / "parts"
+    index_file, parts = cache / "index.pt", ShardStore(cache / "parts")
     known = _load_records(index_file, config)
     before = set(known)
-    for part in sorted(parts_dir.glob("*.pt")) if parts_dir.is_dir() else []:
-        known.update(_load_records(part, config))  # an interrupted run's finished shards
+    for part in parts.names():  # an interrupted run's finished shards
+        known.update(_load_records(parts.path(part), config))
     names = list_folder_files(folder)
     keep: dict[str, FileRecord] = {}
     todo: list[str] = []
@@ -282,21 +287,21 @@ def index_folder(
     )
     extracted = 0
     shard: dict[str, FileRecord] = {}
-    n_parts = len(list(parts_dir.glob("*.pt"))) if parts_dir.is_dir() else 0
+    n_parts = len(parts.names())
     for name, vector, sha, reason in _describe_files(model, folder, todo, progress):
         st = stats[name]  # taken before reading: a file changed meanwhile is redone next run
         keep[name] = shard[name] = FileRecord(st.st_size, st.st_mtime_ns, sha, vector, reason)
         extracted += vector is not None
         if len(shard) >= shard_images:
-            _save_records(parts_dir / f"{n_parts:06d}.pt", shard, config)
+            parts.save(f"{n_parts:06d}", _records_payload(shard, config))
             n_parts, shard = n_parts + 1, {}
     if changed or n_parts:
-        _save_records(index_file, keep, config)
+        atomic_torch_save(index_file, _records_payload(keep, config))
         atomic_write_json(
             cache / "folder.json",
             {"folder": str(folder), "model": model.describe(), "images": len(keep)},
         )
-        shutil.rmtree(parts_dir, ignore_errors=True)
+        parts.clear()
     return _folder_index(folder, keep, model, cache, extracted, len(todo), removed)
 
 

@@ -1,62 +1,35 @@
-"""What a folder of one's own photos is described with, and how a photo is read.
+"""What a folder of one's own photos is described with.
 
-The model: a profile's backbone, its attention (shipped with the repository, trained here or
-the authors' release) and its whitening (shipped or cached), each falling back to "none" with
-a note that says so. Reading: EXIF orientation applied, truncated files used as far as they
-decode when most of the picture is there, and every unusable file turned into an
-``ImageError`` whose message is the reason it is skipped.
+A profile's backbone, its attention (shipped with the repository, trained here or the authors'
+release) and its whitening (shipped or cached), each falling back to "none" with a note that
+says so. Photos are read by ``datasets.images.read_photo``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
-import math
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 from regattn_lib.core.attention import RegionalAttention
 from regattn_lib.core.whitening import PCAWhitening
-from regattn_lib.datasets.images import (
-    DECODE_ERRORS,
-    ImageError,
-    check_rgb,
-    crop_box,
-    resize_longest,
-    truncated_images_allowed,
-)
+from regattn_lib.experiments.pipeline import Context
 from regattn_lib.experiments.profiles import Profile, get_profile
+from regattn_lib.extraction import methods
 from regattn_lib.extraction.heads import RegionalHead
-from regattn_lib.extraction.image_stream import resolve_device, resolve_precision
+from regattn_lib.runtime.environment import resolve_device, resolve_precision
+from regattn_lib.runtime.identity import backbone_name, backbone_weights_id
 from regattn_lib.runtime.paths import data_root as resolve_data_root
 from regattn_lib.runtime.paths import results_root
-
-try:  # HEIC/HEIF photos (phones) decode only with this optional plug-in
-    import pillow_heif
-
-    pillow_heif.register_heif_opener()
-except ImportError:
-    pillow_heif = None
 
 #: Descriptor methods a folder can be indexed with (rows of the paper's ablation).
 PHOTO_METHODS = ("rmac", "regional", "context")
 #: Weights the repository ships, per profile: ``assets/<profile>/attention_<kind>.pt`` and
 #: ``assets/<profile>/whitening.pt``; looked at before anything trained or downloaded.
 SHIPPED_DIR = Path(__file__).resolve().parents[2] / "assets"
-#: A truncated file is used when at least this fraction of its rows decoded.
-MIN_DECODED_FRACTION = 0.5
-VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".m4v", ".3gp", ".mts", ".wmv", ".webm"}
-HEIF_SUFFIXES = {".heic", ".heif", ".avif"}
-#: EXIF orientations that swap width and height (90 or 270 degrees).
-_SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
-_ORIENTATION_TAG = 0x0112
 
 
 def shipped_weights(profile: str, name: str) -> Path | None:
@@ -96,10 +69,9 @@ class PhotoModel:
 
     def key(self) -> dict[str, Any]:
         """Everything that changes a descriptor (cache key of a folder's index)."""
-        bb = self.backbone
         return {
-            "backbone": getattr(bb, "name", type(bb).__name__),
-            "weights": getattr(bb, "cache_id", None),
+            "backbone": backbone_name(self.backbone),
+            "weights": backbone_weights_id(self.backbone),
             "image_size": self.profile.image_size,
             "precision": self.precision,
             "min_side": self.min_side,
@@ -111,16 +83,14 @@ class PhotoModel:
         bb = self.backbone
         weights = str(getattr(bb, "weights_id", "?"))[:12]
         return (
-            f"backbone {getattr(bb, 'name', type(bb).__name__)} (weights sha256 {weights}...); "
+            f"backbone {backbone_name(bb)} (weights sha256 {weights}...); "
             f"attention: {self.attention_source}; whitening: {self.whitening_source}; "
             f"{self.profile.image_size} px, L = {self.head.levels}, {self.precision} on "
             f"{self.device.type}"
         )
 
 
-def _context(profile: Profile, data_root: str | os.PathLike | None, device: str) -> Any:
-    from regattn_lib.experiments.pipeline import Context
-
+def _context(profile: Profile, data_root: str | os.PathLike | None, device: str) -> Context:
     # a Context without results folders: a search never creates results/<profile>/
     res = results_root(profile.name)
     return Context(
@@ -132,8 +102,8 @@ def _context(profile: Profile, data_root: str | os.PathLike | None, device: str)
     )
 
 
-def _attention(ctx: Any, kind: str, notes: list[str]) -> tuple[RegionalAttention | None, str]:
-    from regattn_lib.experiments import pipeline as P
+def _attention(ctx: Context, kind: str, notes: list[str]) -> tuple[RegionalAttention | None, str]:
+    from regattn_lib.experiments import pipeline
     from regattn_lib.training.checkpoint import load_trained_attention
 
     f = shipped_weights(ctx.profile.name, f"attention_{kind}.pt")
@@ -141,8 +111,8 @@ def _attention(ctx: Any, kind: str, notes: list[str]) -> tuple[RegionalAttention
         if f is not None:
             att, source = load_trained_attention(f), f"{kind}, shipped ({f.name})"
         else:
-            att = P.load_attention(ctx, kind)
-            source = f"{kind}, {P.provenance(att)}"
+            att = pipeline.load_attention(ctx, kind)
+            source = f"{kind}, {pipeline.provenance(att)}"
     except (FileNotFoundError, OSError, ValueError, RuntimeError) as e:
         notes.append(f"{e}; falling back to R-MAC without attention")
         return None, "none (R-MAC)"
@@ -156,18 +126,17 @@ def _attention(ctx: Any, kind: str, notes: list[str]) -> tuple[RegionalAttention
     return att.to(ctx.device).eval(), source
 
 
-def _whitening(ctx: Any, notes: list[str]) -> tuple[PCAWhitening | None, str]:
-    from regattn_lib.experiments import pipeline as P
+def _whitening(ctx: Context, notes: list[str]) -> tuple[PCAWhitening | None, str]:
+    from regattn_lib.experiments import pipeline
 
     f = shipped_weights(ctx.profile.name, "whitening.pt")
     if f is not None:
         w = PCAWhitening.load(f)
         return w, f"PCA {w.in_dim} -> {w.out_dim}, shipped ({f.name})"
     # cached only, and never a download of the whitening images (SfM-120k is 20 GB)
-    offline = replace(ctx, profile=replace(ctx.profile, download=False))
-    offline.__dict__["backbone"] = ctx.backbone  # share the cached_property's network
+    offline = replace(ctx.with_backbone(ctx.backbone), profile=replace(ctx.profile, download=False))
     try:
-        w = P.learn_whitening(offline, progress=False, cached_only=True)
+        w = pipeline.learn_whitening(offline, progress=False, cached_only=True)
     except (FileNotFoundError, OSError, ValueError) as e:
         notes.append(
             f"no cached whitening for profile {ctx.profile.name!r} ({str(e)[:200]}); "
@@ -198,12 +167,8 @@ def load_photo_model(
     notes: list[str] = []
     att, att_source = (None, "none (R-MAC)") if method == "rmac" else _attention(ctx, method, notes)
     white, white_source = _whitening(ctx, notes)
-    head = RegionalHead(
-        name=method if att is not None else "rmac",
-        levels=prof.levels,
-        attention=att,
-        whitening=white,
-    )
+    name = method if att is not None else "rmac"
+    head = methods.build_head(name, levels=prof.levels, attention=att, whitening=white, name=name)
     return PhotoModel(
         prof,
         head.name,
@@ -215,129 +180,3 @@ def load_photo_model(
         white_source,
         notes,
     )
-
-
-# ----------------------------------------------------------------------------- reading photos
-class Photo(NamedTuple):
-    """A photo ready for the backbone: uint8 RGB (H, W, 3) resized (and cropped), upright;
-    ``original``: (H, W) after EXIF orientation, before resizing; ``sha256`` of the file."""
-
-    image: np.ndarray
-    original: tuple[int, int]
-    sha256: str
-
-
-def _not_image_reason(path: Path, error: Exception) -> str:
-    suffix = path.suffix.lower()
-    if suffix in VIDEO_SUFFIXES:
-        return "not an image (video file)"
-    if suffix in HEIF_SUFFIXES and pillow_heif is None:
-        return f"{suffix[1:].upper()} image without a decoder (pip install pillow-heif)"
-    if isinstance(error, UnidentifiedImageError):  # its message repeats the path
-        return "not an image (unrecognised file format)"
-    return f"not an image this reader can decode ({error})"
-
-
-def oriented_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(H, W) of an image as displayed (EXIF orientation applied), from its header only.
-
-    Raises ``ImageError`` naming the file: missing, or not an image (with the reason).
-    """
-    path = Path(path)
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-            orientation = im.getexif().get(_ORIENTATION_TAG)
-    except FileNotFoundError as e:
-        raise ImageError(f"image file not found: {path}") from e
-    except PermissionError as e:
-        raise ImageError(f"unreadable: {e.strerror}") from e
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ImageError(_not_image_reason(path, e)) from e
-    return (w, h) if orientation in _SWAPPING_ORIENTATIONS else (h, w)
-
-
-def _decoded_fraction(stored: np.ndarray) -> float:
-    """Fraction of rows before the uniform grey (128) rows PIL leaves after a truncation."""
-    grey = (stored == 128).all(axis=(1, 2))
-    if not grey[-1]:
-        return 1.0
-    tail = len(grey) if grey.all() else int(np.argmin(grey[::-1]))  # trailing grey rows
-    return 1.0 - tail / len(grey)
-
-
-def _decode(data: bytes, path: Path, longest: int | None) -> np.ndarray:
-    """Upright uint8 RGB of a file's bytes; a JPEG much larger than needed decodes reduced."""
-
-    def open_reduced() -> Image.Image:
-        im = Image.open(io.BytesIO(data))
-        if longest is not None and max(im.size) > 2 * longest:
-            # libjpeg's 1/2..1/8 scaling, kept at >= 2x the target so the bilinear resize after
-            # it does not alias; no-op for other formats
-            s = 2 * longest / max(im.size)
-            im.draft("RGB", (math.ceil(im.size[0] * s), math.ceil(im.size[1] * s)))
-        im.load()
-        return im
-
-    try:
-        try:
-            im = open_reduced()
-        except OSError as e:
-            if isinstance(e, UnidentifiedImageError):
-                raise
-            with truncated_images_allowed():
-                im = open_reduced()
-            fraction = _decoded_fraction(np.asarray(im.convert("RGB")))
-            if fraction < MIN_DECODED_FRACTION:
-                raise ImageError(
-                    f"truncated file: only {fraction:.0%} of the image decoded "
-                    f"(under {MIN_DECODED_FRACTION:.0%})"
-                ) from e
-        upright = ImageOps.exif_transpose(im).convert("RGB")
-    except ImageError:
-        raise
-    except DECODE_ERRORS as e:
-        raise ImageError(f"cannot decode: {e}") from e
-    return np.array(upright, dtype=np.uint8)
-
-
-def read_photo(
-    path: str | os.PathLike,
-    longest: int | None,
-    min_side: int = 0,
-    box: Sequence[float] | None = None,
-) -> Photo:
-    """Read a photo upright (EXIF orientation), resize its longest side to ``longest`` and,
-    for a query, crop it to ``box`` = (x1, y1, x2, y2) in the upright original's pixels.
-
-    The crop is the paper's query crop (``images.crop_box``): the whole image is resized, then
-    cut at ``round(box * longest / max(H, W))``. Raises ``ImageError`` whose message is the
-    reason the file cannot be used: missing; not an image; shorter side under ``min_side``
-    (default 0); truncated with under ``MIN_DECODED_FRACTION`` decoded (a truncated file is
-    otherwise used as far as it goes); under 32 px after resizing or cropping; a box outside
-    the image.
-    """
-    path = Path(path)
-    h, w = oriented_size(path)
-    if min(h, w) < min_side:
-        raise ImageError(f"too small: {w}x{h} px, shorter side under the profile's {min_side} px")
-    if box is not None:
-        x1, y1, x2, y2 = (float(v) for v in box)
-        if not (x2 > x1 and y2 > y1):
-            raise ImageError(
-                f"query box {list(box)} is empty: (x1, y1, x2, y2) needs x2 > x1, y2 > y1"
-            )
-        if x2 <= 0 or y2 <= 0 or x1 >= w or y1 >= h:
-            raise ImageError(f"query box {list(box)} lies outside {path} ({w}x{h} px upright)")
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise ImageError(f"unreadable: {e.strerror or e}") from e
-    image = _decode(data, path, longest)
-    resized, _ = resize_longest(image, longest)
-    if box is not None:
-        # the ratio of the original (not of a reduced JPEG decode) scales the box
-        scale = 1.0 if longest is None else longest / max(h, w)
-        resized = crop_box(resized, box, scale)
-    check_rgb(resized, str(path))
-    return Photo(resized, (h, w), hashlib.sha256(data).hexdigest())

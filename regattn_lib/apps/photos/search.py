@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from regattn_lib.apps.photos.index import FolderIndex, describe_images, index_folder
-from regattn_lib.apps.photos.model import PHOTO_METHODS, read_photo
+from regattn_lib.apps.photos.model import PHOTO_METHODS
 from regattn_lib.core.search import cosine_ranks, faiss_available
-from regattn_lib.datasets.images import ImageError
+from regattn_lib.datasets.images import ImageError, read_photo
 
 #: Folders with at least this many images are searched with FAISS when it is installed.
 FAISS_MIN_IMAGES = 50_000

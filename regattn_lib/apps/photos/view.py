@@ -16,8 +16,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from regattn_lib.apps.photos.index import FolderIndex
-from regattn_lib.apps.photos.model import PhotoModel, read_photo
+from regattn_lib.apps.photos.model import PhotoModel
 from regattn_lib.apps.photos.search import SearchHit, search_folder
+from regattn_lib.datasets.images import read_photo
 from regattn_lib.experiments.figures import _figure, plot_attention
 
 
