@@ -53,6 +53,7 @@ from regattn_lib.datasets.images import prepare_image
 from regattn_lib.datasets.retrieval import RetrievalDataset, load_retrieval_dataset
 from regattn_lib.experiments import pipeline as P
 from regattn_lib.experiments.bench_report import command_line, device_name, shown_path, write_report
+from regattn_lib.extraction import methods
 from regattn_lib.extraction.extract import extract_images
 from regattn_lib.extraction.heads import RegionalHead
 from regattn_lib.extraction.image_stream import target_size
@@ -382,8 +383,12 @@ class Setup:
     def heads(self, labels: Sequence[str] | None = None) -> dict[str, RegionalHead]:
         labels = list(self.attentions) if labels is None else labels
         return {
-            k: RegionalHead(
-                name=k, levels=self.levels, attention=self.attentions[k], whitening=self.whitening
+            k: methods.build_head(
+                methods.method_of(self.attentions[k]),
+                name=k,
+                levels=self.levels,
+                attention=self.attentions[k],
+                whitening=self.whitening,
             )
             for k in labels
         }

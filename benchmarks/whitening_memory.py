@@ -153,9 +153,9 @@ def _child(settings: Mapping[str, Any]) -> dict[str, Any]:
         else:  # the code before streaming, verbatim in substance
             from regattn_lib.core.whitening import learn_pca_whitening
             from regattn_lib.extraction.extract import extract_images
-            from regattn_lib.extraction.heads import RegionalVectorsHead
+            from regattn_lib.extraction.methods import whitening_head
 
-            head = {"r": RegionalVectorsHead(levels=levels)}
+            head = {"r": whitening_head("regional", levels=levels)}
             out = extract_images(
                 sorted(jpg.iterdir()), bb, head, size, device="cpu", progress=False
             )

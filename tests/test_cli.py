@@ -59,7 +59,7 @@ def _table(maps):
 
 
 def test_precision_differences_hand_computed():
-    from regattn_lib.__main__ import precision_differences
+    from regattn_lib.apps.cli import precision_differences
 
     ref = {"m": _descs([[1.0, 0.0], [0.0, 1.0]], [[0.6, 0.8]])}
     # the same database; the query turned by 90 degrees (distance 1); one vector scaled (0)

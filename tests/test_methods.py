@@ -5,7 +5,7 @@ import argparse
 import pytest
 import torch
 
-from regattn_lib.__main__ import build_parser
+from regattn_lib.apps.cli import build_parser
 from regattn_lib.core.attention import RegionalAttention
 from regattn_lib.core.whitening import learn_pca_whitening
 from regattn_lib.experiments import pipeline as P

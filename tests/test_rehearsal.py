@@ -551,7 +551,7 @@ def test_fixture_weights_have_the_publishers_layouts(fixture, tmp_path):
 # ----------------------------------------------------------------------------- checker
 def _write_good_tables(tables: Path, expected: dict | None = None) -> None:
     """Tables as notebooks 01-06 write them, with every row and label the checker wants."""
-    from regattn_lib.experiments.studies import compare_to_paper
+    from regattn_lib.experiments.tables import compare_to_paper
 
     tables.mkdir(parents=True, exist_ok=True)
     labels = {

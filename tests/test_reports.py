@@ -32,7 +32,7 @@ def test_write_table_csv_and_markdown_with_notes(tmp_path):
 
 def test_compare_to_paper_reference_layout_and_paper_only_rows():
     from regattn_lib.experiments.reports import PAPER_SOTA
-    from regattn_lib.experiments.studies import compare_to_paper
+    from regattn_lib.experiments.tables import compare_to_paper
 
     ours = pd.DataFrame({"method": ["MAC", "R-MAC", "Ours"], "synthetic": [40.0, 50.0, 55.0]})
     t, notes = compare_to_paper(ours, PAPER_SOTA, ["synthetic"], baseline="R-MAC")
@@ -48,7 +48,7 @@ def test_compare_to_paper_reference_layout_and_paper_only_rows():
 
 
 def test_compare_to_paper_same_datasets_gives_diff():
-    from regattn_lib.experiments.studies import compare_to_paper
+    from regattn_lib.experiments.tables import compare_to_paper
 
     ours = pd.DataFrame({"method": ["R-MAC + PCA"], "oxford5k": [72.0], "paris6k": [85.0]})
     t, notes = compare_to_paper(ours, PAPER_ABLATION, ["oxford5k", "paris6k"])
@@ -61,7 +61,7 @@ def test_gain_intervals_against_the_baseline_and_carried_into_the_compared_table
     import pandas as pd
 
     from regattn_lib.experiments.reports import PAPER_ABLATION
-    from regattn_lib.experiments.studies import compare_to_paper, gain_intervals
+    from regattn_lib.experiments.tables import compare_to_paper, gain_intervals
 
     base = np.array([50.0, 20.0, 80.0, np.nan])
     aps = {"R-MAC + PCA": base, "+ regional attention": base + 3.0, "+ context awareness": None}
@@ -101,7 +101,7 @@ def test_gain_columns_passed_as_datasets_are_carried_not_compared():
     import pandas as pd
 
     from regattn_lib.experiments.reports import PAPER_SOTA
-    from regattn_lib.experiments.studies import compare_to_paper, gain_intervals
+    from regattn_lib.experiments.tables import compare_to_paper, gain_intervals
 
     aps = {"R-MAC": np.array([50.0, 70.0]), "Ours": np.array([55.0, 75.0])}
     ours = pd.DataFrame(

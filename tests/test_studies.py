@@ -15,6 +15,7 @@ import torch
 
 from regattn_lib.experiments import pipeline as P
 from regattn_lib.experiments import studies as S
+from regattn_lib.experiments import tables as T
 from regattn_lib.extraction.extract import Descriptors
 
 
@@ -67,7 +68,7 @@ def test_sota_names_the_distractor_columns_105k_106k_and_scores_each(monkeypatch
     assert list(table["method"]) == ["A", "B", "A+QE", "B+QE"]
     assert [c for c in table.columns if " gain" not in c] == [
         "method",
-        S.WEIGHTS,
+        T.WEIGHTS,
         "oxford5k",
         "paris6k",
         "synthetic-demo",
@@ -75,7 +76,7 @@ def test_sota_names_the_distractor_columns_105k_106k_and_scores_each(monkeypatch
         "paris106k",
         "synthetic-demo+distractors",
     ]
-    assert set(table[S.WEIGHTS]) == {P.NO_ATTENTION}
+    assert set(table[T.WEIGHTS]) == {P.NO_ATTENTION}
     # positive first: AP 1; third: (0 + 1/3) / 2; second: (0 + 1/2) / 2; fourth: (0 + 1/4) / 2
     plain = [100.0, 100 / 6, 100.0, 100 / 6]
     distracted = [25.0, 12.5, 25.0, 12.5]
@@ -101,7 +102,7 @@ def test_sota_without_distractors_has_only_the_plain_columns(monkeypatch):
     )
     monkeypatch.setattr(P, "describe", lambda ctx, ds, heads: {"A": _descriptors([0.1, 1.0])})
     table, _ = S.sota(_context(datasets=("oxford5k",), distractors=None), whitening=None)
-    assert [c for c in table.columns if " gain" not in c] == ["method", S.WEIGHTS, "oxford5k"]
+    assert [c for c in table.columns if " gain" not in c] == ["method", T.WEIGHTS, "oxford5k"]
 
 
 def test_revisited_reports_map_and_mp10_per_protocol(monkeypatch):
@@ -132,7 +133,7 @@ def test_revisited_reports_map_and_mp10_per_protocol(monkeypatch):
         assert rows.loc[m, ["easy mP@10", "medium mP@10", "hard mP@10"]].tolist() == pytest.approx(
             [50.0, 200 / 3, 50.0]
         )
-    assert np.all(table[S.WEIGHTS] == P.NO_ATTENTION)
+    assert np.all(table[T.WEIGHTS] == P.NO_ATTENTION)
 
 
 def test_a_trained_attention_counts_once_per_seed(monkeypatch):
@@ -171,7 +172,7 @@ def test_a_trained_attention_counts_once_per_seed(monkeypatch):
     assert seeded["map_seeds"] == pytest.approx([100.0, 25.0, 50 / 3])
     assert seeded["map"] == pytest.approx((100 + 25 + 50 / 3) / 3)
     assert seeded["aps"].shape == (3, 1)
-    gains = S.gain_intervals(
+    gains = T.gain_intervals(
         {m: s["protocols"]["classic"]["aps"] for m, s in scores.items()}, P.RMAC, "x"
     )
     assert gains["x gain"][1] == pytest.approx((0 - 75 - 250 / 3) / 3)
@@ -189,7 +190,7 @@ def test_training_summary_reports_the_kept_weights_and_the_last_validation(tmp_p
         history=history, steps=75, finished=True, artefact=tmp_path / "attention.pt"
     )
     unfinished = SimpleNamespace(history=history, steps=75, finished=False, artefact=None)
-    table = S.training_summary({"regional": selected, "context": unfinished}).set_index("stage")
+    table = T.training_summary({"regional": selected, "context": unfinished}).set_index("stage")
     assert table.loc["regional", "kept step"] == 50
     assert (
         table.loc["regional", "kept val_loss"] == 0.5

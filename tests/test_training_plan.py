@@ -11,6 +11,7 @@ from torch import nn
 from regattn_lib.core.attention import RegionalAttention
 from regattn_lib.experiments import pipeline as P
 from regattn_lib.experiments import studies as S
+from regattn_lib.experiments import tables as T
 from regattn_lib.experiments import training_plan as TP
 from regattn_lib.experiments.reports import PAPER_ABLATION
 
@@ -123,10 +124,10 @@ def test_tables_label_every_row_and_keep_paper_only_rows(tmp_path):
             "paris6k": [85.0, 86.0],
         }
     )
-    table, notes = S.compare_to_paper(ours, PAPER_ABLATION, ["oxford5k", "paris6k"])
+    table, notes = T.compare_to_paper(ours, PAPER_ABLATION, ["oxford5k", "paris6k"])
     assert list(table.columns[:2]) == ["method", "weights"] and notes == []
     by = table.set_index("method")
-    assert by.loc["+ regional attention", "weights"] == S.PAPER_ONLY  # not computed here
+    assert by.loc["+ regional attention", "weights"] == T.PAPER_ONLY  # not computed here
     assert by.loc["+ context awareness", "weights"] == P.RELEASED
     assert by.loc["+ context awareness", "oxford5k diff"] == pytest.approx(75.0 - 76.8)
 
@@ -140,7 +141,7 @@ def test_weights_column_is_carried_not_compared_on_other_datasets():
             "time_s": [0.1, 0.2],
         }
     )
-    table, notes = S.compare_to_paper(
+    table, notes = T.compare_to_paper(
         ours, PAPER_ABLATION, ["weights", "synthetic"], extra=["weights", "time_s"]
     )
     assert list(table["weights"][:2]) == [P.NO_ATTENTION, P.TRAINED] and len(notes) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,6 +12,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from regattn_lib.datasets.images import crop_box, load_rgb
+from regattn_lib.experiments import pipeline
+from regattn_lib.training.curves import plot_curves
 
 #: Border colours of ranked results by label.
 LABEL_COLOURS = {"positive": "#2ca02c", "hard": "#ff7f0e", "junk": "#7f7f7f", "negative": "#d62728"}
@@ -180,5 +183,32 @@ def plot_object_attention(table: pd.DataFrame) -> Figure:
     ax.set_ylabel("share of region weight on the landmark")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def save_training_curves(run, figures_dir, stage: str) -> object:
+    """Plot a training run's curves (its history CSV) to ``<figures_dir>/training_<stage>.png``
+    (spaces in the stage name become underscores: ``training_regional_seed_1.png``)."""
+    png = Path(figures_dir) / f"training_{stage.replace(' ', '_')}.png"
+    return plot_curves(run.out_dir / "history.csv", png)
+
+
+def attention_figure(ctx: pipeline.Context, ds, queries: Sequence[int], n_db: int = 2):
+    """Attention maps (context model, else regional) of some queries and database images."""
+    atts = pipeline.available_attention(ctx)
+    att = atts.get(pipeline.CONTEXT) or atts.get(pipeline.REGIONAL)
+    items = [(ds.query_paths[q], ds.query_bbxs[q], f"query {ds.qimlist[q]}") for q in queries]
+    for q in queries:
+        pos = ds.gnd[q].get("ok") or ds.gnd[q].get("easy") or []
+        items += [
+            (ds.db_paths[i], None, f"db {ds.imlist[i]} (positive of {ds.qimlist[q]})")
+            for i in pos[:n_db]
+        ]
+    fig = _figure(4 * len(items), 3.6)
+    axes = np.atleast_1d(fig.subplots(1, len(items)))
+    for ax, (path, bbx, title) in zip(axes, items, strict=True):
+        image, regions, alpha = pipeline.attention_for_image(ctx, path, att, bbx=bbx)
+        plot_attention(image, regions, alpha, title=title, ax=ax)
     fig.tight_layout()
     return fig

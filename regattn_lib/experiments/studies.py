@@ -1,4 +1,5 @@
-"""The experiments behind each table of the paper, as functions returning DataFrames.
+"""The experiments behind each table of the paper, as functions returning DataFrames of our
+numbers (``tables`` lays them beside the paper's, ``figures`` draws them).
 
 Each function runs the backbone once per dataset for all the methods it compares (the
 extraction engine evaluates many heads on one feature map) and reuses the descriptor cache.
@@ -7,8 +8,7 @@ extraction engine evaluates many heads on one feature map) and reuses the descri
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, replace
-from pathlib import Path
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -16,19 +16,12 @@ import pandas as pd
 
 from regattn_lib.core.evaluate import per_query_table
 from regattn_lib.core.regions import rmac_regions
-from regattn_lib.core.stats import paired_gain
 from regattn_lib.core.whitening import PCAWhitening
 from regattn_lib.experiments import pipeline
-from regattn_lib.experiments.reports import side_by_side
+from regattn_lib.experiments.tables import SEEDS, WEIGHTS, gain_intervals
 from regattn_lib.experiments.timing import time_per_image
 from regattn_lib.extraction import methods
 from regattn_lib.extraction.heads import Head
-
-#: Column naming where each row's attention weights came from (``pipeline.provenance``).
-WEIGHTS = "weights"
-#: Column counting the models (seeds) a row's numbers average.
-SEEDS = "seeds"
-PAPER_ONLY = "paper only"
 
 
 def dataset_statistics(ctx: pipeline.Context) -> pd.DataFrame:
@@ -42,109 +35,6 @@ def dataset_statistics(ctx: pipeline.Context) -> pd.DataFrame:
                 row[f"{proto} per query"] = float(np.mean([len(g[proto]) for g in ds.gnd]))
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def compare_to_paper(
-    ours: pd.DataFrame,
-    paper: pd.DataFrame,
-    datasets: Sequence[str],
-    extra: Sequence[str] = (),
-    baseline: str | None = None,
-) -> tuple[pd.DataFrame, list[str]]:
-    """Paper vs ours vs difference where our columns are the paper's datasets.
-
-    Rows: ours in order, then the paper's rows we do not compute (e.g. SDCF), with empty
-    "ours" cells. On other datasets (the synthetic benchmark) a difference would compare unlike
-    things: the table then shows the paper's columns as a reference beside ours, and each
-    side's gain over its own ``baseline`` row (default: the first row, R-MAC), which is
-    comparable. Returns the table and its notes.
-    """
-    # labels and gains are not scores to compare: _with_weights and _with_intervals carry them
-    datasets = [d for d in datasets if d not in (WEIGHTS, SEEDS) and not _is_gain(d)]
-    methods = list(ours["method"]) + [m for m in paper["method"] if m not in set(ours["method"])]
-    ours = ours.set_index("method").reindex(methods).reset_index()
-    if WEIGHTS in ours.columns:
-        ours[WEIGHTS] = ours[WEIGHTS].fillna(PAPER_ONLY)
-    # gains and their intervals are carried by _with_intervals; labels by _with_weights
-    cols = list(datasets) + [
-        c for c in extra if c in ours.columns and c not in (WEIGHTS, SEEDS) and not _is_gain(c)
-    ]
-    if all(d in paper.columns for d in datasets):
-        table = _with_intervals(side_by_side(ours, paper, cols), ours, cols)
-        return _with_weights(table, ours), []
-    base = baseline if baseline is not None else methods[0]
-    ref = paper.set_index("method").reindex(methods)
-    out = pd.DataFrame({"method": methods})
-    for c in [c for c in paper.columns if c != "method"]:
-        out[f"{c} paper"] = ref[c].to_numpy(dtype=float)
-    for c in cols:
-        out[f"{c} ours"] = ours[c].to_numpy(dtype=float)
-    ib = methods.index(base)
-    for c in [c for c in paper.columns if c not in ("method", "time_s")]:
-        out[f"{c} paper gain"] = out[f"{c} paper"] - out[f"{c} paper"].iloc[ib]
-    for d in datasets:
-        out[f"{d} ours gain"] = out[f"{d} ours"] - out[f"{d} ours"].iloc[ib]
-    out = _with_intervals(out, ours, cols)
-    note = (
-        f"Ours is measured on {', '.join(datasets)}, not on the paper's datasets: the paper's "
-        f"values are shown for reference, and 'gain' columns compare each side to its own {base} row."
-    )
-    return _with_weights(out, ours), [note]
-
-
-def _is_gain(column: str) -> bool:
-    return column.endswith(" gain") or column.endswith(INTERVAL_SUFFIXES)
-
-
-def _with_weights(table: pd.DataFrame, ours: pd.DataFrame) -> pd.DataFrame:
-    """``table`` with ours' ``weights`` column (where each row's attention came from) second,
-    and ``seeds`` (how many models a row averages) after it."""
-    if WEIGHTS in ours.columns:
-        table.insert(1, WEIGHTS, ours[WEIGHTS].to_numpy())
-    if SEEDS in ours.columns:
-        table.insert(2 if WEIGHTS in ours.columns else 1, SEEDS, ours[SEEDS].to_numpy())
-    return table
-
-
-def gain_intervals(
-    aps: dict[str, np.ndarray | None], baseline: str, column: str
-) -> dict[str, list[float]]:
-    """Each method's gain in mAP over ``baseline`` on one column, with its 95% paired-bootstrap
-    interval over queries (``stats.paired_gain``).
-
-    ``aps``: method -> per-query APs (Q,) or (S, Q) for S seeds (``None``: no value). Returns
-    the columns ``<column> gain``, ``<column> gain low``, ``<column> gain high`` (and
-    ``<column> gain seed sd`` when a method has several seeds), one value per method in order.
-    """
-    base = aps[baseline]
-    cols: dict[str, list[float]] = {f"{column} gain{k}": [] for k in ("", " low", " high")}
-    sds: list[float] = []
-    for values in aps.values():
-        if values is None or base is None:
-            g = None
-        else:
-            g = paired_gain(values, base)
-        cols[f"{column} gain"].append(np.nan if g is None else g.gain)
-        cols[f"{column} gain low"].append(np.nan if g is None else g.low)
-        cols[f"{column} gain high"].append(np.nan if g is None else g.high)
-        sds.append(np.nan if g is None or g.n_seeds < 2 else g.seed_sd)
-    if any(not np.isnan(v) for v in sds):
-        cols[f"{column} gain seed sd"] = sds
-    return cols
-
-
-INTERVAL_SUFFIXES = (" gain low", " gain high", " gain seed sd")
-
-
-def _with_intervals(out: pd.DataFrame, ours: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
-    """Carry ours' gain and interval columns (``gain_intervals``) into a compared table, as
-    ``<c> ours gain``, ``<c> ours gain low`` ..."""
-    for c in columns:
-        for suffix in ("gain",) + tuple(x.strip() for x in INTERVAL_SUFFIXES):
-            src = f"{c} {suffix}"
-            if src in ours.columns:
-                out[f"{c} ours {suffix}"] = ours[src].to_numpy(dtype=float)
-    return out
 
 
 def head_weights(head: Head) -> str:
@@ -175,7 +65,7 @@ def expand_seeds(
                 for label, kind in pipeline.ATTENTION_KINDS.items()
             }
         for i, other in enumerate(others["context" if att.context else "regional"], start=1):
-            out[f"{key}{SEED_SEP}{i}"] = replace(head, attention=other)
+            out[f"{key}{SEED_SEP}{i}"] = methods.with_attention(head, other)
             groups[key].append(f"{key}{SEED_SEP}{i}")
     return out, groups
 
@@ -509,85 +399,10 @@ def per_query(
     return df, {"dataset": ds, "descriptors": descs}
 
 
-TRAINING_COLUMNS = [
-    "stage",
-    "steps",
-    "finished",
-    "kept step",
-    "kept val_loss",
-    "kept val_acc",
-    "last val_loss",
-    "last val_acc",
-]
-
-
-def training_summary(runs: dict) -> pd.DataFrame:
-    """One row per training stage: iterations run, the weights kept (the last iteration's, or
-    the best validated ones under model selection: their step, validation loss and accuracy)
-    and the last validation."""
-    import torch
-
-    rows = []
-    for stage, run in runs.items():
-        val = run.history.dropna(subset=["val_acc"])
-        kept_step = run.steps
-        if run.artefact is not None:
-            config = torch.load(run.artefact, map_location="cpu", weights_only=True)["config"]
-            kept_step = int(config.get("selected_step", run.steps))
-        at = val[val["step"] == kept_step]
-        kept = at.iloc[-1] if len(at) else None
-        last = val.iloc[-1] if len(val) else None
-        nan = float("nan")
-        rows.append(
-            {
-                "stage": stage,
-                "steps": run.steps,
-                "finished": run.finished,
-                "kept step": kept_step,
-                "kept val_loss": float(kept["val_loss"]) if kept is not None else nan,
-                "kept val_acc": float(kept["val_acc"]) if kept is not None else nan,
-                "last val_loss": float(last["val_loss"]) if last is not None else nan,
-                "last val_acc": float(last["val_acc"]) if last is not None else nan,
-            }
-        )
-    return pd.DataFrame(rows, columns=TRAINING_COLUMNS)
-
-
-def save_training_curves(run, figures_dir, stage: str) -> object:
-    """Plot a training run's curves (its history CSV) to ``<figures_dir>/training_<stage>.png``
-    (spaces in the stage name become underscores: ``training_regional_seed_1.png``)."""
-    from regattn_lib.training.curves import plot_curves
-
-    png = Path(figures_dir) / f"training_{stage.replace(' ', '_')}.png"
-    return plot_curves(run.out_dir / "history.csv", png)
-
-
 def extreme_queries(perq: pd.DataFrame) -> tuple[int, int]:
     """Indices of the query where ours gains most over R-MAC and where R-MAC wins most."""
     gain = perq["gain"].fillna(0).to_numpy()
     return int(np.argmax(gain)), int(np.argmin(gain))
-
-
-def attention_figure(ctx: pipeline.Context, ds, queries: Sequence[int], n_db: int = 2):
-    """Attention maps (context model, else regional) of some queries and database images."""
-    from regattn_lib.experiments.figures import _figure, plot_attention
-
-    atts = pipeline.available_attention(ctx)
-    att = atts.get(pipeline.CONTEXT) or atts.get(pipeline.REGIONAL)
-    items = [(ds.query_paths[q], ds.query_bbxs[q], f"query {ds.qimlist[q]}") for q in queries]
-    for q in queries:
-        pos = ds.gnd[q].get("ok") or ds.gnd[q].get("easy") or []
-        items += [
-            (ds.db_paths[i], None, f"db {ds.imlist[i]} (positive of {ds.qimlist[q]})")
-            for i in pos[:n_db]
-        ]
-    fig = _figure(4 * len(items), 3.6)
-    axes = np.atleast_1d(fig.subplots(1, len(items)))
-    for ax, (path, bbx, title) in zip(axes, items, strict=True):
-        image, regions, alpha = pipeline.attention_for_image(ctx, path, att, bbx=bbx)
-        plot_attention(image, regions, alpha, title=title, ax=ax)
-    fig.tight_layout()
-    return fig
 
 
 def object_attention(

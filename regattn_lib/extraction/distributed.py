@@ -29,8 +29,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from regattn_lib.extraction import methods
 from regattn_lib.extraction.extract import extract_images
-from regattn_lib.extraction.heads import Head, RegionalHead
+from regattn_lib.extraction.heads import Head
 from regattn_lib.extraction.image_stream import size_batches, target_size
 from regattn_lib.runtime.environment import resolve_device
 
@@ -252,7 +253,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.backbone, pretrained=not args.random_weights, data_root=args.data_root
         ).to(info.device)
         white = None if args.whitening is None else PCAWhitening.load(args.whitening)
-        heads = {"rmac": RegionalHead(name="rmac", levels=args.levels, whitening=white)}
+        heads = {
+            "rmac": methods.build_head("rmac", levels=args.levels, whitening=white, name="rmac")
+        }
         db_paths, q_paths, bbxs, source = _image_lists(args)
         opts = dict(
             image_size=args.image_size,

@@ -14,7 +14,7 @@ learned on (``whitening_head``) and the attention-only heads of the figures
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -134,6 +134,14 @@ def build_head(name: str, **kwargs: Any) -> Head:
     return method(name).build(**kwargs)
 
 
+def method_of(attention: RegionalAttention | None) -> str:
+    """The regional method an attention model makes: ``'rmac'`` (none), ``'regional'`` or
+    ``'context'``."""
+    if attention is None:
+        return "rmac"
+    return "context" if attention.context else "regional"
+
+
 def whitening_head(kind: str, levels: int = 3, fc_weight: torch.Tensor | None = None) -> Head:
     """The head whose outputs a whitening of ``kind`` is learned on: ``'regional'``, the raw
     regional max-pooled vectors at ``levels`` (authors: L = 3); a global pooling
@@ -152,7 +160,11 @@ def attention_head(
 ) -> RegionalHead:
     """An unwhitened regional head weighted by ``attention`` (``None``: R-MAC): what the figures
     read alpha and regions from."""
-    kind = None if attention is None else ("context" if attention.context else "regional")
-    name = "rmac-nowhiten" if kind is None else kind
+    name = "rmac-nowhiten" if attention is None else method_of(attention)
     head = method(name).build(levels=levels, attention=attention, stride=stride, name=name)
     return head
+
+
+def with_attention(head: RegionalHead, attention: RegionalAttention | None) -> RegionalHead:
+    """The same regional head weighted by another attention (another seed's weights)."""
+    return replace(head, attention=attention)
