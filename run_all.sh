@@ -43,7 +43,10 @@ fi
 # Before any notebook: the device for every profile (--device cuda without a usable GPU stops
 # here with one line); profiles that download also check each file, the disk and memory.
 $PY -m regattn_lib.experiments.preflight --profile "$profile" --device "$device" ${overrides:+--overrides "$overrides"}
-results=${REGATTN_RESULTS:-results}/$profile
+# the repository's results/ unless $REGATTN_RESULTS says otherwise, named for the notebooks
+# (the library's own default is beside the data root, which may be elsewhere)
+export REGATTN_RESULTS=${REGATTN_RESULTS:-$PWD/results}
+results=$REGATTN_RESULTS/$profile
 mkdir -p "$results/notebooks"
 status=0
 for nb in notebooks/[0-9][0-9]_*.ipynb; do

@@ -98,3 +98,26 @@ def test_weighted_mean_hand_case():
     alpha = torch.tensor([[1.0, 3.0]])
     torch.testing.assert_close(weighted_mean(x, alpha), torch.tensor([[5.0, 6.0]]))
     torch.testing.assert_close(weighted_mean(x, None), torch.tensor([[2.0, 2.0]]))
+
+
+def test_describe_returns_regions_alpha_raw_mean_and_descriptor_per_group():
+    from regattn_lib.core.descriptor import describe, weighted_l2_mean, whiten_regions
+
+    torch.manual_seed(3)
+    feats = torch.rand(2, 4, 3, 4)
+    images = torch.zeros(2, 3, 96, 128, dtype=torch.uint8)
+    att = RegionalAttention(4, hidden=3, context=True)
+    boxes = [np.array([[0, 0, 64, 64], [32, 32, 64, 64]]), np.array([[0, 0, 96, 96]])]
+    groups = describe(feats, images, attention=att, region_fn=lambda ims: boxes)
+    assert [(sl.start, sl.stop) for sl, _ in groups] == [(0, 1), (1, 2)]
+    for (sl, out), regions in zip(groups, boxes, strict=True):
+        pooled = pool_regions(feats[sl], regions)
+        assert torch.equal(out.features.max_pooled, pooled.max_pooled)
+        alpha = att(pooled.avg_pooled, pooled.global_avg)
+        torch.testing.assert_close(out.alpha, alpha)
+        # the raw weighted mean (training's fc input) and the descriptor, from the same alpha
+        torch.testing.assert_close(
+            out.weighted_mean, (alpha[..., None] * pooled.max_pooled).mean(1)
+        )
+        expected = weighted_l2_mean(whiten_regions(pooled.max_pooled), alpha)
+        torch.testing.assert_close(out.descriptor, expected)

@@ -63,38 +63,33 @@ def test_extraction_head_and_figures_share_the_training_alpha():
     torch.testing.assert_close(head(bb.features(crops), crops), out.descriptor)
 
 
-def test_heads_on_one_feature_map_pool_and_whiten_once(monkeypatch):
+def test_heads_on_one_feature_map_pool_and_whiten_once():
+    from regattn_lib.core.descriptor import SharedSteps
     from regattn_lib.core.whitening import learn_pca_whitening
-    from regattn_lib.extraction import heads as H
+    from regattn_lib.extraction import methods
 
     bb = ToyBackbone()
     images = torch.randint(0, 256, (2, 3, 128, 160), dtype=torch.uint8)
     feats = bb.features(images)
     w = learn_pca_whitening(torch.rand(60, 5, generator=torch.Generator().manual_seed(4)))
     atts = [None] + [RegionalAttention(5, hidden=3, context=c) for c in (False, True, True)]
-    heads = [H.RegionalHead(levels=2, attention=a, whitening=w) for a in atts]
-    heads.append(H.RegionalHead(levels=3, attention=atts[1], whitening=w))
-    calls = {"pool": 0, "whiten": 0}
-    real_pool, real_whiten = H.pool_regions, H.whiten_regions
-
-    def pool(*a, **k):
-        calls["pool"] += 1
-        return real_pool(*a, **k)
-
-    def whiten(*a, **k):
-        calls["whiten"] += 1
-        return real_whiten(*a, **k)
-
-    monkeypatch.setattr(H, "pool_regions", pool)
-    monkeypatch.setattr(H, "whiten_regions", whiten)
+    heads = [
+        methods.build_head(methods.method_of(a), levels=2, attention=a, whitening=w) for a in atts
+    ]
+    heads.append(methods.build_head("regional", levels=3, attention=atts[1], whitening=w))
+    shared = SharedSteps()
     with torch.no_grad():
-        outs = [h(feats, images) for h in heads]
-    assert calls == {"pool": 2, "whiten": 2}  # one per level set, not one per head
+        outs = [h(feats, images, shared) for h in heads]
+    assert shared.computed == {"pool": 2, "whiten": 2}  # one per level set, not one per head
     with torch.no_grad():
         for h, out in zip(heads, outs, strict=True):
             regions = rmac_regions(128, 160, h.levels)
             alone = describe_feature_map(feats, regions, h.attention, w).descriptor
-            torch.testing.assert_close(out, alone)
-        # a new feature map starts afresh
-        heads[0](bb.features(images), images)
-    assert calls["pool"] == 3
+            assert torch.equal(out, alone)  # sharing changes no bit
+            assert torch.equal(h(feats, images), alone)  # nor does describing without it
+    # another whitening is whitened apart; another map gets its own SharedSteps
+    w2 = w.truncate(3)
+    heads[0].whitening = w2
+    with torch.no_grad():
+        heads[0](feats, images, shared)
+    assert shared.computed == {"pool": 2, "whiten": 3}

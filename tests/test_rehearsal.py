@@ -798,6 +798,7 @@ def test_rehearsal_end_to_end(tmp_path):
     then the result check (every table, row, label; the known answer's AP 100)."""
     _need_official_weights()
     log = tmp_path / "rehearsal.log"
+    before = _repository_outputs()
     proc = _rehearsal(tmp_path, "ci", "--fresh", log=log)
     try:
         rc = proc.wait(timeout=1200)
@@ -806,6 +807,19 @@ def test_rehearsal_end_to_end(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
     assert rc == 0, _tail(log)
     assert "check_paper_results: all tables complete" in log.read_text()
+    # rooted elsewhere, it wrote nothing into the repository's results/ or data/
+    assert _repository_outputs() == before
+    assert (tmp_path / "regattn-rehearsal-ci" / "results" / "paper" / "tables").is_dir()
+
+
+def _repository_outputs() -> dict[str, int]:
+    """Every file under the repository's results/ and data/, with its modification time."""
+    return {
+        str(f.relative_to(REPO)): f.stat().st_mtime_ns
+        for d in ("results", "data")
+        for f in (REPO / d).rglob("*")
+        if f.is_file()
+    }
 
 
 def _our_processes(data_root: Path) -> list[int]:

@@ -5,7 +5,7 @@ and print mAP under the classic and Easy/Medium/Hard protocols for the chosen me
 ``--precision fp32 fp16`` compares backbone precisions on the same data: mAP of each, and the
 cosine distance between their descriptors.
 ``index DIR`` / ``search DIR QUERY``: a folder of one's own photos as a searchable database
-(``photo_index``, ``photo_search``).
+(``apps.photos.index``, ``apps.photos.search``).
 """
 
 from __future__ import annotations

@@ -112,7 +112,7 @@ def setup(
     """
     prof = get_profile(profile, overrides, **fields)
     root = resolve_data_root(data_root)
-    res = Path(results).resolve() if results is not None else results_root(prof.name)
+    res = Path(results).resolve() if results is not None else results_root(prof.name, data=root)
     torch.manual_seed(0)
     ctx = Context(prof, root, res, resolve_device(device), results_dirs(res))
     if verbose:

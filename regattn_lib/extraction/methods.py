@@ -129,7 +129,7 @@ def label(name: str) -> str:
     return method(name).label
 
 
-def build_head(name: str, **kwargs: Any) -> Head:
+def build_head(name: str, /, **kwargs: Any) -> Head:
     """``method(name).build(**kwargs)``: the head of a method by name or label."""
     return method(name).build(**kwargs)
 

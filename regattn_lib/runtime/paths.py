@@ -26,12 +26,21 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
     return REPO_ROOT / "data"
 
 
-def results_root(profile: str, root: str | os.PathLike | None = None) -> Path:
-    """``results/<profile>/``: the argument, else ``$REGATTN_RESULTS``, else ``<repo>/results``."""
+def results_root(
+    profile: str, root: str | os.PathLike | None = None, data: str | os.PathLike | None = None
+) -> Path:
+    """``results/<profile>/``: under the argument ``root``, else ``$REGATTN_RESULTS``, else beside
+    the run's data root (``<data root>/../results``: the repository's ``results/`` for its
+    ``data/``).
+
+    A run rooted elsewhere (a rehearsal, a benchmark, a data root on another disk) thus writes
+    its results beside its own data, never into the repository; ``run_all.sh`` names the
+    repository's ``results/`` explicitly.
+    """
     if root is not None:
         base = Path(root)
     elif os.environ.get(RESULTS_ENV):
         base = Path(os.environ[RESULTS_ENV])
     else:
-        base = REPO_ROOT / "results"
+        base = data_root(data).parent / "results"
     return (base / profile).expanduser().resolve()

@@ -23,7 +23,7 @@ def folder_source(
     method_names: Sequence[str] = FOLDER_METHODS,
     progress: bool = True,
 ) -> ExplorerSource:
-    """Index ``folder`` with each method of ``method_names`` (``photo_index.index_folder``,
+    """Index ``folder`` with each method of ``method_names`` (``apps.photos.index.index_folder``,
     cached and incremental; a method whose attention is missing is left out rather than shown
     twice as R-MAC) and return it as an explorer source: the photos are both the database and
     the queries, in the index's order."""

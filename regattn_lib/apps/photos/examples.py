@@ -100,7 +100,7 @@ def copy_ranks(index: object) -> list[dict[str, object]]:
     its sibling copies show the same scene, so the original need not be second; it should come
     before every other scene).
 
-    ``index``: a ``photo_index.FolderIndex`` of ``example_photos``.
+    ``index``: a ``apps.photos.index.FolderIndex`` of ``example_photos``.
     """
     from regattn_lib.apps.photos.search import search_folder
 

@@ -233,7 +233,7 @@ def index_folder(
     folder:
         The photo folder (recursive; names starting with '.' ignored).
     profile, method, device:
-        As ``photo_model.load_photo_model`` (defaults ``demo``, ``context``, ``auto``); the
+        As ``apps.photos.model.load_photo_model`` (defaults ``demo``, ``context``, ``auto``); the
         model's notes say which backbone, attention and whitening were used and any fallback.
     progress:
         A tqdm bar over the files read now (default True).

@@ -92,10 +92,11 @@ class PhotoModel:
 
 def _context(profile: Profile, data_root: str | os.PathLike | None, device: str) -> Context:
     # a Context without results folders: a search never creates results/<profile>/
-    res = results_root(profile.name)
+    root = resolve_data_root(data_root)
+    res = results_root(profile.name, data=root)
     return Context(
         profile,
-        resolve_data_root(data_root),
+        root,
         res,
         resolve_device(device),
         {"models": res / "models"},

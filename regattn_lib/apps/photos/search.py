@@ -1,4 +1,4 @@
-"""Search a photo folder indexed by ``photo_index.index_folder`` with a photo (or a box in it),
+"""Search a photo folder indexed by ``apps.photos.index.index_folder`` with a photo (or a box in it),
 and the ``index`` / ``search`` commands of ``python -m regattn_lib``.
 
 The query is described exactly as the folder's images (EXIF orientation, the profile's image
