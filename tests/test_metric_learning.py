@@ -1,15 +1,24 @@
 """Metric learning of the attention (beyond the paper): cirtorch's contrastive loss and hard
-negatives, the cached descriptor, the alpha = 1 start and the trainer on a toy problem."""
+negatives, the cached descriptor, the alpha = 1 start, the trainer on a toy problem, and the
+SfM-120k tuple reader."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import shutil
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from regattn_lib.attention import RegionalAttention
+from regattn_lib.datasets.downloads import ChecksumError
+from regattn_lib.datasets.retrieval import cid2filename
+from regattn_lib.datasets.safe_pickle import safe_load_pickle
+from regattn_lib.datasets.sfm120k_tuples import read_sfm120k_tuples, sfm120k_tuples
 from regattn_lib.descriptor import pool_regions, weighted_l2_mean, whiten_regions
 from regattn_lib.heads import RegionalHead
 from regattn_lib.training.metric import (
@@ -30,6 +39,8 @@ from regattn_lib.training.metric_train import (
     train_metric_attention,
 )
 from regattn_lib.whitening import learn_pca_whitening
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _vec(*v: float) -> list[float]:
@@ -265,3 +276,55 @@ def test_toy_training_is_deterministic(toy_splits):
 def test_cluster_gnd_never_counts_the_query_as_its_own_positive():
     gnd = cluster_gnd([7, 7, 3, 7, 3], [0, 2])
     assert gnd == [{"ok": [1, 3], "junk": [0]}, {"ok": [4], "junk": [2]}]
+
+
+# --------------------------------------------------------------- SfM-120k tuple reader
+def _load_script(name: str):
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def rehearsal_fixture(tmp_path_factory):
+    """The rehearsal's miniature fixtures (``scripts/paper_fixtures.py``), without weights."""
+    fx = _load_script("paper_fixtures")
+    try:
+        fx.official_attention_file()
+    except FileNotFoundError as e:
+        pytest.skip(f"the fixtures serve the authors' real attention file: {e}")
+    return fx.build(tmp_path_factory.mktemp("fx"), seed=0, weights=False)
+
+
+def test_tuple_reader_against_the_rehearsal_fixture(rehearsal_fixture, tmp_path):
+    pkl = rehearsal_fixture.files["sfm_db_retrieval-SfM-120k"]
+    whiten = safe_load_pickle(rehearsal_fixture.files["sfm_db_retrieval-SfM-120k-whiten"])
+    train = read_sfm120k_tuples(pkl, "train")
+    val = read_sfm120k_tuples(pkl, "val")
+    # the fixture: 48 images in clusters of 4, the first half train, each cluster's first image
+    # a query and its second the positive
+    assert (len(train), len(val)) == (24, 24)
+    assert list(train.cids) + list(val.cids) == list(whiten["cids"])
+    assert train.cluster.tolist() == [i // 4 for i in range(24)]
+    assert val.cluster.tolist() == [6 + i // 4 for i in range(24)]
+    for split in (train, val):
+        assert split.qidxs.tolist() == [0, 4, 8, 12, 16, 20]
+        assert split.pidxs.tolist() == [1, 5, 9, 13, 17, 21]
+        assert split.n_pairs == 6 and split.n_clusters == 6
+        assert (split.cluster[split.qidxs] == split.cluster[split.pidxs]).all()
+    assert train.image_paths("ims")[0] == cid2filename(train.cids[0], "ims")
+    # found in a data root where the downloads put it
+    dest = tmp_path / "train" / "retrieval-SfM-120k" / "retrieval-SfM-120k.pkl"
+    dest.parent.mkdir(parents=True)
+    shutil.copyfile(pkl, dest)
+    assert sfm120k_tuples("val", tmp_path).cids == val.cids
+    with pytest.raises(ChecksumError):
+        read_sfm120k_tuples(pkl, "train", expected_sha256="0" * 64)
+    with pytest.raises(ValueError, match="split"):
+        read_sfm120k_tuples(pkl, "whiten")
+    with pytest.raises(FileNotFoundError, match="download=True"):
+        sfm120k_tuples("train", tmp_path / "empty")
