@@ -1,0 +1,108 @@
+"""The training tuples of SfM-120k as cirtorch trains on them (``TuplesDataset``).
+
+``retrieval-SfM-120k.pkl`` holds ``train`` and ``val``, each with ``cids`` (image ids; paths by
+``retrieval.cid2filename``), ``cluster`` (the 3D model of each image), ``qidxs`` and ``pidxs``
+(query and positive indices into ``cids``, pair by pair). Negatives are not stored: they are
+mined each epoch among other clusters (``training.metric.mine_hard_negatives``). The pickle is
+read through the restricted, checksummed unpickler (``safe_pickle``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..paths import data_root as resolve_data_root
+from . import downloads as dl
+from .retrieval import SFM_NAME, cid2filename
+from .safe_pickle import safe_load_pickle
+
+#: The splits of ``retrieval-SfM-120k.pkl``.
+SPLITS = ("train", "val")
+#: Manifest key of ``retrieval-SfM-120k.pkl``.
+DB_KEY = f"sfm_db_{SFM_NAME}"
+
+
+@dataclass(frozen=True)
+class SfMTuples:
+    """One split: ``cids`` (N,), ``cluster`` (N,) int64, ``qidxs`` and ``pidxs`` (pairs,)
+    int64 indices into ``cids``."""
+
+    split: str
+    cids: tuple[str, ...]
+    cluster: np.ndarray
+    qidxs: np.ndarray
+    pidxs: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.cids)
+
+    @property
+    def n_pairs(self) -> int:
+        return int(self.qidxs.size)
+
+    @property
+    def n_clusters(self) -> int:
+        return int(np.unique(self.cluster).size)
+
+    def image_paths(self, ims_root: str | os.PathLike) -> list[Path]:
+        """Each image's path under the extracted ``ims`` folder (cirtorch's ``cid2filename``)."""
+        return [cid2filename(c, ims_root) for c in self.cids]
+
+
+def tuples_from_db(db: Mapping[str, Any], split: str, source: str = "database") -> SfMTuples:
+    """Check and convert ``db[split]`` of an unpickled ``retrieval-SfM-120k.pkl``."""
+    if split not in SPLITS:
+        raise ValueError(f"SfM-120k tuples: split must be one of {SPLITS}, not {split!r}")
+    if split not in db:
+        raise KeyError(f"{source}: no {split!r} split (keys {sorted(db)})")
+    part = db[split]
+    missing = [k for k in ("cids", "cluster", "qidxs", "pidxs") if k not in part]
+    if missing:
+        raise KeyError(f"{source}[{split!r}]: missing {missing}")
+    cids = tuple(str(c) for c in part["cids"])
+    cluster = np.asarray(part["cluster"], dtype=np.int64).reshape(-1)
+    qidxs = np.asarray(part["qidxs"], dtype=np.int64).reshape(-1)
+    pidxs = np.asarray(part["pidxs"], dtype=np.int64).reshape(-1)
+    n = len(cids)
+    if cluster.size != n:
+        raise ValueError(f"{source}[{split!r}]: {cluster.size} cluster ids for {n} images")
+    if qidxs.size != pidxs.size:
+        raise ValueError(f"{source}[{split!r}]: {qidxs.size} queries but {pidxs.size} positives")
+    for name, v in (("qidxs", qidxs), ("pidxs", pidxs)):
+        if v.size and (v.min() < 0 or v.max() >= n):
+            raise ValueError(f"{source}[{split!r}]: {name} outside the {n} images")
+    return SfMTuples(split, cids, cluster, qidxs, pidxs)
+
+
+def read_sfm120k_tuples(
+    path: str | os.PathLike,
+    split: str,
+    expected_sha256: str | None = None,
+    lock_file: str | os.PathLike | None = None,
+) -> SfMTuples:
+    """The ``split`` ('train' or 'val') of a ``retrieval-SfM-120k.pkl`` file, unpickled by
+    ``safe_load_pickle`` (hash checked against ``expected_sha256`` or the lock file)."""
+    db = safe_load_pickle(path, expected_sha256, lock_file)
+    if not isinstance(db, Mapping):
+        raise ValueError(f"{path}: not a SfM-120k database (a {type(db).__name__})")
+    return tuples_from_db(db, split, source=str(path))
+
+
+def sfm120k_tuples(
+    split: str, data_root: str | os.PathLike | None = None, download: bool = False
+) -> SfMTuples:
+    """The ``split`` of ``<data_root>/train/retrieval-SfM-120k/retrieval-SfM-120k.pkl``
+    (where ``retrieval.whitening_images`` finds it), downloaded with ``download=True``."""
+    root = resolve_data_root(data_root)
+    pkl = root / "train" / SFM_NAME / f"{SFM_NAME}.pkl"
+    if not pkl.is_file():
+        if not download:
+            raise FileNotFoundError(f"SfM-120k database {pkl} not found (download=True fetches it)")
+        dl.download_entry(DB_KEY, root)
+    return read_sfm120k_tuples(pkl, split, lock_file=root / dl.LOCK_NAME)
