@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from regattn_lib.attention import RegionalAttention
+from regattn_lib.core.attention import RegionalAttention
+from regattn_lib.core.descriptor import pool_regions, weighted_l2_mean, whiten_regions
+from regattn_lib.core.whitening import learn_pca_whitening
 from regattn_lib.datasets.downloads import ChecksumError
 from regattn_lib.datasets.retrieval import cid2filename
 from regattn_lib.datasets.safe_pickle import safe_load_pickle
 from regattn_lib.datasets.sfm120k_tuples import read_sfm120k_tuples, sfm120k_tuples
-from regattn_lib.descriptor import pool_regions, weighted_l2_mean, whiten_regions
-from regattn_lib.heads import RegionalHead
+from regattn_lib.extraction import methods
 from regattn_lib.training.metric import (
     ContrastiveLoss,
     cache_regions,
@@ -38,7 +39,6 @@ from regattn_lib.training.metric_train import (
     split_map,
     train_metric_attention,
 )
-from regattn_lib.whitening import learn_pca_whitening
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -160,7 +160,7 @@ def test_cached_descriptor_is_the_extraction_heads():
     att = RegionalAttention(16, hidden=8, context=True)
     gen = torch.Generator().manual_seed(2)
     w = learn_pca_whitening(torch.randn(300, 16, generator=gen))
-    head = RegionalHead(levels=3, attention=att, whitening=w)
+    head = methods.build_head(methods.method_of(att), levels=3, attention=att, whitening=w)
     xs, ks, gs, extracted = [], [], [], []
     for h, wd in ((256, 320), (320, 256), (256, 256)):
         images = torch.zeros(2, 3, h, wd, dtype=torch.uint8)

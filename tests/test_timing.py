@@ -16,7 +16,6 @@ from torch import nn
 from regattn_lib.datasets import images as I
 from regattn_lib.experiments import pipeline as P
 from regattn_lib.experiments import studies as S
-from regattn_lib.experiments import tables as T
 from regattn_lib.experiments import timing as T
 from regattn_lib.experiments.bench_report import device_name
 from regattn_lib.experiments.profiles import PAPER, get_profile

@@ -10,7 +10,6 @@ from torch import nn
 
 from regattn_lib.core.attention import RegionalAttention
 from regattn_lib.experiments import pipeline as P
-from regattn_lib.experiments import studies as S
 from regattn_lib.experiments import tables as T
 from regattn_lib.experiments import training_plan as TP
 from regattn_lib.experiments.reports import PAPER_ABLATION

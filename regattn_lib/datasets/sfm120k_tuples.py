@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from ..paths import data_root as resolve_data_root
-from . import downloads as dl
-from .retrieval import SFM_NAME, cid2filename
-from .safe_pickle import safe_load_pickle
+from regattn_lib.datasets import downloads as dl
+from regattn_lib.datasets.retrieval import SFM_NAME, cid2filename
+from regattn_lib.datasets.safe_pickle import safe_load_pickle
+from regattn_lib.runtime.paths import data_root as resolve_data_root
 
 #: The splits of ``retrieval-SfM-120k.pkl``.
 SPLITS = ("train", "val")

@@ -10,7 +10,7 @@ github.com/filipradenovic/cnnimageretrieval-pytorch):
   ``TuplesDataset.create_epoch_tuples``;
 - ``cache_regions`` / ``describe_cached``: the descriptor that is trained, made of the library's
   own ``attention_weights``, ``whiten_regions`` and ``weighted_l2_mean`` (what
-  ``heads.RegionalHead`` extracts with), so the trained descriptor is the extracted one. The
+  ``extraction.heads.RegionalHead`` extracts with), so the trained descriptor is the extracted one. The
   whitened, normalised regions are frozen: they are computed once, and an epoch costs only the
   attention;
 - ``init_alpha_one``: an attention that gives alpha = 1 exactly (R-MAC) to start from, so model
@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attention import RegionalAttention
-from ..descriptor import attention_weights, weighted_l2_mean, whiten_regions
-from ..whitening import PCAWhitening
+from regattn_lib.core.attention import RegionalAttention
+from regattn_lib.core.descriptor import attention_weights, weighted_l2_mean, whiten_regions
+from regattn_lib.core.whitening import PCAWhitening
 
 #: cirtorch's default contrastive margin (``ContrastiveLoss(margin=0.7)``).
 CONTRASTIVE_MARGIN = 0.7

@@ -24,9 +24,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..evaluate import compute_map
-from ..search import cosine_ranks
-from .metric import (
+from regattn_lib.core.evaluate import compute_map
+from regattn_lib.core.search import cosine_ranks
+from regattn_lib.training.metric import (
     CONTRASTIVE_MARGIN,
     NEGATIVES,
     RegionCache,
