@@ -36,7 +36,7 @@ from .images import (
 from .paths import data_root as resolve_data_root
 from .paths import results_root
 from .profiles import Profile, get_profile
-from .whitening import PCAWhitening
+from .whitening import CrosswiseWhitening, PCAWhitening
 
 try:  # HEIC/HEIF photos (phones) decode only with this optional plug-in
     import pillow_heif
@@ -174,6 +174,13 @@ def _whitening(ctx: Any, notes: list[str]) -> tuple[PCAWhitening | None, str]:
             "descriptors are not whitened"
         )
         return None, "none"
+    if isinstance(w, CrosswiseWhitening):  # own photos: the first test set's whitening
+        first = ctx.profile.datasets[0]
+        w = w.for_dataset(first)
+        return (
+            w,
+            f"PCA {w.in_dim} -> {w.out_dim}, cached (crosswise: {first}'s, {w.meta.get('set')})",
+        )
     return w, f"PCA {w.in_dim} -> {w.out_dim}, cached ({ctx.profile.whitening_set})"
 
 

@@ -22,7 +22,7 @@ from .regions import rmac_regions
 from .reports import side_by_side
 from .stats import paired_gain
 from .timing import time_per_image
-from .whitening import PCAWhitening
+from .whitening import CrosswiseWhitening, PCAWhitening
 
 #: Column naming where each row's attention weights came from (``pipeline.provenance``).
 WEIGHTS = "weights"
@@ -282,7 +282,7 @@ def ablation(
             table[col] = values
     if timing:
         ds = P.dataset(ctx, ctx.profile.datasets[0])
-        t = time_per_image(ctx, ds, heads, n_timing)
+        t = time_per_image(ctx, ds, P.heads_for_dataset(heads, ds.name), n_timing)
         table["time_s"] = [t[m].median_s for m in heads]
         first = next(iter(t.values()))
         table.attrs["notes"] = [
@@ -291,7 +291,7 @@ def ablation(
             f"{first.device}, {first.precision}"
         ]
         table.attrs["timing"] = {m: asdict(v) for m, v in t.items()}
-    return table
+    return P.untrained_rows(ctx, table)
 
 
 def rpn_ablation(ctx: P.Context, whitening: PCAWhitening) -> tuple[pd.DataFrame, str]:
@@ -317,7 +317,7 @@ def rpn_ablation(ctx: P.Context, whitening: PCAWhitening) -> tuple[pd.DataFrame,
         table[name] = [maps[m] for m in heads]
         for col, values in gain_intervals(aps, next(iter(heads)), name).items():
             table[col] = values
-    return table, rpn.label
+    return P.untrained_rows(ctx, table), rpn.label
 
 
 def scale_study(
@@ -475,13 +475,17 @@ def whitening_study(ctx: P.Context, dims: Sequence[int | None]) -> pd.DataFrame:
         w = P.learn_whitening(ctx, n_components=d)
         label = f"R-MAC + PCA-whitening {w.out_dim}-d"
         heads[label] = methods.build_head("rmac", levels=ctx.profile.levels, whitening=w)
-        info[label] = w.meta["n_vectors"]
+        info[label] = w.meta.get("n_vectors")  # a crosswise whitening: per dataset, below
     rows = []
     for name in ctx.profile.datasets:
         ds = P.dataset(ctx, name)
         scores = P.score(P.describe(ctx, ds, heads), ds)
         for m, s in scores.items():
-            row = {"dataset": name, "method": m, "whitening vectors": info.get(m, 0)}
+            w = getattr(heads[m], "whitening", None)
+            n_vectors = info.get(m, 0)
+            if isinstance(w, CrosswiseWhitening):
+                n_vectors = w.for_dataset(name).meta["n_vectors"]
+            row = {"dataset": name, "method": m, "whitening vectors": n_vectors}
             row.update({f"{p} mAP": v["map"] for p, v in s["protocols"].items()})
             rows.append(row)
     return pd.DataFrame(rows)

@@ -96,7 +96,7 @@ def cached_source(ctx: P.Context, dataset: str | None = None) -> ExplorerSource:
     ds = P.dataset(ctx, dataset or ctx.profile.datasets[0])
     whitening = cached_whitening(ctx)
     attentions = P.available_attention(ctx)
-    heads = P.ablation_heads(ctx, whitening, attentions)
+    heads = P.heads_for_dataset(P.ablation_heads(ctx, whitening, attentions), ds.name)
     return ExplorerSource(ds, heads, attentions, cached_descriptors(ctx, ds, heads))
 
 
