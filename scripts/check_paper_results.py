@@ -371,8 +371,9 @@ FORBIDDEN_REQUESTS = (
     ("retrieval-SfM", "SfM-120k", lambda p: p.whitening_set in ("sfm120k", "retrieval-SfM-120k")),
     ("revisitop1m", "distractors", lambda p: p.distractors is not None),
     ("flickr100k", "distractors", lambda p: p.distractors is not None),
-    ("imagenet", "ImageNet", lambda p: p.train.train_set is not None),
+    # ImageNet itself (never downloaded: a local folder), not the ImageNet-trained networks
     ("ILSVRC", "ImageNet", lambda p: p.train.train_set is not None),
+    ("image-net.org", "ImageNet", lambda p: p.train.train_set is not None),
 )
 
 

@@ -1041,7 +1041,7 @@ def test_quick_rehearsal_end_to_end(tmp_path):
     work = tmp_path / "regattn-rehearsal-ci-quick"
     paths = [r["path"] for r in LM.read_log(work / "mirror.log")]
     assert paths and not [
-        p for p in paths if any(s in p for s in ("revisitop1m", "/data/train/", "imagenet"))
+        p for p in paths if any(s in p for s in ("revisitop1m", "/data/train/", "ILSVRC"))
     ]
     tables = work / "results" / "paper-quick" / "tables"
     abl = pd.read_csv(tables / "ablation.csv").set_index("method")
