@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run the notebook series end to end with papermill.
-#   ./run_all.sh [--profile smoke|demo|paper] [--device auto|cpu|cuda] [--from NN] [--only NN]
+#   ./run_all.sh [--profile smoke|demo|paper-quick|paper] [--device auto|cpu|cuda] [--from NN] [--only NN]
 #                [--overrides FILE.yaml]
 # Executed notebooks go to results/<profile>/notebooks/, tables and figures beside them.
 # Stops at the first failing notebook, naming it and its failing cell; earlier results stay,
@@ -21,7 +21,7 @@ while [ $# -gt 0 ]; do
     *) echo "run_all.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
-case "$profile" in smoke|demo|paper) ;; *) echo "run_all.sh: unknown profile '$profile' (smoke, demo, paper)" >&2; exit 2 ;; esac
+case "$profile" in smoke|demo|paper-quick|paper) ;; *) echo "run_all.sh: unknown profile '$profile' (smoke, demo, paper-quick, paper)" >&2; exit 2 ;; esac
 if [ "${REGATTN_SKIP_SETUP:-0}" = 1 ]; then
   PY=${REGATTN_PYTHON:-.venv/bin/python}
   command -v "$PY" >/dev/null || { echo "run_all.sh: REGATTN_SKIP_SETUP=1 but no Python at $PY" >&2; exit 2; }

@@ -1,6 +1,7 @@
 """Check that a paper-profile results folder holds every table of the paper, complete (issue 11).
 
     python scripts/check_paper_results.py RESULTS_DIR [--expected expected.json]
+        [--profile paper|paper-quick] [--mirror-log mirror.log [--mirror-log-from N]]
 
 ``RESULTS_DIR`` is ``results/<profile>/`` (its ``tables/`` is read). Exits 0 when everything
 holds, else 1 after naming every problem:
@@ -24,6 +25,13 @@ holds, else 1 after naming every problem:
   match, the known-answer queries have AP 100 in every AP column of ``per_query``, and the
   images the fixture made unusable (a distractor a few pixels wide, a whitening image 30 px
   high) are named in a report beside the results (a table or metrics file).
+- with ``--profile paper-quick`` (issue 23), what that profile leaves out by design: no
+  ``oxford105k`` / ``paris106k`` columns (no distractors), and the '+ regional attention' rows
+  present with the paper's values but empty, labelled as needing training (it trains nothing);
+  the skipped images it never reads (distractors, SfM-120k) are not required in a report.
+- with ``--mirror-log`` (the loopback mirror's request log; records from line
+  ``--mirror-log-from`` on): no request for a file the profile does not need (SfM-120k,
+  distractors, ImageNet).
 """
 
 from __future__ import annotations
@@ -42,7 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from regattn_lib.experiments.profiles import PAPER  # noqa: E402 - after the path set-up
+from regattn_lib.experiments.profiles import PAPER, Profile, get_profile  # noqa: E402 - after the path set-up
 from regattn_lib.experiments.reports import PAPER_ABLATION, PAPER_RPN, PAPER_SOTA  # noqa: E402
 
 #: Tables with the paper's values beside ours: name -> (paper table, its columns).
@@ -132,9 +140,40 @@ def _check_label(name: str, row: str, label: Any, problems: list[str]) -> None:
         )
 
 
-def check_paper_table(df: pd.DataFrame, name: str, problems: list[str]) -> None:
-    """Rows and columns of the paper, its values, our finite values, diffs and labels."""
-    paper, cols = PAPER_TABLES[name]
+#: Where a row a profile does not compute says why: "needs training" (pipeline.NOT_TRAINED).
+NEEDS_TRAINING = "needs training"
+
+
+def untrained_rows(profile: Profile) -> frozenset[str]:
+    """Attention rows ``profile`` leaves empty by design: '+ regional attention' when it trains
+    nothing (``train.train_set=None``: the authors released only the context-aware model)."""
+    return frozenset(MUST_BE_TRAINED) if profile.train.train_set is None else frozenset()
+
+
+def table_columns(name: str, profile: Profile) -> tuple[str, ...]:
+    """The paper's columns of table ``name`` that ``profile`` computes (no 105k/106k columns
+    without distractors)."""
+    cols = PAPER_TABLES[name][1]
+    if profile.distractors is None:
+        cols = tuple(c for c in cols if c not in ("oxford105k", "paris106k"))
+    return cols
+
+
+def check_paper_table(
+    df: pd.DataFrame,
+    name: str,
+    problems: list[str],
+    cols: Sequence[str] | None = None,
+    untrained: Iterable[str] = (),
+) -> None:
+    """Rows and columns of the paper, its values, our finite values, diffs and labels.
+
+    ``cols``: the paper's columns required (default: all of them); ``untrained``: rows that
+    must be there with the paper's values but may be empty when labelled as needing training.
+    """
+    paper, all_cols = PAPER_TABLES[name]
+    cols = tuple(all_cols if cols is None else cols)
+    untrained = frozenset(untrained)
     wanted = [f"{c} {s}" for c in cols for s in ("paper", "ours", "diff")]
     if not _need_columns(df, name, ["method", "weights", *wanted], problems):
         return
@@ -156,6 +195,8 @@ def check_paper_table(df: pd.DataFrame, name: str, problems: list[str]) -> None:
                     f"the paper has {_show(pv)}"
                 )
             if not _finite(ours):
+                if not computed and method in untrained:
+                    continue
                 if computed or method not in PAPER_ONLY_ROWS:
                     problems.append(
                         f"{name}: row {method!r}, column '{c} ours' is {_show(ours)}, "
@@ -169,6 +210,11 @@ def check_paper_table(df: pd.DataFrame, name: str, problems: list[str]) -> None:
                 )
         if computed:
             _check_label(name, method, row["weights"], problems)
+        elif method in untrained and NEEDS_TRAINING not in str(row["weights"]):
+            problems.append(
+                f"{name}: row {method!r} is empty but its 'weights' ({_show(row['weights'])}) "
+                f"does not say it {NEEDS_TRAINING}"
+            )
     for _, row in df.iterrows():
         method = str(row["method"])
         if method not in set(paper["method"]):  # our extra rows (MAC, SPoC, ...)
@@ -181,12 +227,14 @@ def check_paper_table(df: pd.DataFrame, name: str, problems: list[str]) -> None:
             _check_label(name, method, row["weights"], problems)
 
 
-def check_scale_study(df: pd.DataFrame, levels: Sequence[int], problems: list[str]) -> None:
+def check_scale_study(
+    df: pd.DataFrame, levels: Sequence[int], problems: list[str], untrained: Iterable[str] = ()
+) -> None:
     name = "scale_study"
     if not _need_columns(df, name, ["dataset", "method", "levels", "mAP", "weights"], problems):
         return
     for ds in CLASSIC_SETS:
-        for method in ABLATION_METHODS:
+        for method in [m for m in ABLATION_METHODS if m not in set(untrained)]:
             for lv in levels:
                 sel = df[(df["dataset"] == ds) & (df["method"] == method) & (df["levels"] == lv)]
                 if sel.empty:
@@ -304,16 +352,66 @@ def check_skipped_reported(results_dir: Path, names: Sequence[str], problems: li
             )
 
 
+def skipped_to_report(expected: dict, profile: Profile) -> list[str]:
+    """The fixture's unusable images that ``profile`` reads: a profile without distractors
+    never sees the tiny distractor, one not whitened on SfM-120k never the small SfM image."""
+    names = list(expected.get("must_report_skipped", []))
+    unused: set[str] = set()
+    if profile.distractors is None and expected.get("distractors", {}).get("tiny"):
+        unused.add(Path(expected["distractors"]["tiny"]).stem)
+    if profile.whitening_set not in ("sfm120k", "retrieval-SfM-120k"):
+        unused.update(expected.get("whitening", {}).get("under_200px", []))
+    return [n for n in names if n not in unused]
+
+
+#: Mirror paths a profile may not request: (pattern, what it is, whether the profile needs it).
+FORBIDDEN_REQUESTS = (
+    # cirtorch's training data: data/train/ims/ims.tar.gz and data/train/dbs/retrieval-SfM-*.pkl
+    ("/data/train/", "SfM-120k", lambda p: p.whitening_set in ("sfm120k", "retrieval-SfM-120k")),
+    ("retrieval-SfM", "SfM-120k", lambda p: p.whitening_set in ("sfm120k", "retrieval-SfM-120k")),
+    ("revisitop1m", "distractors", lambda p: p.distractors is not None),
+    ("flickr100k", "distractors", lambda p: p.distractors is not None),
+    # ImageNet itself (never downloaded: a local folder), not the ImageNet-trained networks
+    ("ILSVRC", "ImageNet", lambda p: p.train.train_set is not None),
+    ("image-net.org", "ImageNet", lambda p: p.train.train_set is not None),
+)
+
+
+def check_requests(
+    log: Path, profile: Profile, problems: list[str], start: int = 0
+) -> list[dict[str, Any]]:
+    """No request of the mirror's log (from record ``start`` on) is for a file ``profile`` does
+    not need. Returns the records checked."""
+    records = []
+    for line in log.read_text().splitlines()[start:]:
+        if line.strip():
+            records.append(json.loads(line))
+    for pattern, what, needed in FORBIDDEN_REQUESTS:
+        if needed(profile):
+            continue
+        hits = sorted({r["path"] for r in records if pattern.lower() in r["path"].lower()})
+        if hits:
+            problems.append(
+                f"requests: profile {profile.name} requested {len(hits)} {what} file(s) it does "
+                f"not need, e.g. {hits[0]}"
+            )
+    return records
+
+
 def check_results(
     results_dir: str | Path,
     expected: dict | None = None,
     levels: Sequence[int] | None = None,
+    profile: str | Profile = "paper",
 ) -> list[str]:
     """Every problem found in ``results_dir/tables/`` (empty: all checks pass).
 
     ``expected``: the fixture's ``expected.json`` (dataset counts, known-answer queries), or
-    ``None``. ``levels``: the scale study's levels L (default ``PAPER.scale_levels``).
+    ``None``. ``levels``: the scale study's levels L (default the profile's ``scale_levels``).
+    ``profile``: what the results were made with (``paper`` or ``paper-quick``).
     """
+    prof = get_profile(profile)
+    untrained = untrained_rows(prof)
     tables = Path(results_dir) / "tables"
     problems: list[str] = []
     if not tables.is_dir():
@@ -321,10 +419,10 @@ def check_results(
     for name in PAPER_TABLES:
         df = _read(tables, name, problems)
         if df is not None:
-            check_paper_table(df, name, problems)
+            check_paper_table(df, name, problems, table_columns(name, prof), untrained)
     df = _read(tables, "scale_study", problems)
     if df is not None:
-        check_scale_study(df, list(levels or PAPER.scale_levels), problems)
+        check_scale_study(df, list(levels or prof.scale_levels), problems, untrained)
     df = _read(tables, "revisited", problems)
     if df is not None:
         check_revisited(df, problems)
@@ -336,7 +434,7 @@ def check_results(
         check_datasets(df, expected, problems)
     if expected:
         check_known_answer(tables, expected, problems)
-        check_skipped_reported(Path(results_dir), expected.get("must_report_skipped", []), problems)
+        check_skipped_reported(Path(results_dir), skipped_to_report(expected, prof), problems)
     return problems
 
 
@@ -356,9 +454,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help=f"scale-study levels required (default {list(PAPER.scale_levels)})",
     )
+    ap.add_argument("--profile", default="paper", help="paper (default) or paper-quick")
+    ap.add_argument(
+        "--mirror-log",
+        type=Path,
+        default=None,
+        help="the loopback mirror's request log: no file the profile does not need requested",
+    )
+    ap.add_argument(
+        "--mirror-log-from", type=int, default=0, help="first record of this run in the log"
+    )
     args = ap.parse_args(argv)
     expected = json.loads(args.expected.read_text()) if args.expected else None
-    problems = check_results(args.results_dir, expected, args.levels)
+    problems = check_results(args.results_dir, expected, args.levels, args.profile)
+    n_requests = None
+    if args.mirror_log is not None:
+        records = check_requests(
+            args.mirror_log, get_profile(args.profile), problems, args.mirror_log_from
+        )
+        n_requests = len(records)
     if problems:
         print(
             f"check_paper_results: {len(problems)} problem(s) in {args.results_dir}:",
@@ -372,6 +486,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if (expected and expected.get("known_answer"))
         else ""
     )
+    if n_requests is not None:
+        known += f"; none of the mirror's {n_requests} requests was for a file {args.profile} does not need"
     print(f"check_paper_results: all tables complete in {args.results_dir}{known}")
     return 0
 

@@ -2,13 +2,16 @@
 # Dress rehearsal of the paper profile (issue 11): the real ./run_all.sh --profile paper on
 # miniature, format-faithful copies of every remote file, served by a loopback mirror.
 #
-#   scripts/rehearse_paper.sh [NAME] [--fresh] [-- RUN_ALL_OPTIONS...]
+#   scripts/rehearse_paper.sh [NAME] [--fresh] [--quick] [-- RUN_ALL_OPTIONS...]
 #
-# NAME (default "rehearsal") names the work folder
+# --quick rehearses ./run_all.sh --profile paper-quick (issue 23) instead of paper: no SfM-120k,
+# distractors or ImageNet; the check then also reads this run's requests in mirror.log and fails
+# on any request for such a file. NAME (default "rehearsal", "quick" with --quick) names the
+# work folder
 #   ${REHEARSAL_ROOT:-${TMPDIR:-/tmp}}/regattn-rehearsal-NAME/
 #     fixtures/   scripts/paper_fixtures.py output (reused when complete)
 #     data/       the data root ($REGATTN_DATA): downloads, extractions, caches
-#     results/    $REGATTN_RESULTS unless the caller sets it: tables in results/paper/tables
+#     results/    $REGATTN_RESULTS unless the caller sets it: tables in results/<profile>/tables
 #     mirror.log  one JSON line per request the mirror served (all runs appended)
 # A second run with the same NAME resumes from the data root like a user's rerun; --fresh
 # deletes the work folder first. Options after -- go to run_all.sh (e.g. -- --from 05); the
@@ -24,16 +27,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
-name=rehearsal fresh=0 run_all_args=()
+name="" fresh=0 run_all_args=() profile=paper
 while [ $# -gt 0 ]; do
   case "$1" in
     --fresh) fresh=1; shift ;;
+    --quick) profile=paper-quick; shift ;;
     --) shift; run_all_args=("$@"); break ;;
-    -h|--help) sed -n 2,24p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,28p "$0"; exit 0 ;;
     -*) echo "rehearse_paper.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
     *) name=$1; shift ;;
   esac
 done
+[ -n "$name" ] || { [ "$profile" = paper ] && name=rehearsal || name=quick; }
 case "$name" in *[!A-Za-z0-9._-]*|"") echo "rehearse_paper.sh: bad NAME '$name'" >&2; exit 2 ;; esac
 
 work=${REHEARSAL_ROOT:-${TMPDIR:-/tmp}}/regattn-rehearsal-$name
@@ -98,8 +103,8 @@ export REGATTN_IMPORT_FROM=  # nothing comes from a local copy: everything throu
 # the 48 whitening images make several: a size, like the overrides
 export REGATTN_SHARD_IMAGES=${REGATTN_SHARD_IMAGES:-40}
 mkdir -p "$REGATTN_DATA/train"
-# ImageNet is never downloaded: the user puts it in the data root, as here
-if [ ! -d "$REGATTN_DATA/train/imagenet" ]; then
+# ImageNet is never downloaded: the user puts it in the data root, as here (paper-quick: unused)
+if [ "$profile" = paper ] && [ ! -d "$REGATTN_DATA/train/imagenet" ]; then
   rm -rf "$REGATTN_DATA/train/imagenet.tmp"
   cp -r "$fixtures/local/train/imagenet" "$REGATTN_DATA/train/imagenet.tmp"
   mv "$REGATTN_DATA/train/imagenet.tmp" "$REGATTN_DATA/train/imagenet"
@@ -107,8 +112,9 @@ fi
 
 start=$(date +%s)
 status=0
-say "./run_all.sh --profile paper --device cpu --overrides $fixtures/overrides.yaml ${run_all_args[*]}"
-./run_all.sh --profile paper --device cpu --overrides "$fixtures/overrides.yaml" "${run_all_args[@]}" || status=$?
+log_from=$( [ -f "$work/mirror.log" ] && wc -l < "$work/mirror.log" || echo 0 )
+say "./run_all.sh --profile $profile --device cpu --overrides $fixtures/overrides.yaml ${run_all_args[*]}"
+./run_all.sh --profile "$profile" --device cpu --overrides "$fixtures/overrides.yaml" "${run_all_args[@]}" || status=$?
 say "run_all.sh exited $status after $(( $(date +%s) - start )) s"
 stop_mirror
 [ "$status" -eq 0 ] || exit "$status"
@@ -119,4 +125,6 @@ if [ "$partial" = 1 ]; then
   say "partial series (${run_all_args[*]}): result check skipped"
   exit 0
 fi
-"$PY" scripts/check_paper_results.py "$REGATTN_RESULTS/paper" --expected "$fixtures/expected.json"
+check_args=(--profile "$profile")
+[ "$profile" = paper ] || check_args+=(--mirror-log "$work/mirror.log" --mirror-log-from "$log_from")
+"$PY" scripts/check_paper_results.py "$REGATTN_RESULTS/$profile" --expected "$fixtures/expected.json" "${check_args[@]}"

@@ -971,3 +971,101 @@ def test_interrupted_rehearsal_reruns_download_and_extract_nothing_twice(tmp_pat
     for marker, mtime in markers1.items():
         assert marker.stat().st_mtime_ns == mtime, f"{marker}: archive extracted again"
     assert list(cache.glob("*.pt")), "the distractor descriptors were not cached"
+
+
+# ----------------------------------------------------------------------------- paper-quick
+def _quick_tables(good: Path) -> None:
+    """The good tables as the paper-quick profile writes them: no trained regional attention
+    (its rows empty, labelled as needing training), no 105k/106k columns."""
+    from regattn_lib.experiments.pipeline import NOT_TRAINED
+
+    def untrained(df):
+        sel = df["method"] == "+ regional attention"
+        for c in df.columns:
+            if c.endswith((" ours", " diff")):
+                df.loc[sel, c] = np.nan
+        df.loc[sel, "weights"] = NOT_TRAINED
+        return df
+
+    _edit(good, "ablation", untrained)
+    _edit(good, "rpn", untrained)
+    _edit(good, "sota", lambda df: df[[c for c in df.columns if "10" not in c.split()[0]]])
+    _edit(good, "scale_study", lambda df: df[df["method"] != "+ regional attention"])
+
+
+def test_checker_paper_quick_allows_what_the_profile_leaves_out(good):
+    _quick_tables(good)
+    assert CK.check_results(good, EXPECTED, profile="paper-quick") == []
+    # the full profile's check still wants them
+    problems = CK.check_results(good, EXPECTED)
+    assert any("'+ regional attention', column 'oxford5k ours' is nan" in p for p in problems)
+    assert any("oxford105k" in p for p in problems)
+    # an empty row must say why, and the paper's values must stay
+    _edit(
+        good,
+        "ablation",
+        lambda df: df.assign(
+            weights=df["weights"].replace(
+                df.loc[df["method"] == "+ regional attention", "weights"].iloc[0], "paper only"
+            )
+        ),
+    )
+    _edit(good, "rpn", lambda df: df.assign(**{"paris6k paper": 1.0}))
+    problems = CK.check_results(good, EXPECTED, profile="paper-quick")
+    assert any("ablation: row '+ regional attention' is empty" in p for p in problems)
+    assert any(
+        "rpn: row '+ regional attention', column 'paris6k paper' is 1" in p for p in problems
+    )
+
+
+def test_checker_reads_the_mirror_log_for_unneeded_requests(tmp_path):
+    log = tmp_path / "mirror.log"
+    ok = {"path": "www.robots.ox.ac.uk/~vgg/data/oxbuildings/oxbuild_images-v1.tgz"}
+    sfm = {"path": "cmp.felk.cvut.cz/cnnimageretrieval/data/train/ims/ims.tar.gz"}
+    rev = {"path": "ptak.felk.cvut.cz/revisitop/revisitop1m/jpg/revisitop1m.1.tar.gz"}
+    log.write_text("".join(json.dumps(r) + "\n" for r in (sfm, ok, rev)))
+    quick = CK.get_profile("paper-quick")
+    problems: list[str] = []
+    CK.check_requests(log, quick, problems)
+    assert len(problems) == 2 and "SfM-120k" in problems[0] and "distractors" in problems[1]
+    problems = []
+    assert len(CK.check_requests(log, quick, problems, start=1)) == 2 and len(problems) == 1
+    problems = []
+    CK.check_requests(log, CK.get_profile("paper"), problems)
+    assert problems == []
+
+
+@pytest.mark.slow  # about a minute on 2 cores: no training, distractors or SfM-120k
+def test_quick_rehearsal_end_to_end(tmp_path):
+    """scripts/rehearse_paper.sh --quick: the real run_all.sh --profile paper-quick on the
+    miniature mirror; the tables have the paper's rows and values and finite values of ours, and
+    the mirror's log shows no request for SfM-120k, distractor or ImageNet files."""
+    _need_official_weights()
+    log = tmp_path / "quick.log"
+    proc = _rehearsal(tmp_path, "ci-quick", "--fresh", "--quick", log=log)
+    try:
+        rc = proc.wait(timeout=900)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert rc == 0, _tail(log)
+    text = log.read_text()
+    assert "check_paper_results: all tables complete" in text and "does not need" in text
+    assert "downloads 10 files" in text  # the preflight's count of the profile's files
+    work = tmp_path / "regattn-rehearsal-ci-quick"
+    paths = [r["path"] for r in LM.read_log(work / "mirror.log")]
+    assert paths and not [
+        p for p in paths if any(s in p for s in ("revisitop1m", "/data/train/", "ILSVRC"))
+    ]
+    tables = work / "results" / "paper-quick" / "tables"
+    abl = pd.read_csv(tables / "ablation.csv").set_index("method")
+    assert abl.loc["+ regional attention", "oxford5k paper"] == 74.9
+    assert np.isnan(abl.loc["+ regional attention", "oxford5k ours"])
+    assert "--profile paper" in abl.loc["+ regional attention", "weights"]
+    assert np.isfinite(abl.loc[["R-MAC + PCA", "+ context awareness"], "paris6k ours"]).all()
+    sota = pd.read_csv(tables / "sota.csv")
+    assert not [c for c in sota.columns if "105k" in c or "106k" in c]
+    for name in ("ablation", "rpn", "sota", "scale_study", "revisited", "whitening"):
+        md = (tables / f"{name}.md").read_text()
+        assert "crosswise" in md and "PCA Landmark" in md, name
+    assert "no Oxford105k / Paris106k columns" in (tables / "sota.md").read_text()

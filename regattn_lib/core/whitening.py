@@ -288,3 +288,56 @@ def learn_pca_whitening(
     info = {"n_vectors": m, "in_dim": c, "out_dim": d}
     info.update(meta or {})
     return PCAWhitening(mean.float(), projection.float(), eigvals.float(), info)
+
+
+@dataclass
+class CrosswiseWhitening:
+    """One ``PCAWhitening`` per evaluated dataset, each learned on another set's images
+    (``whitening_set="crosswise"``: Oxford5k whitened on Paris6k and the reverse, the R-MAC
+    paper's convention). ``by_dataset``: evaluated set -> its whitening; ``partners``:
+    evaluated set -> the set it was learned on.
+
+    It is never applied as such: ``pipeline.describe`` (and ``pipeline.heads_for_dataset``)
+    replace it in each head by the evaluated set's whitening, so no test set is ever whitened
+    with statistics of its own images.
+    """
+
+    by_dataset: dict[str, PCAWhitening]
+    partners: dict[str, str]
+
+    def for_dataset(self, name: str) -> PCAWhitening:
+        try:
+            return self.by_dataset[name]
+        except KeyError:
+            raise KeyError(
+                f"crosswise whitening: no whitening for dataset {name!r} (whitening_partners "
+                f"cover {sorted(self.by_dataset)})"
+            ) from None
+
+    @property
+    def in_dim(self) -> int:
+        return next(iter(self.by_dataset.values())).in_dim
+
+    @property
+    def out_dim(self) -> int:
+        return min(w.out_dim for w in self.by_dataset.values())
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """Per evaluated set: the set the whitening was learned on and its meta."""
+        return {
+            "set": "crosswise",
+            "partners": dict(self.partners),
+            "by_dataset": {k: dict(w.meta) for k, w in self.by_dataset.items()},
+        }
+
+    def truncate(self, n_components: int) -> CrosswiseWhitening:
+        return CrosswiseWhitening(
+            {k: w.truncate(n_components) for k, w in self.by_dataset.items()}, dict(self.partners)
+        )
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        raise TypeError(
+            "a crosswise whitening depends on the evaluated dataset: resolve it first with "
+            "for_dataset(name) (pipeline.heads_for_dataset does so for heads)"
+        )

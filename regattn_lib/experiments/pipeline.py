@@ -20,8 +20,9 @@ from regattn_lib.core.descriptor import SharedSteps, batch_regions
 from regattn_lib.core.evaluate import evaluate
 from regattn_lib.core.qe import average_query_expansion
 from regattn_lib.core.search import cosine_ranks
-from regattn_lib.core.whitening import PCAWhitening, learn_pca_whitening
+from regattn_lib.core.whitening import CrosswiseWhitening, PCAWhitening, learn_pca_whitening
 from regattn_lib.datasets.retrieval import (
+    IMAGE_HOME,
     RetrievalDataset,
     add_distractors,
     load_retrieval_dataset,
@@ -148,6 +149,9 @@ def prepare_data(ctx: Context, progress: bool = True) -> dict[str, Any]:
     for name in dict.fromkeys(p.datasets + p.revisited):
         ds = load_retrieval_dataset(name, ctx.data_root, download=p.download)
         summary[name] = {"database": ds.n_db, "queries": ds.n_queries, "protocols": ds.protocols}
+    if p.whitening_set == CROSSWISE:  # the test sets' own images, loaded above
+        summary["whitening"] = {"set": CROSSWISE, "partners": whitening_partners(p)}
+        return summary
     white = whitening_images(p.whitening_set, ctx.data_root, download=p.download)
     summary["whitening"] = {"set": p.whitening_set, "images": len(white)}
     return summary
@@ -171,9 +175,11 @@ def dataset(ctx: Context, name: str, distractors: bool = False) -> RetrievalData
 
 # ----------------------------------------------------------------------------- whitening
 def _whitening_paths(ctx: Context) -> list[Path]:
-    paths = whitening_images(
-        ctx.profile.whitening_set, ctx.data_root, download=ctx.profile.download
-    )
+    p = ctx.profile
+    if p.whitening_set in p.datasets + p.revisited:  # a test set: its database images
+        paths = list(load_retrieval_dataset(p.whitening_set, ctx.data_root, p.download).db_paths)
+    else:
+        paths = whitening_images(p.whitening_set, ctx.data_root, download=p.download)
     if ctx.profile.whitening_max_images is not None:
         rng = np.random.default_rng(0)
         keep = sorted(
@@ -281,6 +287,8 @@ def learn_whitenings(
     image size, levels, the size rule and the backbone's precision.
     """
     p = ctx.profile
+    if p.whitening_set == CROSSWISE:
+        return _learn_crosswise(ctx, kinds, progress, cached_only, checkpoint_s)
     paths = _whitening_paths(ctx)
     files, common = _whitening_files(ctx, kinds, paths)
     missing = [k for k, f in files.items() if not f.is_file()]
@@ -331,10 +339,115 @@ def learn_whitenings(
     return out
 
 
+#: ``Profile.whitening_set`` of a whitening learned per test set on another set's images.
+CROSSWISE = "crosswise"
+
+
+def whitening_partners(profile: Profile) -> dict[str, str]:
+    """Evaluated test set -> the set its crosswise whitening is learned on (the profile's
+    ``whitening_partners``), for every test set of the profile. Raises ``ValueError`` when a
+    test set has no partner, or its partner is itself or holds the same images (the revisited
+    sets share their classic set's images)."""
+    pairs = {str(a): str(b) for a, b in profile.whitening_partners}
+    out = {}
+    for name in dict.fromkeys(profile.datasets + profile.revisited):
+        partner = pairs.get(name)
+        if partner is None:
+            raise ValueError(
+                f"profile {profile.name!r}: whitening_set='crosswise' but no whitening partner "
+                f"for {name!r} in whitening_partners {profile.whitening_partners}"
+            )
+        if IMAGE_HOME.get(partner, partner) == IMAGE_HOME.get(name, name):
+            raise ValueError(
+                f"profile {profile.name!r}: {name!r} would be whitened on {partner!r}, the same "
+                "images; a crosswise whitening is learned on another set"
+            )
+        out[name] = partner
+    return out
+
+
+def whitening_context(ctx: Context, whitening_set: str) -> Context:
+    """``ctx`` with another whitening set (the backbone shared, the same cache folder)."""
+    shared = ctx.with_backbone(ctx.backbone)
+    return replace(shared, profile=replace(ctx.profile, whitening_set=whitening_set))
+
+
+def _learn_crosswise(
+    ctx: Context,
+    kinds: Sequence[str],
+    progress: bool,
+    cached_only: bool,
+    checkpoint_s: float | None,
+) -> dict[str, CrosswiseWhitening]:
+    """``learn_whitenings`` of ``whitening_set='crosswise'``: one pass (and cache) per partner
+    set, on its database images; each test set gets its partner's whitening. A partner sharing
+    an image name with the set it whitens is refused."""
+    partners = whitening_partners(ctx.profile)
+    learned: dict[str, dict[str, PCAWhitening]] = {}
+    for partner in dict.fromkeys(partners.values()):
+        learned[partner] = learn_whitenings(
+            whitening_context(ctx, partner), kinds, progress, cached_only, checkpoint_s
+        )
+    for name, partner in partners.items():
+        own = load_retrieval_dataset(name, ctx.data_root, check_images=False)
+        other = load_retrieval_dataset(partner, ctx.data_root, check_images=False)
+        shared = set(other.imlist) & (set(own.imlist) | set(own.qimlist))
+        if shared:
+            raise ValueError(
+                f"crosswise whitening: {partner!r} shares {len(shared)} image(s) with {name!r} "
+                f"(e.g. {sorted(shared)[0]}); it cannot whiten it"
+            )
+    return {
+        kind: CrosswiseWhitening(
+            {name: learned[partner][kind] for name, partner in partners.items()}, partners
+        )
+        for kind in kinds
+    }
+
+
+def heads_for_dataset(heads: Mapping[str, Head], name: str) -> dict[str, Head]:
+    """``heads`` with every crosswise whitening replaced by the one for test set ``name``."""
+    out = {}
+    for key, head in heads.items():
+        w = getattr(head, "whitening", None)
+        out[key] = (
+            methods.with_whitening(head, w.for_dataset(name))
+            if isinstance(w, CrosswiseWhitening)
+            else head
+        )
+    return out
+
+
 # ----------------------------------------------------------------------------- attention
 #: Provenance labels of an attention model, shown in every table row that uses one.
 RELEASED, TRAINED = "released weights", "trained here"
 NO_ATTENTION = "none (no attention)"
+#: The label of an attention row a profile without training (paper-quick) leaves empty.
+NOT_TRAINED = (
+    "not computed: needs training on ImageNet (the authors released only the context-aware "
+    "model); ./run_all.sh --profile paper trains it"
+)
+
+
+def untrained_rows(ctx: Context, table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` (one row per ablation method, ``method`` and ``weights`` columns) with an
+    empty row labelled :data:`NOT_TRAINED` for each attention the profile cannot have because
+    it trains nothing (``train.train_set=None``), in the paper's row order."""
+    if ctx.profile.train.train_set is not None:
+        return table
+    rows = []
+    for label, kind in ATTENTION_KINDS.items():
+        if label not in set(table["method"]) and not uses_released_weights(ctx, kind):
+            rows.append({"method": label, "weights": NOT_TRAINED})
+    if not rows:
+        return table
+    out = pd.concat([table, pd.DataFrame(rows)], ignore_index=True)
+    order = list(methods.label(n) for n in methods.ABLATION_METHODS)
+    rank = {m: order.index(m) if m in order else len(order) for m in out["method"]}
+    out = out.iloc[sorted(range(len(out)), key=lambda i: rank[out["method"].iloc[i]])]
+    out = out.reset_index(drop=True)
+    out.attrs = table.attrs
+    return out
 
 
 def attention_file(ctx: Context, kind: str, seed: int | None = None) -> Path:
@@ -458,6 +571,7 @@ def describe(
     ``precision``: the backbone's (``runtime.environment.PRECISIONS``); ``None`` (default) takes the
     profile's (``fp32`` in the paper profile). The cache is keyed by it.
     """
+    heads = heads_for_dataset(heads, ds.name)  # a crosswise whitening: the one for ds
     descs = extract_dataset(
         ds,
         ctx.backbone,

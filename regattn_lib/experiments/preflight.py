@@ -21,6 +21,8 @@ first notebook):
      everything present needs about nothing.
    - memory for the whitening pass (fp64 mean and covariance), against ``MemAvailable``.
    - ImageNet, when the profile trains on it (or ``--train-imagenet``).
+   - what the profile downloads in all (the manifest's estimates, whatever is present) and a
+     rough time for the downloads and the backbone passes (``time_estimate``).
 
 Offline profiles need no network and only get the device check.
 """
@@ -63,11 +65,22 @@ TEST_SET_IMAGES = {
 DESCRIPTORS_PER_TEST_IMAGE = 32
 #: Per distractor image: the 6 state-of-the-art heads, for the Oxford and the Paris table.
 DESCRIPTORS_PER_DISTRACTOR = 12
+#: Images of cirtorch's retrieval-SfM-120k-whiten list, approximately (the time estimate's
+#: whitening pass; the pipeline's 2.4M regional vectors at L = 3 are ~26 per image).
+SFM120K_WHITEN_IMAGES = 92_000
 #: The whitening pass's process besides its matrices: Python, torch, the backbone, decoded images.
 PROCESS_BASE_BYTES = 2 << 30
 #: Regional vectors of one extraction batch (16 images x ~30 regions at L = 3).
 WHITENING_BATCH_VECTORS = 16 * 32
 _UA = {"User-Agent": "regattn/0.1 preflight (+urllib)"}
+#: Assumed for the time estimate, not measured here (no GPU was available): ResNet-101 in fp32 at
+#: 1024 px on one current datacenter GPU, decoding included; the paper's own time column says
+#: 0.095 s per image on a 2018 GPU. ``$REGATTN_IMAGES_PER_S`` replaces it.
+ASSUMED_IMAGES_PER_S = 30.0
+#: Assumed download speed of the time estimate; ``$REGATTN_DOWNLOAD_MBPS`` (MB/s) replaces it.
+ASSUMED_DOWNLOAD_BYTES_PER_S = 20e6
+#: A test image through the backbone and the RPN (the RPN study), in backbone passes.
+RPN_PASS_COST = 1.5
 
 
 @dataclass
@@ -469,6 +482,17 @@ def profile_checks(
     caches = cache_bytes_needed(profile, root, n_distractors)
     need = fetch + extract + caches
     free = shutil.disk_usage(_existing(root)).free
+    n_files, total_fetch, total_extract = profile_download_bytes(profile, root)
+    checks.append(
+        Check(
+            "downloads",
+            True,
+            f"profile {profile.name} downloads {n_files} files, about {total_fetch / 1e9:.1f} GB "
+            f"({total_extract / 1e9:.1f} GB extracted) by the manifest's estimates; "
+            f"{fetch / 1e9:.1f} GB of it still to fetch",
+            required=False,
+        )
+    )
     checks.append(
         Check(
             "disk space",
@@ -481,9 +505,12 @@ def profile_checks(
         )
     )
     checks.append(memory_check(profile))
+    checks.append(time_estimate(profile, fetch))
     imagenet = root / "train" / "imagenet"
     has_imagenet = (imagenet / "train").is_dir() and (imagenet / "val").is_dir()
     trains = profile.train.source == "train" and profile.train.train_set == "imagenet"
+    if profile.train.train_set is None:  # trains nothing (paper-quick)
+        return checks
     checks.append(
         Check(
             "ImageNet (ILSVRC-2012) for training",
@@ -498,6 +525,75 @@ def profile_checks(
         )
     )
     return checks
+
+
+def profile_download_bytes(profile: Profile, root: Path | None = None) -> tuple[int, int, int]:
+    """(files, download bytes, extracted bytes) of everything ``profile`` downloads from an empty
+    data root, by the manifest's own estimates (``approx_bytes`` / ``extracted_bytes``); the
+    distractor archives as ``distractor_plan`` counts them."""
+    from regattn_lib.datasets.manifest import load_manifest
+
+    files = load_manifest()
+    root = Path(root) if root is not None else Path("/nonexistent-data-root")
+    dkeys = distractor_plan(profile, root)[0] if profile.distractors else []
+    keys = profile_keys(profile) + dkeys
+    fetch = sum(int(files[k].get("approx_bytes") or files[k].get("size") or 0) for k in keys)
+    extract = sum(int(files[k].get("extracted_bytes") or 0) for k in keys)
+    return len(keys), fetch, extract
+
+
+def backbone_passes(profile: Profile) -> tuple[float, str]:
+    """Rough number of test-size backbone passes of the whole series (images x passes, a
+    whitening image counted by its area against a test image) and how it was counted.
+
+    Test sets: one pass for the series' regional heads, one for the global baselines and one for
+    the whitening table (classic sets), the RPN study (classic sets, ``RPN_PASS_COST``);
+    distractors: one pass; whitening: two passes (the regional vectors, then the baselines'
+    global ones) over the whitening images at their size. Training is estimated by notebook 02.
+    """
+    test = sum(
+        TEST_SET_IMAGES.get(n, 0) for n in dict.fromkeys(profile.datasets + profile.revisited)
+    )
+    classic = sum(TEST_SET_IMAGES.get(n, 0) for n in profile.datasets)
+    distractors = (profile.n_distractors or 0) if profile.distractors else 0
+    if profile.whitening_set == "crosswise":
+        partners = {b for _, b in profile.whitening_partners}
+        white, what = sum(TEST_SET_IMAGES.get(n, 0) for n in partners), "crosswise"
+    elif profile.whitening_set in ("sfm120k", "retrieval-SfM-120k"):
+        white, what = SFM120K_WHITEN_IMAGES, "SfM-120k"
+    else:
+        white, what = 0, profile.whitening_set
+    area = (profile.whitening_image_size / profile.image_size) ** 2
+    passes = test + classic * (2 + RPN_PASS_COST) + distractors + 2 * white * area
+    detail = (
+        f"{test:,} test images, {classic:,} of them again for the baselines, the whitening table "
+        f"and the RPN, {distractors:,} distractors, 2 x {white:,} whitening images ({what}) at "
+        f"{profile.whitening_image_size} px"
+    )
+    return passes, detail
+
+
+def time_estimate(profile: Profile, fetch_bytes: int) -> Check:
+    """A rough wall time for the downloads still to do and the backbone passes (a note, never
+    required), from ``ASSUMED_IMAGES_PER_S`` / ``ASSUMED_DOWNLOAD_BYTES_PER_S`` or the
+    ``$REGATTN_IMAGES_PER_S`` / ``$REGATTN_DOWNLOAD_MBPS`` the user measured."""
+    ips = float(os.environ.get("REGATTN_IMAGES_PER_S") or ASSUMED_IMAGES_PER_S)
+    bps = float(os.environ.get("REGATTN_DOWNLOAD_MBPS") or ASSUMED_DOWNLOAD_BYTES_PER_S / 1e6) * 1e6
+    passes, detail = backbone_passes(profile)
+    compute = passes / ips
+    download = fetch_bytes / bps
+    train = ""
+    if profile.train.train_set is not None:
+        train = "; plus the training of notebook 02 when its set is present (it states its own)"
+    return Check(
+        "time estimate",
+        True,
+        f"about {(compute + download) / 60:.0f} min on one GPU: downloads {download / 60:.0f} min "
+        f"at {bps / 1e6:.0f} MB/s, backbone ~{passes:,.0f} image passes at {ips:g} img/s "
+        f"({compute / 60:.0f} min; {detail}); speeds assumed, not measured: set "
+        f"REGATTN_IMAGES_PER_S / REGATTN_DOWNLOAD_MBPS to yours{train}",
+        required=False,
+    )
 
 
 def paper_checks(

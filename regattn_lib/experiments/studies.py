@@ -16,7 +16,7 @@ import pandas as pd
 
 from regattn_lib.core.evaluate import per_query_table
 from regattn_lib.core.regions import rmac_regions
-from regattn_lib.core.whitening import PCAWhitening
+from regattn_lib.core.whitening import CrosswiseWhitening, PCAWhitening
 from regattn_lib.experiments import pipeline
 from regattn_lib.experiments.tables import SEEDS, WEIGHTS, gain_intervals
 from regattn_lib.experiments.timing import time_per_image
@@ -178,7 +178,7 @@ def ablation(
             table[col] = values
     if timing:
         ds = pipeline.dataset(ctx, ctx.profile.datasets[0])
-        t = time_per_image(ctx, ds, heads, n_timing)
+        t = time_per_image(ctx, ds, pipeline.heads_for_dataset(heads, ds.name), n_timing)
         table["time_s"] = [t[m].median_s for m in heads]
         first = next(iter(t.values()))
         table.attrs["notes"] = [
@@ -187,7 +187,7 @@ def ablation(
             f"{first.device}, {first.precision}"
         ]
         table.attrs["timing"] = {m: asdict(v) for m, v in t.items()}
-    return table
+    return pipeline.untrained_rows(ctx, table)
 
 
 def rpn_ablation(ctx: pipeline.Context, whitening: PCAWhitening) -> tuple[pd.DataFrame, str]:
@@ -213,7 +213,7 @@ def rpn_ablation(ctx: pipeline.Context, whitening: PCAWhitening) -> tuple[pd.Dat
         table[name] = [maps[m] for m in heads]
         for col, values in gain_intervals(aps, next(iter(heads)), name).items():
             table[col] = values
-    return table, rpn.label
+    return pipeline.untrained_rows(ctx, table), rpn.label
 
 
 def scale_study(
@@ -371,13 +371,17 @@ def whitening_study(ctx: pipeline.Context, dims: Sequence[int | None]) -> pd.Dat
         w = pipeline.learn_whitening(ctx, n_components=d)
         label = f"R-MAC + PCA-whitening {w.out_dim}-d"
         heads[label] = methods.build_head("rmac", levels=ctx.profile.levels, whitening=w)
-        info[label] = w.meta["n_vectors"]
+        info[label] = w.meta.get("n_vectors")  # a crosswise whitening: per dataset, below
     rows = []
     for name in ctx.profile.datasets:
         ds = pipeline.dataset(ctx, name)
         scores = pipeline.score(pipeline.describe(ctx, ds, heads), ds)
         for m, s in scores.items():
-            row = {"dataset": name, "method": m, "whitening vectors": info.get(m, 0)}
+            w = getattr(heads[m], "whitening", None)
+            n_vectors = info.get(m, 0)
+            if isinstance(w, CrosswiseWhitening):
+                n_vectors = w.for_dataset(name).meta["n_vectors"]
+            row = {"dataset": name, "method": m, "whitening vectors": n_vectors}
             row.update({f"{p} mAP": v["map"] for p, v in s["protocols"].items()})
             rows.append(row)
     return pd.DataFrame(rows)

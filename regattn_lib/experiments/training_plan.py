@@ -16,6 +16,7 @@ import torch
 
 from regattn_lib.experiments.pipeline import (
     ATTENTION_KINDS,
+    NOT_TRAINED,
     Context,
     attention_file,
     load_attention,
@@ -38,7 +39,10 @@ def kinds_to_train(ctx: Context) -> list[str]:
 
 
 def can_train(ctx: Context) -> bool:
-    """Whether the training set is in place (``<root>/train`` and ``<root>/val``)."""
+    """Whether the training set is in place (``<root>/train`` and ``<root>/val``); never for a
+    profile without one (``train_set=None``, paper-quick)."""
+    if ctx.profile.train.train_set is None:
+        return False
     root = training_root(ctx)
     return (root / "train").is_dir() and (root / "val").is_dir()
 
@@ -154,10 +158,18 @@ def notebook_training(ctx: Context, train: bool | None = None) -> dict[str, Any]
     ``False`` never trains; ``True`` trains and fails naming the missing set if it is absent.
     Returns the runs of ``train_profile_attention`` (empty when nothing was trained).
     """
+    if ctx.profile.train.train_set is None:
+        if train:
+            raise ValueError(
+                f"profile {ctx.profile.name!r} has no training set (train.train_set=None); "
+                "./run_all.sh --profile paper trains the regional attention"
+            )
+        print(f"profile {ctx.profile.name!r} trains nothing: {NOT_TRAINED}")
+        train = False
     if train is None:
         train = ctx.profile.train.source == "train" or can_train(ctx)
     runs = train_profile_attention(ctx) if train and kinds_to_train(ctx) else {}
-    if not train:
+    if not train and ctx.profile.train.train_set is not None:
         print(
             f"not training: no training set at {training_root(ctx)} (train/ and val/); the "
             "'+ regional attention' rows stay empty"

@@ -165,6 +165,11 @@ def attention_head(
     return head
 
 
+def with_whitening(head: Head, whitening: PCAWhitening | None) -> Head:
+    """The same head with another whitening (a crosswise whitening's one for a test set)."""
+    return replace(head, whitening=whitening)
+
+
 def with_attention(head: RegionalHead, attention: RegionalAttention | None) -> RegionalHead:
     """The same regional head weighted by another attention (another seed's weights)."""
     return replace(head, attention=attention)

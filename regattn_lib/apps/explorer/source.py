@@ -98,7 +98,7 @@ def cached_source(ctx: pipeline.Context, dataset: str | None = None) -> Explorer
     ds = pipeline.dataset(ctx, dataset or ctx.profile.datasets[0])
     whitening = cached_whitening(ctx)
     attentions = pipeline.available_attention(ctx)
-    heads = pipeline.ablation_heads(ctx, whitening, attentions)
+    heads = pipeline.heads_for_dataset(pipeline.ablation_heads(ctx, whitening, attentions), ds.name)
     return ExplorerSource(ds, heads, attentions, cached_descriptors(ctx, ds, heads))
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from regattn_lib.core.attention import RegionalAttention
-from regattn_lib.core.whitening import PCAWhitening
+from regattn_lib.core.whitening import CrosswiseWhitening, PCAWhitening
 from regattn_lib.experiments.pipeline import Context
 from regattn_lib.experiments.profiles import Profile, get_profile
 from regattn_lib.extraction import methods
@@ -144,6 +144,13 @@ def _whitening(ctx: Context, notes: list[str]) -> tuple[PCAWhitening | None, str
             "descriptors are not whitened"
         )
         return None, "none"
+    if isinstance(w, CrosswiseWhitening):  # own photos: the first test set's whitening
+        first = ctx.profile.datasets[0]
+        w = w.for_dataset(first)
+        return (
+            w,
+            f"PCA {w.in_dim} -> {w.out_dim}, cached (crosswise: {first}'s, {w.meta.get('set')})",
+        )
     return w, f"PCA {w.in_dim} -> {w.out_dim}, cached ({ctx.profile.whitening_set})"
 
 
