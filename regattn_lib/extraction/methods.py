@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from regattn_lib.core.attention import RegionalAttention
-from regattn_lib.core.descriptor import RegionFn
+from regattn_lib.core.descriptor import AttentionFn, RegionFn
 from regattn_lib.core.whitening import PCAWhitening
 from regattn_lib.extraction.heads import GlobalHead, Head, RegionalHead, RegionalVectorsHead
 
@@ -134,12 +134,13 @@ def build_head(name: str, /, **kwargs: Any) -> Head:
     return method(name).build(**kwargs)
 
 
-def method_of(attention: RegionalAttention | None) -> str:
+def method_of(attention: RegionalAttention | AttentionFn | None) -> str:
     """The regional method an attention model makes: ``'rmac'`` (none), ``'regional'`` or
     ``'context'``."""
     if attention is None:
         return "rmac"
-    return "context" if attention.context else "regional"
+    # a plain callable (k, g) -> alpha says nothing of context: it counts as regional
+    return "context" if getattr(attention, "context", False) else "regional"
 
 
 def whitening_head(kind: str, levels: int = 3, fc_weight: torch.Tensor | None = None) -> Head:
@@ -156,7 +157,7 @@ def whitening_head(kind: str, levels: int = 3, fc_weight: torch.Tensor | None = 
 
 
 def attention_head(
-    attention: RegionalAttention | None, levels: int = 5, stride: int = 32
+    attention: RegionalAttention | AttentionFn | None, levels: int = 5, stride: int = 32
 ) -> RegionalHead:
     """An unwhitened regional head weighted by ``attention`` (``None``: R-MAC): what the figures
     read alpha and regions from."""
