@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
+from regattn_lib.extraction.methods import build_head
 from regattn_lib.models import backbone_weights as BW
 from regattn_lib.models import backbones as B
 from regattn_lib.models import batchnorm_calibration as BN
@@ -524,10 +525,9 @@ def _other_photos(side: int = 112) -> torch.Tensor:
 
 
 def _rmac(net: B.Backbone, images: torch.Tensor) -> torch.Tensor:
-    from regattn_lib.extraction.heads import RegionalHead
 
     with torch.no_grad():
-        return RegionalHead(levels=2)(net.features(images), images)
+        return build_head("rmac", levels=2)(net.features(images), images)
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ from PIL import Image
 
 from regattn_lib.extraction.distributed import shard_batches
 from regattn_lib.extraction.extract import extract_images
-from regattn_lib.extraction.heads import RegionalHead
 from regattn_lib.extraction.image_stream import size_batches
+from regattn_lib.extraction.methods import build_head
 from regattn_lib.models.factory import build_backbone
 from regattn_lib.training.data import Loader, Stream, rank_shard, rank_slice
 
@@ -155,7 +155,7 @@ def test_torchrun_two_processes_equal_single_process(image_dir, tmp_path):
         ref = extract_images(
             paths,
             bb,
-            {"rmac": RegionalHead(name="rmac", levels=3)},
+            {"rmac": build_head("rmac", name="rmac", levels=3)},
             96,
             device="cpu",
             batch_size=3,

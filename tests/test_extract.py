@@ -13,8 +13,9 @@ from regattn_lib.core.regions import rmac_regions
 from regattn_lib.core.whitening import learn_pca_whitening
 from regattn_lib.datasets.images import ImageError, prepare_image
 from regattn_lib.extraction.extract import extract_dataset, extract_images
-from regattn_lib.extraction.heads import GlobalHead, RegionalHead, RegionalVectorsHead
+from regattn_lib.extraction.heads import RegionalHead
 from regattn_lib.extraction.image_stream import size_batches, target_size
+from regattn_lib.extraction.methods import build_head, method_of, whitening_head
 
 
 class ToyBackbone(nn.Module):
@@ -78,9 +79,9 @@ def test_batched_extraction_equals_one_image_at_a_time(images):
     bb = ToyBackbone()
     att = RegionalAttention(4, hidden=3, context=True)
     heads = {
-        "rmac": RegionalHead(levels=2),
-        "ctx": RegionalHead(levels=2, attention=att),
-        "mac": GlobalHead(name="mac", pooling="mac"),
+        "rmac": build_head("rmac", levels=2),
+        "ctx": build_head(method_of(att), levels=2, attention=att),
+        "mac": build_head("mac", name="mac"),
     }
     out = extract_images(images, bb, heads, image_size=None, batch_size=4, progress=False)
     for i, p in enumerate(images):
@@ -93,12 +94,14 @@ def test_batched_extraction_equals_one_image_at_a_time(images):
 
 def test_regional_vectors_head_returns_all_regions(images):
     out = extract_images(
-        images[:1], ToyBackbone(), {"v": RegionalVectorsHead(levels=2)}, None, progress=False
+        images[:1], ToyBackbone(), {"v": whitening_head("regional", levels=2)}, None, progress=False
     )
     assert out["v"][0].shape == (8, 4)  # 96x128: 2 + 6 regions
     feats = torch.rand(2, 5, 19, 25)  # max pooling alone equals pool_regions' max pooling
     ref = pool_regions(feats, rmac_regions(600, 800, 3)).max_pooled
-    assert torch.equal(RegionalVectorsHead(levels=3)(feats, torch.zeros(2, 3, 600, 800)), ref)
+    assert torch.equal(
+        whitening_head("regional", levels=3)(feats, torch.zeros(2, 3, 600, 800)), ref
+    )
 
 
 def _with_activation(att, activation):
@@ -111,7 +114,7 @@ def test_dataset_cache_hit_and_invalidation(images, tmp_path, monkeypatch):
     ds = ToyDataset("toy", images[:3], images[3:], [None, [5, 5, 60, 60]])
     bb = ToyBackbone()
     first = extract_dataset(
-        ds, bb, {"r": RegionalHead(levels=2)}, None, cache_dir=tmp_path / "c", progress=False
+        ds, bb, {"r": build_head("rmac", levels=2)}, None, cache_dir=tmp_path / "c", progress=False
     )
     assert len(list((tmp_path / "c" / "toy").glob("*.pt"))) == 1
     import regattn_lib.extraction.extract as ex
@@ -120,12 +123,12 @@ def test_dataset_cache_hit_and_invalidation(images, tmp_path, monkeypatch):
     real = ex.iter_images
     monkeypatch.setattr(ex, "iter_images", lambda *a, **k: calls.append(1) or real(*a, **k))
     again = extract_dataset(
-        ds, bb, {"r": RegionalHead(levels=2)}, None, cache_dir=tmp_path / "c", progress=False
+        ds, bb, {"r": build_head("rmac", levels=2)}, None, cache_dir=tmp_path / "c", progress=False
     )
     assert calls == [] and torch.equal(again["r"].db, first["r"].db)
     # a changed setting (levels, whitening, attention weights, image list) never reuses vectors
     changed = extract_dataset(
-        ds, bb, {"r": RegionalHead(levels=3)}, None, cache_dir=tmp_path / "c", progress=False
+        ds, bb, {"r": build_head("rmac", levels=3)}, None, cache_dir=tmp_path / "c", progress=False
     )
     assert calls and changed["r"].config["levels"] == 3
     assert len(list((tmp_path / "c" / "toy").glob("*.pt"))) == 2
@@ -133,7 +136,7 @@ def test_dataset_cache_hit_and_invalidation(images, tmp_path, monkeypatch):
     # the attention's weights or activation, the whitening and the image list change the key
     att = RegionalAttention(4, 3, context=True)
     variants = [
-        RegionalHead(levels=2, attention=att),
+        build_head(method_of(att), levels=2, attention=att),
         RegionalHead(levels=2, attention=RegionalAttention(4, 3, context=True)),  # other weights
         RegionalHead(levels=2, attention=_with_activation(att, "softplus")),  # same weights
         RegionalHead(
@@ -148,7 +151,12 @@ def test_dataset_cache_hit_and_invalidation(images, tmp_path, monkeypatch):
     fewer = ToyDataset("toy", images[:2], images[3:], [None, [5, 5, 60, 60]])
     calls.clear()
     extract_dataset(
-        fewer, bb, {"r": RegionalHead(levels=2)}, None, cache_dir=tmp_path / "c", progress=False
+        fewer,
+        bb,
+        {"r": build_head("rmac", levels=2)},
+        None,
+        cache_dir=tmp_path / "c",
+        progress=False,
     )
     assert calls  # another image list
     # the same method under another label (ablation vs SOTA table) reuses the same file
@@ -156,7 +164,7 @@ def test_dataset_cache_hit_and_invalidation(images, tmp_path, monkeypatch):
     relabelled = extract_dataset(
         ds,
         bb,
-        {"R-MAC": RegionalHead(name="x", levels=2)},
+        {"R-MAC": build_head("rmac", name="x", levels=2)},
         None,
         cache_dir=tmp_path / "c",
         progress=False,
@@ -169,7 +177,11 @@ def test_corrupt_image_is_named(images, tmp_path):
     bad.write_bytes(b"\xff\xd8\xff not really a jpeg")
     with pytest.raises(ImageError, match="broken.jpg"):
         extract_images(
-            [images[0], bad], ToyBackbone(), {"r": RegionalHead(levels=1)}, None, progress=False
+            [images[0], bad],
+            ToyBackbone(),
+            {"r": build_head("rmac", levels=1)},
+            None,
+            progress=False,
         )
 
 
@@ -178,7 +190,7 @@ def test_too_small_after_crop_is_named(images):
         extract_images(
             [images[0]],
             ToyBackbone(),
-            {"r": RegionalHead(levels=1)},
+            {"r": build_head("rmac", levels=1)},
             None,
             bbxs=[[0, 0, 20, 20]],
             progress=False,
@@ -187,7 +199,7 @@ def test_too_small_after_crop_is_named(images):
 
 def test_cam_needs_fc():
     with pytest.raises(ValueError, match="fc"):
-        GlobalHead(name="cam", pooling="cam")
+        build_head("cam", name="cam")
 
 
 def test_precision_option_is_validated(images):
@@ -195,7 +207,7 @@ def test_precision_option_is_validated(images):
         extract_images(
             images[:1],
             ToyBackbone(),
-            {"r": RegionalHead(levels=1)},
+            {"r": build_head("rmac", levels=1)},
             None,
             precision="fp8",
             progress=False,
@@ -208,7 +220,9 @@ def test_zero_descriptor_is_reported(images):
             return torch.zeros(x.shape[0], 4, 3, 4)
 
     with pytest.warns(UserWarning, match="im0.jpg"):
-        extract_images(images[:1], Dead(), {"r": RegionalHead(levels=1)}, None, progress=False)
+        extract_images(
+            images[:1], Dead(), {"r": build_head("rmac", levels=1)}, None, progress=False
+        )
 
 
 def test_autocast_precisions_are_close_to_fp32_and_auto_is_fp32_on_cpu(images):
@@ -246,7 +260,7 @@ def test_fp16_overflow_falls_back_to_fp32(images):
         out = extract_images(
             images[:2],
             Huge(),
-            {"m": GlobalHead(name="mac", pooling="mac")},
+            {"m": build_head("mac", name="mac")},
             None,
             precision="fp16",
             progress=False,
@@ -254,7 +268,7 @@ def test_fp16_overflow_falls_back_to_fp32(images):
     ref = extract_images(
         images[:2],
         Huge(),
-        {"m": GlobalHead(name="mac", pooling="mac")},
+        {"m": build_head("mac", name="mac")},
         None,
         precision="fp32",
         progress=False,
@@ -266,7 +280,7 @@ def test_fp16_overflow_falls_back_to_fp32(images):
 
 def test_each_precision_gets_its_own_cache_file(images, tmp_path):
     ds = ToyDataset("toy", images[:3], images[3:], [[0, 0, 90, 90], [0, 0, 120, 90]])
-    heads = {"r": RegionalHead(levels=1)}
+    heads = {"r": build_head("rmac", levels=1)}
     for p in ("fp32", "auto", "fp16", "bf16"):
         extract_dataset(ds, ToyBackbone(), heads, None, tmp_path, precision=p, progress=False)
     assert len(list((tmp_path / "toy").glob("*.pt"))) == 3  # auto is fp32 on the CPU
@@ -342,7 +356,7 @@ def test_bad_database_images_are_skipped_and_listed(images, bad_images, tmp_path
     bb = CountingBackbone()
     with pytest.warns(UserWarning, match="trunc.jpg"):
         out = extract_dataset(
-            ds, bb, {"r": RegionalHead(levels=1)}, None, tmp_path / "c", progress=False
+            ds, bb, {"r": build_head("rmac", levels=1)}, None, tmp_path / "c", progress=False
         )
     d = out["r"]
     assert [(s.index, s.name) for s in d.skipped] == [(1, "broken"), (3, "tiny")]
@@ -351,7 +365,7 @@ def test_bad_database_images_are_skipped_and_listed(images, bad_images, tmp_path
     assert (d.db[[1, 3]] == 0).all() and (d.db[[0, 2, 4]].norm(dim=1) > 0.99).all()
     assert bb.images == 3 + 2  # decodable database images + queries
     again = extract_dataset(
-        ds, bb, {"r": RegionalHead(levels=1)}, None, tmp_path / "c", progress=False
+        ds, bb, {"r": build_head("rmac", levels=1)}, None, tmp_path / "c", progress=False
     )
     assert bb.images == 5 and again["r"].skipped == d.skipped  # the list survives the cache
     csv = write_skipped_images(tmp_path / "skipped_images.csv", out)
@@ -365,7 +379,12 @@ def test_a_bad_query_is_an_error_naming_the_file(images, bad_images, tmp_path):
         ds = ToyDataset("toy", images[:2], [images[3], bad_images[bad]], [None, None])
         with pytest.raises(ImageError, match=bad_images[bad].name):
             extract_dataset(
-                ds, ToyBackbone(), {"r": RegionalHead(levels=1)}, None, tmp_path, progress=False
+                ds,
+                ToyBackbone(),
+                {"r": build_head("rmac", levels=1)},
+                None,
+                tmp_path,
+                progress=False,
             )
 
 
@@ -378,7 +397,7 @@ def test_distractors_are_extracted_once_for_every_dataset(images, tmp_path):
     dist = [_jpeg(tmp_path / f"d{i}.jpg", 96, 128, seed=10 + i) for i in range(4)]
     ox = ToyDistractorDataset("ox", images[:2] + dist, [images[4]], [None], dist)
     pa = ToyDistractorDataset("pa", images[2:4] + dist, [images[4]], [None], dist)
-    heads = {"r": RegionalHead(levels=1), "mac": GlobalHead(name="mac", pooling="mac")}
+    heads = {"r": build_head("rmac", levels=1), "mac": build_head("mac", name="mac")}
     bb = CountingBackbone()
     a = extract_dataset(ox, bb, heads, None, tmp_path / "c", progress=False)
     assert bb.images == 2 + 1 + 4
@@ -398,7 +417,7 @@ def test_interrupted_extraction_resumes_from_finished_shards(images, bad_images,
     db = images[:3] + [bad_images["broken"]] + images[3:]  # 6 images, one skipped
     dist = [_jpeg(tmp_path / f"d{i}.jpg", 128, 96, seed=20 + i) for i in range(3)]
     ds = ToyDistractorDataset("toy", db + dist, [images[1], images[2]], [None, None], dist)
-    heads = {"r": RegionalHead(levels=2)}
+    heads = {"r": build_head("rmac", levels=2)}
     ref = extract_dataset(ds, ToyBackbone(), heads, None, None, progress=False)["r"]
     # killed at the 5th database image: shards [0, 2) and [2, 4) (im2 + the bad file) were
     # written, [4, 6) was not finished (im3 done, im4 not)
@@ -420,7 +439,7 @@ def test_interrupted_extraction_resumes_from_finished_shards(images, bad_images,
     assert [s.index for s in out.skipped] == [3] and not list((tmp_path / "c").rglob("*.parts"))
     # killed at the last distractor (after 5 db images, 2 queries and 2 distractors): the
     # dataset's file and the finished distractor shard are reused
-    mac = {"m": GlobalHead(name="mac", pooling="mac")}
+    mac = {"m": build_head("mac", name="mac")}
     with pytest.raises(RuntimeError, match="killed"):
         extract_dataset(
             ds,
@@ -481,8 +500,8 @@ def test_whitening_pass_streams_every_kind_in_one_pass(tmp_path, monkeypatch):
     # the streamed statistics give the whitening of the stacked vectors
     kept = [p for p in paths if p.name != "x00.jpg"]
     heads = {
-        "regional": RegionalVectorsHead(levels=2),
-        "mac": GlobalHead(name="mac", pooling="mac"),
+        "regional": whitening_head("regional", levels=2),
+        "mac": build_head("mac", name="mac"),
     }
     ref = extract_images(kept, ToyBackbone(), heads, 128, progress=False)
     for kind in heads:
@@ -535,18 +554,18 @@ def test_shard_size_from_the_environment(images, tmp_path, monkeypatch):
         extract_dataset(
             ds,
             CountingBackbone(fail_after=3),
-            {"r": RegionalHead(levels=1)},
+            {"r": build_head("rmac", levels=1)},
             None,
             tmp_path,
             progress=False,
         )
     assert len(list(tmp_path.rglob("*.parts/db/*.pt"))) == 3  # one shard per finished image
     bb = CountingBackbone()
-    extract_dataset(ds, bb, {"r": RegionalHead(levels=1)}, None, tmp_path, progress=False)
+    extract_dataset(ds, bb, {"r": build_head("rmac", levels=1)}, None, tmp_path, progress=False)
     assert bb.images == 1 + 1
     monkeypatch.setenv("REGATTN_SHARD_IMAGES", "many")
     with pytest.raises(ValueError, match="REGATTN_SHARD_IMAGES"):
-        extract_dataset(ds, bb, {"r": RegionalHead(levels=2)}, None, tmp_path, progress=False)
+        extract_dataset(ds, bb, {"r": build_head("rmac", levels=2)}, None, tmp_path, progress=False)
 
 
 def test_a_new_generator_version_gets_new_cache_keys(images, tmp_path):
@@ -559,7 +578,7 @@ def test_a_new_generator_version_gets_new_cache_keys(images, tmp_path):
     assert content_stamp(root) == "gen@1"
     ds = ToyDataset("toy", images[:3], images[3:], [None, None])
     ds.root = root
-    heads = {"r": RegionalHead(levels=2)}
+    heads = {"r": build_head("rmac", levels=2)}
     extract_dataset(ds, ToyBackbone(), heads, None, cache_dir=tmp_path / "c", progress=False)
     (root / "meta.json").write_text('{"generator": "gen", "version": 2}')
     extract_dataset(ds, ToyBackbone(), heads, None, cache_dir=tmp_path / "c", progress=False)

@@ -9,6 +9,7 @@ from torch import nn
 from regattn_lib.core.attention import RegionalAttention
 from regattn_lib.core.descriptor import describe_feature_map, weighted_mean
 from regattn_lib.core.regions import rmac_regions
+from regattn_lib.extraction.methods import build_head, method_of
 from regattn_lib.training.model import AttentionClassifier
 
 
@@ -47,7 +48,6 @@ def test_training_pools_and_weights_exactly_as_extraction():
 
 
 def test_extraction_head_and_figures_share_the_training_alpha():
-    from regattn_lib.extraction.heads import RegionalHead
 
     torch.manual_seed(2)
     bb = ToyBackbone()
@@ -55,7 +55,7 @@ def test_extraction_head_and_figures_share_the_training_alpha():
     model = AttentionClassifier(bb, nn.Linear(5, 2), att, levels=2)
     crops = torch.randint(0, 256, (3, 3, 160, 224), dtype=torch.uint8)
     x, k, g = model.pooled(crops)
-    head = RegionalHead(levels=2, attention=att, stride=bb.stride)
+    head = build_head(method_of(att), levels=2, attention=att, stride=bb.stride)
     ((_, out),) = head.describe(bb.features(crops), crops)
     assert torch.equal(out.features.max_pooled, x)
     with torch.no_grad():

@@ -9,7 +9,7 @@ from PIL import Image
 
 from regattn_lib.core.whitening import learn_pca_whitening
 from regattn_lib.extraction.extract import extract_images
-from regattn_lib.extraction.heads import RegionalHead, RegionalVectorsHead
+from regattn_lib.extraction.methods import build_head, method_of, whitening_head
 from regattn_lib.models.attention_weights import load_official_attention
 from regattn_lib.models.backbone_weights import default_weights_path
 from regattn_lib.models.caffe_weights import random_caffe_state_dict
@@ -32,13 +32,15 @@ def test_caffe_backbone_official_attention_descriptor_end_to_end(tmp_path, offic
         paths.append(p)
     # whitening from these images' regional vectors (few, so few dimensions)
     vecs = extract_images(
-        paths, backbone, {"v": RegionalVectorsHead(levels=2)}, None, progress=False
+        paths, backbone, {"v": whitening_head("regional", levels=2)}, None, progress=False
     )["v"]
     whitening = learn_pca_whitening(torch.cat(vecs), n_components=8)
     attention = load_official_attention(official_weights)
     heads = {
-        "rmac": RegionalHead(levels=3, whitening=whitening),
-        "ours": RegionalHead(levels=3, attention=attention, whitening=whitening),
+        "rmac": build_head("rmac", levels=3, whitening=whitening),
+        "ours": build_head(
+            method_of(attention), levels=3, attention=attention, whitening=whitening
+        ),
     }
     out = extract_images(
         paths,

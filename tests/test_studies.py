@@ -17,6 +17,7 @@ from regattn_lib.experiments import pipeline as P
 from regattn_lib.experiments import studies as S
 from regattn_lib.experiments import tables as T
 from regattn_lib.extraction.extract import Descriptors
+from regattn_lib.extraction.methods import build_head, method_of
 
 
 def _vectors(angles):
@@ -138,15 +139,14 @@ def test_revisited_reports_map_and_mp10_per_protocol(monkeypatch):
 
 def test_a_trained_attention_counts_once_per_seed(monkeypatch):
     from regattn_lib.core.attention import RegionalAttention
-    from regattn_lib.extraction.heads import RegionalHead
 
     models = [RegionalAttention(2, hidden=2, context=False) for _ in range(3)]
     for m in models:
         m.provenance = P.TRAINED
     monkeypatch.setattr(P, "attention_seeds", lambda ctx: {P.RMAC: [None], P.REGIONAL: models})
     heads = {
-        P.RMAC: RegionalHead(levels=1),
-        P.REGIONAL: RegionalHead(levels=1, attention=models[0]),
+        P.RMAC: build_head("rmac", levels=1),
+        P.REGIONAL: build_head(method_of(models[0]), levels=1, attention=models[0]),
     }
     expanded, groups = S.expand_seeds(None, heads)
     assert groups == {

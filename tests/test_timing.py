@@ -19,7 +19,7 @@ from regattn_lib.experiments import studies as S
 from regattn_lib.experiments import timing as T
 from regattn_lib.experiments.bench_report import device_name
 from regattn_lib.experiments.profiles import PAPER, get_profile
-from regattn_lib.extraction.heads import RegionalHead
+from regattn_lib.extraction.methods import build_head
 
 
 class LoggingBackbone(nn.Module):
@@ -87,7 +87,7 @@ def test_time_per_image_excludes_decoding_and_takes_the_median(tmp_path, photos,
         return now[0]
 
     ctx = _context(tmp_path, events, image_size=96, timing_image_size=48, precision="fp32")
-    heads = {"a": RegionalHead(levels=1), "b": RegionalHead(levels=2)}
+    heads = {"a": build_head("rmac", levels=1), "b": build_head("rmac", levels=2)}
     out = T.time_per_image(ctx, FakeSet("toy", photos), heads, n_images=5, clock=clock)
 
     assert list(out) == ["a", "b"]
@@ -112,7 +112,9 @@ def test_time_per_image_excludes_decoding_and_takes_the_median(tmp_path, photos,
 
 def test_time_per_image_uses_the_profile_precision(tmp_path, photos):
     ctx = _context(tmp_path, [], image_size=64, precision="bf16")
-    out = T.time_per_image(ctx, FakeSet("toy", photos), {"a": RegionalHead(levels=1)}, n_images=2)
+    out = T.time_per_image(
+        ctx, FakeSet("toy", photos), {"a": build_head("rmac", levels=1)}, n_images=2
+    )
     assert (out["a"].precision, out["a"].n, out["a"].image_size) == ("bf16", 2, 64)
     assert out["a"].median_s > 0 and len(out["a"].times_s) == 2
 
@@ -150,7 +152,7 @@ def test_whitening_is_extracted_in_the_profile_precision_and_keyed_by_it(tmp_pat
 
 def test_ablation_time_column_is_the_median_with_a_note(tmp_path, monkeypatch):
     ctx = _context(tmp_path, [], precision="fp32")
-    heads = {P.RMAC: RegionalHead(levels=1), P.CONTEXT: RegionalHead(levels=2)}
+    heads = {P.RMAC: build_head("rmac", levels=1), P.CONTEXT: build_head("rmac", levels=2)}
     monkeypatch.setattr(P, "ablation_heads", lambda ctx, w: heads)
     monkeypatch.setattr(P, "dataset", lambda ctx, name: FakeSet(name, []))
 
