@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from regattn_lib.experiments.compact import read_notes, to_markdown
 from regattn_lib.runtime.atomic import atomic_write, atomic_write_json, atomic_write_text
 
 #: The paper's numbers (mAP %, from the BMVC 2018 slides; spec section 3).
@@ -87,29 +88,48 @@ def side_by_side(
 def write_table(
     df: pd.DataFrame, tables_dir: str | os.PathLike, name: str, notes: Sequence[str] = ()
 ) -> tuple[Path, Path]:
-    """Write ``<name>.csv`` and ``<name>.md`` (the Markdown with its notes under the table)."""
+    """Write ``<name>.csv`` (every column, for machines) and ``<name>.md`` (the compact layout of
+    ``compact.to_markdown`` for readers, its notes under the table)."""
     tables_dir = Path(tables_dir)
     csv = atomic_write_text(tables_dir / f"{name}.csv", df.to_csv(index=False, float_format="%.4g"))
-    md = (
-        df.to_markdown(index=False, floatfmt=".3g")
-        + "\n"
-        + "".join(f"\n> {n}" for n in notes)
-        + "\n"
-    )
-    mdp = atomic_write_text(tables_dir / f"{name}.md", md)
+    mdp = atomic_write_text(tables_dir / f"{name}.md", compact_markdown(csv, notes))
     return csv, mdp
 
 
+def compact_markdown(csv: str | os.PathLike, notes: Sequence[str] = ()) -> str:
+    """The compact Markdown of a written CSV: built from the file, so the Markdown shows exactly
+    the numbers the CSV holds (at its ``%.4g``)."""
+    return to_markdown(pd.read_csv(csv), notes)
+
+
+def rewrite_markdown(csv: str | os.PathLike) -> Path:
+    """Re-render ``<name>.md`` beside ``csv`` in the compact layout, keeping its notes; the CSV
+    is only read."""
+    csv = Path(csv)
+    md = csv.with_suffix(".md")
+    notes = read_notes(md.read_text()) if md.is_file() else []
+    return atomic_write_text(md, compact_markdown(csv, notes))
+
+
+#: File metadata that would change a figure's bytes on every run although its content does not:
+#: the PDF's creation date (and producer, which names the matplotlib version), the PNG's
+#: "Software" text chunk (the matplotlib version). Left out, a rerun rewrites identical files.
+PDF_METADATA = {"CreationDate": None, "Producer": None, "Creator": None}
+PNG_METADATA = {"Software": None}
+
+
 def save_figure(fig: Any, figures_dir: str | os.PathLike, name: str, pdf: bool = True) -> Path:
-    """Save a matplotlib figure as PNG (and PDF), atomically."""
+    """Save a matplotlib figure as PNG (and PDF), atomically and byte-for-byte reproducibly
+    (no creation date or version stamp), so a rerun changes no committed figure."""
     figures_dir = Path(figures_dir)
     png = atomic_write(
         figures_dir / f"{name}.png",
-        lambda p: fig.savefig(p, format="png", dpi=120, bbox_inches="tight"),
+        lambda p: fig.savefig(p, format="png", dpi=120, bbox_inches="tight", metadata=PNG_METADATA),
     )
     if pdf:
         atomic_write(
-            figures_dir / f"{name}.pdf", lambda p: fig.savefig(p, format="pdf", bbox_inches="tight")
+            figures_dir / f"{name}.pdf",
+            lambda p: fig.savefig(p, format="pdf", bbox_inches="tight", metadata=PDF_METADATA),
         )
     return png
 

@@ -41,6 +41,6 @@ def plot_curves(csv_path: str | os.PathLike, out_png: str | os.PathLike) -> Path
     out_png = Path(out_png)
 
     def _save(tmp: Path) -> None:
-        fig.savefig(tmp, format="png", dpi=100)
+        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})  # reproducible bytes
 
     return atomic_write(out_png, _save)
