@@ -2,7 +2,9 @@
 # Run the notebook series end to end with papermill.
 #   ./run_all.sh [--profile smoke|demo|paper-quick|paper] [--device auto|cpu|cuda] [--from NN] [--only NN]
 #                [--overrides FILE.yaml]
-# Executed notebooks go to results/<profile>/notebooks/, tables and figures beside them.
+# Executed notebooks go to results/<profile>/notebooks/, tables and figures beside them; the run
+# manifest (commit, profile, overrides, seeds, machine, each notebook's wall time) goes to
+# results/<profile>/run.json and the run's page to results/<profile>/REPORT.md (also after a failure).
 # Stops at the first failing notebook, naming it and its failing cell; earlier results stay,
 # and --from NN resumes there. --overrides: a YAML mapping of profile fields (nested allowed,
 # e.g. "train: {recipe: {iterations: 4}}") handed to every notebook's `overrides` parameter.
@@ -48,6 +50,9 @@ $PY -m regattn_lib.experiments.preflight --profile "$profile" --device "$device"
 export REGATTN_RESULTS=${REGATTN_RESULTS:-$PWD/results}
 results=$REGATTN_RESULTS/$profile
 mkdir -p "$results/notebooks"
+manifest() { $PY -m regattn_lib.experiments.run_manifest "$@"; }
+run_id=$(manifest begin --results "$results" --profile "$profile" --device "$device" \
+  --overrides "$overrides" --from "$from" --only "$only")
 status=0
 for nb in notebooks/[0-9][0-9]_*.ipynb; do
   name=$(basename "$nb" .ipynb); num=${name:0:2}
@@ -55,10 +60,15 @@ for nb in notebooks/[0-9][0-9]_*.ipynb; do
   if [ -z "$only" ] && [ "$num" \< "$from" ]; then continue; fi
   out="$results/notebooks/$name.ipynb"
   start=$(date +%s)
+  start_ns=$(date +%s.%N)
   if $PY -m papermill "$nb" "$out" -p profile "$profile" -p device "$device" "${params[@]}" \
       --cwd notebooks --log-level WARNING > "$results/notebooks/$name.log" 2>&1; then
     echo "[run_all] $name ok ($(( $(date +%s) - start )) s)"
+    manifest notebook --results "$results" --run "$run_id" --name "$name" --status ok \
+      --started "$start_ns" --wall-s "$(( $(date +%s) - start ))"
   else
+    manifest notebook --results "$results" --run "$run_id" --name "$name" --status failed \
+      --started "$start_ns" --wall-s "$(( $(date +%s) - start ))" || true
     cell=$(grep -o "Exception was encountered at 'In \[[0-9]*\]'" "$results/notebooks/$name.log" | head -1 || true)
     echo "[run_all] $name FAILED after $(( $(date +%s) - start )) s ${cell:+($cell)}" >&2
     grep -E "Error|error" "$results/notebooks/$name.log" | tail -5 >&2 || true
@@ -67,5 +77,7 @@ for nb in notebooks/[0-9][0-9]_*.ipynb; do
     break
   fi
 done
-[ $status -eq 0 ] && echo "[run_all] done: tables in $results/tables, figures in $results/figures"
+manifest finish --results "$results" --run "$run_id" --status "$([ $status -eq 0 ] && echo ok || echo failed)"
+$PY -m regattn_lib.experiments.report_page "$results" >/dev/null || { echo "[run_all] writing $results/REPORT.md failed" >&2; status=1; }
+[ $status -eq 0 ] && echo "[run_all] done: report in $results/REPORT.md, tables in $results/tables, figures in $results/figures"
 exit $status
