@@ -11,6 +11,8 @@ cosine distance between their descriptors.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 
 import pandas as pd
@@ -122,8 +124,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line's parser (``eval`` and its options)."""
+    invoked = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
     ap = argparse.ArgumentParser(
-        prog="python -m regattn_lib",
+        # the console command `regattn` (pyproject [project.scripts]) or `python -m regattn_lib`
+        prog="regattn" if invoked == "regattn" else "python -m regattn_lib",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -153,7 +157,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     add_photo_commands(sub)
+    rep = sub.add_parser(
+        "report", help="(re)write results/<profile>/REPORT.md from the tables and figures on disk"
+    )
+    rep.add_argument("results_dir", nargs="+", help="e.g. results/demo")
+    rep.add_argument("--check", action="store_true", help="exit 1 when a report is out of date")
+    rep.set_defaults(func=cmd_report)
     return ap
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write (or check) each results folder's report page."""
+    from regattn_lib.experiments import report_page
+
+    return report_page.main([*args.results_dir, *(["--check"] if args.check else [])])
 
 
 def main(argv: list[str] | None = None) -> int:
