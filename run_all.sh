@@ -77,7 +77,7 @@ for nb in notebooks/[0-9][0-9]_*.ipynb; do
     break
   fi
 done
-manifest finish --results "$results" --run "$run_id" --status "$([ $status -eq 0 ] && echo ok || echo failed)"
+manifest finish --results "$results" --run "$run_id" --status "$([ $status -eq 0 ] && echo ok || echo failed)" >/dev/null
 $PY -m regattn_lib.experiments.report_page "$results" >/dev/null || { echo "[run_all] writing $results/REPORT.md failed" >&2; status=1; }
 [ $status -eq 0 ] && echo "[run_all] done: report in $results/REPORT.md, tables in $results/tables, figures in $results/figures"
 exit $status

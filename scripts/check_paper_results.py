@@ -21,6 +21,8 @@ holds, else 1 after naming every problem:
   column: rows with an attention model "released weights" or "trained here" ("+ regional
   attention": trained here, the authors released only the context-aware model), the others
   one of those or "none (no attention)".
+- ``REPORT.md`` (issue 24): the ablation, rpn and sota tables in the paper's layout, every
+  paper row, ``<Dataset> paper`` and ``<Dataset> ours (diff)`` columns, the paper's values exact.
 - with ``--expected`` (``expected.json`` of ``scripts/paper_fixtures.py``): the dataset counts
   match, the known-answer queries have AP 100 in every AP column of ``per_query``, and the
   images the fixture made unusable (a distractor a few pixels wide, a whitening image 30 px
@@ -51,6 +53,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from regattn_lib.experiments.profiles import PAPER, Profile, get_profile  # noqa: E402 - after the path set-up
+from regattn_lib.experiments.report_page import PRETTY, report_table  # noqa: E402
 from regattn_lib.experiments.reports import PAPER_ABLATION, PAPER_RPN, PAPER_SOTA  # noqa: E402
 
 #: Tables with the paper's values beside ours: name -> (paper table, its columns).
@@ -403,8 +406,9 @@ def check_results(
     expected: dict | None = None,
     levels: Sequence[int] | None = None,
     profile: str | Profile = "paper",
+    report: bool = True,
 ) -> list[str]:
-    """Every problem found in ``results_dir/tables/`` (empty: all checks pass).
+    """Every problem found in ``results_dir/tables/`` and its ``REPORT.md`` (empty: all pass).
 
     ``expected``: the fixture's ``expected.json`` (dataset counts, known-answer queries), or
     ``None``. ``levels``: the scale study's levels L (default the profile's ``scale_levels``).
@@ -435,7 +439,45 @@ def check_results(
     if expected:
         check_known_answer(tables, expected, problems)
         check_skipped_reported(Path(results_dir), skipped_to_report(expected, prof), problems)
+    if report:
+        check_report(Path(results_dir), prof, problems)
     return problems
+
+
+def check_report(results_dir: Path, prof: Profile, problems: list[str]) -> None:
+    """``REPORT.md`` (issue 24): each paper table in the paper's layout, every paper row, every
+    paper column the profile has as ``<Dataset> paper`` beside ``<Dataset> ours (diff)``, and
+    the paper's values exact (as published, e.g. ``70.1``)."""
+    path = results_dir / "REPORT.md"
+    if not path.is_file():
+        problems.append(f"no report {path}")
+        return
+    text = path.read_text()
+    for name, (paper, _) in PAPER_TABLES.items():
+        table = report_table(text, name)
+        if table is None:
+            problems.append(f"REPORT.md: no {name} table")
+            continue
+        rows = table.set_index("method")
+        for col in [c for c in table_columns(name, prof) if c != "time_s"]:
+            head = PRETTY.get(col, col)
+            for want in (f"{head} paper", f"{head} ours (diff)"):
+                if want not in table.columns:
+                    problems.append(f"REPORT.md {name}: no column '{want}'")
+        for _, prow in paper.iterrows():
+            method = prow["method"]
+            if method not in rows.index:
+                problems.append(f"REPORT.md {name}: the paper's row '{method}' is missing")
+                continue
+            for col in [c for c in table_columns(name, prof) if c != "time_s"]:
+                head = f"{PRETTY.get(col, col)} paper"
+                v = prow[col]
+                want = "" if pd.isna(v) else f"{v:g}"
+                if head in rows.columns and rows.loc[method, head] != want:
+                    problems.append(
+                        f"REPORT.md {name}: '{method}' {head} says "
+                        f"{rows.loc[method, head]!r}, the paper {want!r}"
+                    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -141,6 +141,23 @@ def test_figures_notebooks_and_metrics_written(smoke_results):
     assert m["queries"] == 12
 
 
+@pytest.mark.slow
+def test_the_series_writes_its_manifest_and_report(smoke_results):
+    from regattn_lib.experiments.report_page import report_is_current, report_table
+
+    manifest = json.loads((smoke_results / "run.json").read_text())
+    assert len(manifest["notebooks"]) == 8 and len(manifest["runs"]) == 1
+    (run,) = manifest["runs"].values()
+    assert run["profile"] == "smoke" and run["status"] == "ok" and run["machine"]["cpus"]
+    assert "tables/ablation.csv" in manifest["notebooks"]["03_ablations"]["outputs"]
+    report = (smoke_results / "REPORT.md").read_text()
+    assert report_is_current(smoke_results)
+    for name in ("ablation", "rpn", "sota"):
+        assert report_table(report, name) is not None, name
+    assert "## Scale study" in report and "synthetic stand-in" in report
+    assert "Made by run `" in report and "Mixed runs" not in report
+
+
 def test_run_all_rejects_bad_arguments():
     proc = subprocess.run(
         [str(REPO / "run_all.sh"), "--profile", "nope"], cwd=REPO, capture_output=True, text=True

@@ -656,8 +656,36 @@ EXPECTED = {
 
 @pytest.fixture
 def good(tmp_path):
+    from regattn_lib.experiments.report_page import write_report
+
     _write_good_tables(tmp_path / "tables", EXPECTED)
+    write_report(tmp_path, profile="paper")
     return tmp_path
+
+
+def test_paper_report_has_the_papers_rows_columns_and_values(good):
+    from regattn_lib.experiments.report_page import report_table
+
+    text = (good / "REPORT.md").read_text()
+    abl = report_table(text, "ablation").set_index("method")
+    assert list(abl.index) == list(R.PAPER_ABLATION["method"])
+    assert abl.loc["+ context awareness", "Oxford5k paper"] == "76.8"
+    assert abl.loc["R-MAC + PCA", "Oxford5k ours (diff)"] == "60 (-10.1)"
+    sota = report_table(text, "sota").set_index("method")
+    assert (
+        sota.loc["SDCF", "Paris106k paper"] == "74.3"
+        and sota.loc["Ours+QE", "Oxford5k paper"] == ""
+    )
+    assert "Synthetic" not in text and "synthetic stand-in" not in text
+
+
+def test_checker_names_a_wrong_paper_value_in_the_report(good):
+    path = good / "REPORT.md"
+    path.write_text(path.read_text().replace("| 76.8 |", "| 76.9 |", 1))
+    problems = CK.check_results(good, EXPECTED)
+    assert any("REPORT.md ablation: '+ context awareness' Oxford5k paper" in p for p in problems)
+    path.unlink()
+    assert any(p.startswith("no report") for p in CK.check_results(good, EXPECTED))
 
 
 def _edit(results: Path, name: str, fn) -> None:

@@ -354,12 +354,13 @@ def deviations(tables: Path, profile_name: str) -> list[str]:
     return extra + notes
 
 
-def build_report(results_dir: str | os.PathLike) -> str:
-    """The report page's Markdown (see the module docstring)."""
+def build_report(results_dir: str | os.PathLike, profile: str | None = None) -> str:
+    """The report page's Markdown (see the module docstring). ``profile``: default the
+    manifest's, else the folder's name (``results/<profile>``)."""
     root = Path(results_dir)
     tables = root / "tables"
     manifest = run_manifest.load(root)
-    profile = manifest.get("profile") or root.name
+    profile = profile or manifest.get("profile") or root.name
     paper_profile = profile in PAPER_PROFILES
     abl = _read(tables, "ablation")
     ours_sets = _ours_datasets(abl) if abl is not None else []
@@ -394,7 +395,7 @@ def build_report(results_dir: str | os.PathLike) -> str:
             head = "Headline: " + title[0].lower() + title[1:]
             if synthetic:
                 head += f", on {', '.join(ours_sets)} (synthetic stand-in)"
-        out += [f"## {head}", ""]
+        out += [f"## {head}", "", f"<!-- table: {name} -->"]
         table, notes = paper_layout(df, paper_profile)
         out += [markdown_table(table).rstrip(), ""]
         out += [" ".join([*notes, stamp(manifest, name)]), ""]
@@ -443,16 +444,32 @@ def build_report(results_dir: str | os.PathLike) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_report(results_dir: str | os.PathLike) -> Path:
+def write_report(results_dir: str | os.PathLike, profile: str | None = None) -> Path:
     """Write ``REPORT.md`` in ``results_dir`` (atomically) and return its path."""
     root = Path(results_dir)
-    return atomic_write_text(root / REPORT, build_report(root))
+    return atomic_write_text(root / REPORT, build_report(root, profile))
 
 
-def report_is_current(results_dir: str | os.PathLike) -> bool:
+def report_is_current(results_dir: str | os.PathLike, profile: str | None = None) -> bool:
     """Whether ``REPORT.md`` is what the files on disk give now (no number edited or stale)."""
     path = Path(results_dir) / REPORT
-    return path.is_file() and path.read_text() == build_report(results_dir)
+    return path.is_file() and path.read_text() == build_report(results_dir, profile)
+
+
+def report_table(report: str, name: str) -> pd.DataFrame | None:
+    """The Markdown table under ``<!-- table: name -->`` of a report, as strings (for checks)."""
+    lines = report.splitlines()
+    try:
+        i = lines.index(f"<!-- table: {name} -->") + 1
+    except ValueError:
+        return None
+    rows = []
+    while i < len(lines) and lines[i].startswith("|"):
+        rows.append([c.strip() for c in lines[i].strip().strip("|").split(" | ")])
+        i += 1
+    if len(rows) < 2:
+        return None
+    return pd.DataFrame(rows[2:], columns=rows[0])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
