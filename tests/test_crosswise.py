@@ -11,35 +11,13 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
-from torch import nn
+from toys import ToyBackbone
 
 from regattn_lib.core.whitening import CrosswiseWhitening, PCAWhitening
 from regattn_lib.experiments import pipeline as P
 from regattn_lib.experiments.preflight import profile_download_bytes, profile_keys
 from regattn_lib.experiments.profiles import PAPER, PAPER_QUICK, get_profile
 from regattn_lib.extraction import methods
-
-
-class Toy(nn.Module):
-    """A 4-channel, stride-32 stand-in for the backbone."""
-
-    name = "toy"
-    weights_id = "toy-1"
-    stride = 32
-    channels = 4
-
-    def __init__(self):
-        super().__init__()
-        self.proj = nn.Conv2d(3, 4, 1)
-        g = torch.Generator().manual_seed(0)
-        nn.init.normal_(self.proj.weight, generator=g)
-        nn.init.uniform_(self.proj.bias, 0.1, 0.5, generator=g)
-
-    def preprocess(self, images):
-        return images.float() / 255
-
-    def forward(self, x):
-        return torch.relu(nn.functional.avg_pool2d(self.proj(x), 32, ceil_mode=True))
 
 
 def _tiny_set(root: Path, name: str, n: int, seed: int, tint: tuple[int, int, int]) -> list[str]:
@@ -75,7 +53,9 @@ def crosswise_ctx(tmp_path):
         whitening_dims=None,
         whitening_max_images=None,
     )
-    return P.Context(prof, data, tmp_path / "res", torch.device("cpu"), backbone_factory=Toy)
+    return P.Context(
+        prof, data, tmp_path / "res", torch.device("cpu"), backbone_factory=ToyBackbone
+    )
 
 
 def test_crosswise_whitening_is_learned_on_the_other_set_only(crosswise_ctx, monkeypatch):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch import nn
+from toys import ToyBackbone
 
 from regattn_lib.core.attention import RegionalAttention
 from regattn_lib.core.descriptor import describe_feature_map, pool_regions
@@ -16,29 +16,6 @@ from regattn_lib.extraction.extract import extract_dataset, extract_images
 from regattn_lib.extraction.heads import RegionalHead
 from regattn_lib.extraction.image_stream import size_batches, target_size
 from regattn_lib.extraction.methods import build_head, method_of, whitening_head
-
-
-class ToyBackbone(nn.Module):
-    name = "toy"
-    weights_id = "toy-1"
-    stride = 32
-    channels = 4
-
-    def __init__(self):
-        super().__init__()
-        self.proj = nn.Conv2d(3, 4, 1)
-        g = torch.Generator().manual_seed(0)
-        nn.init.normal_(self.proj.weight, generator=g)
-        nn.init.uniform_(self.proj.bias, 0.1, 0.5, generator=g)  # some channels always active
-
-    def preprocess(self, images):
-        return images.float() / 255
-
-    def forward(self, x):
-        return torch.relu(nn.functional.avg_pool2d(self.proj(x), 32, ceil_mode=True))
-
-    def features(self, images):
-        return self(self.preprocess(images))
 
 
 @dataclass
