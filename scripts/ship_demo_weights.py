@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Made by `scripts/ship_demo_weights.py` on {datetime.now(UTC):%Y-%m-%d} at commit "
         f"{commit or 'unknown'} from `./run_all.sh --profile demo` (EfficientNet-Lite0, "
         f"{ctx.profile.image_size} px, L = {ctx.profile.levels}; synthetic classification and "
-        "whitening splits, see the README's demo section):\n\n" + "\n".join(lines) + "\n"
+        "whitening splits, see docs/running.md):\n\n" + "\n".join(lines) + "\n"
     )
     print((dest / "SOURCE.md").read_text())
     return 0
