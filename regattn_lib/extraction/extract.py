@@ -37,7 +37,13 @@ from regattn_lib.extraction.heads import Head
 from regattn_lib.extraction.image_stream import SkippedImage, group_ranges, iter_images
 from regattn_lib.runtime.atomic import atomic_torch_save, atomic_write_text
 from regattn_lib.runtime.environment import env_number, resolve_device, resolve_precision
-from regattn_lib.runtime.identity import backbone_weights_id, cache_key, content_stamp, list_digest
+from regattn_lib.runtime.identity import (
+    backbone_name,
+    backbone_weights_id,
+    cache_key,
+    content_stamp,
+    list_digest,
+)
 from regattn_lib.runtime.shards import SHARD_IMAGES, ShardStore
 
 
@@ -231,6 +237,113 @@ def _stems(paths: Sequence[Path]) -> list[str]:
     return [p.stem for p in paths]
 
 
+def _backbone_key(backbone: nn.Module, image_size: int | None, precision: str) -> dict[str, Any]:
+    """What of the backbone and its input a descriptor cache key holds."""
+    key = {
+        "backbone": backbone_name(backbone),
+        # weights and input convention (backbones.Backbone.cache_id)
+        "weights": backbone_weights_id(backbone),
+        "image_size": image_size,
+        "bf16": precision == "bf16",
+    }
+    if precision == "fp16":
+        key["fp16"] = True  # an extra key, so fp32/bf16 caches keep their old names
+    return key
+
+
+def _cache_files(
+    heads: Mapping[str, Head], common: Mapping[str, Any], folder: Path | None
+) -> dict[str, Path | None]:
+    """Each head's cache file in ``folder`` (``None`` without one), named by its key alone: one
+    method under several labels (the ablation's "R-MAC + PCA", the SOTA table's "R-MAC", the
+    scale study's L = 5) is extracted once."""
+    return {
+        name: None if folder is None else folder / f"{cache_key({**common, **head.cache_key()})}.pt"
+        for name, head in heads.items()
+    }
+
+
+def _load_descriptors(file: Path) -> Descriptors:
+    d = torch.load(file, map_location="cpu", weights_only=True)
+    return Descriptors(
+        d["db"],
+        d["queries"],
+        d["db_names"],
+        d["query_names"],
+        d["config"],
+        [SkippedImage.from_dict(s) for s in d.get("skipped", [])],
+    )
+
+
+def _save_descriptors(file: Path, d: Descriptors) -> None:
+    atomic_torch_save(
+        file,
+        {
+            "db": d.db,
+            "queries": d.queries,
+            "db_names": d.db_names,
+            "query_names": d.query_names,
+            "config": d.config,
+            "skipped": [s.to_dict() for s in d.skipped],
+        },
+    )
+
+
+def _extract_own(
+    name: str,
+    parts: tuple[Sequence[Path], Sequence[Path], list | None],
+    backbone: nn.Module,
+    todo: Mapping[str, Head],
+    files: Mapping[str, Path | None],
+    common: Mapping[str, Any],
+    image_size: int | None,
+    shard_size: int,
+    progress: bool | str,
+    **kwargs: Any,
+) -> dict[str, Descriptors]:
+    """The database and query descriptors of ``todo``'s heads on a set's own images (``parts``:
+    database paths, query paths, query boxes), each saved to its file."""
+    core_paths, q_paths, bbxs = parts
+    # database images that cannot be used are skipped; a bad query is an error
+    db, qs = (
+        _extract_part(
+            paths,
+            boxes,
+            backbone,
+            todo,
+            _shard_stores(files, part),
+            image_size,
+            shard_size,
+            on_bad,
+            part,
+            progress=progress and f"{name} {part}",
+            **kwargs,
+        )
+        for part, paths, boxes, on_bad in (
+            ("db", core_paths, None, "skip"),
+            ("queries", q_paths, bbxs, "raise"),
+        )
+    )
+    result = {}
+    for key, head in todo.items():
+        db_rows, skipped = db[key]
+        q_rows = qs[key][0]
+        dim = (db_rows if db_rows is not None else q_rows).shape[1:]
+        d = Descriptors(
+            (db_rows if db_rows is not None else torch.zeros((0, *dim))).float(),
+            (q_rows if q_rows is not None else torch.zeros((0, *dim))).float(),
+            _stems(core_paths),
+            _stems(q_paths),
+            {**common, **head.cache_key(), "name": key},
+            skipped,
+        )
+        result[key] = d
+        if files[key] is not None:
+            _save_descriptors(files[key], d)
+    _clear_shards(files)
+    return result
+
+
 def extract_dataset(
     dataset: Any,
     backbone: nn.Module,
@@ -276,15 +389,7 @@ def extract_dataset(
     precision = resolve_precision(
         kwargs.get("precision", "auto"), resolve_device(kwargs.get("device", "auto"))
     )
-    backbone_key = {
-        "backbone": getattr(backbone, "name", type(backbone).__name__),
-        # weights and input convention (backbones.Backbone.cache_id)
-        "weights": backbone_weights_id(backbone),
-        "image_size": image_size,
-        "bf16": precision == "bf16",
-    }
-    if precision == "fp16":
-        backbone_key["fp16"] = True  # an extra key, so fp32/bf16 caches keep their old names
+    backbone_key = _backbone_key(backbone, image_size, precision)
     common = {
         "dataset": dataset.name,
         "db": list_digest([p.name for p in core_paths]),
@@ -302,17 +407,10 @@ def extract_dataset(
         **backbone_key,
     }
     root = None if cache_dir is None else Path(cache_dir)
-    files: dict[str, Path | None] = {}
-    dist_files: dict[str, Path | None] = {}
-    for name, head in heads.items():
-        key = cache_key({**common, **head.cache_key()})
-        # named by the key alone: one method under several labels (the ablation's "R-MAC + PCA",
-        # the SOTA table's "R-MAC", the scale study's L = 5) is extracted once
-        files[name] = None if root is None else root / dataset.name / f"{key}.pt"
-        dkey = cache_key({**dist_common, **head.cache_key()})
-        dist_files[name] = (
-            None if root is None or not n_dist else root / "_distractors" / f"{dkey}.pt"
-        )
+    files = _cache_files(heads, common, None if root is None else root / dataset.name)
+    dist_files = _cache_files(
+        heads, dist_common, None if root is None or not n_dist else root / "_distractors"
+    )
     todo = {n: h for n, h in heads.items() if files[n] is None or not files[n].is_file()}
     dist_todo = {
         n: h
@@ -327,61 +425,22 @@ def extract_dataset(
     result: dict[str, Descriptors] = {}
     for name in heads:
         if name not in todo:
-            d = torch.load(files[name], map_location="cpu", weights_only=True)
-            result[name] = Descriptors(
-                d["db"],
-                d["queries"],
-                d["db_names"],
-                d["query_names"],
-                d["config"],
-                [SkippedImage.from_dict(s) for s in d.get("skipped", [])],
-            )
+            result[name] = _load_descriptors(files[name])
     if todo:
-        # database images that cannot be used are skipped; a bad query is an error
-        db, qs = (
-            _extract_part(
-                paths,
-                boxes,
+        result.update(
+            _extract_own(
+                dataset.name,
+                (core_paths, q_paths, bbxs),
                 backbone,
                 todo,
-                _shard_stores({n: files[n] for n in todo}, part),
+                {n: files[n] for n in todo},
+                common,
                 image_size,
                 shard_size,
-                on_bad,
-                part,
-                progress=progress and f"{dataset.name} {part}",
+                progress,
                 **kwargs,
             )
-            for part, paths, boxes, on_bad in (
-                ("db", core_paths, None, "skip"),
-                ("queries", q_paths, bbxs, "raise"),
-            )
         )
-        for name, head in todo.items():
-            config = {**common, **head.cache_key(), "name": name}
-            db_rows, skipped = db[name]
-            q_rows = qs[name][0]
-            dim = (db_rows if db_rows is not None else q_rows).shape[1:]
-            d = Descriptors(
-                (db_rows if db_rows is not None else torch.zeros((0, *dim))).float(),
-                (q_rows if q_rows is not None else torch.zeros((0, *dim))).float(),
-                _stems(core_paths),
-                _stems(q_paths),
-                config,
-                skipped,
-            )
-            result[name] = d
-            if files[name] is not None:
-                saved = {
-                    "db": d.db,
-                    "queries": d.queries,
-                    "db_names": d.db_names,
-                    "query_names": d.query_names,
-                    "config": config,
-                    "skipped": [s.to_dict() for s in skipped],
-                }
-                atomic_torch_save(files[name], saved)
-        _clear_shards({n: files[n] for n in todo})
     if n_dist:
         _add_distractors(
             result,
