@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -160,6 +160,78 @@ def backbone_features(backbone: nn.Module, x: torch.Tensor, precision: str) -> t
     return feats
 
 
+def _plan_batches(
+    paths: Sequence[str | os.PathLike],
+    groups: list[list[int]],
+    image_size: int | None,
+    bbxs: Sequence[Sequence[float] | None] | None,
+    batch_size: int,
+    on_bad: str,
+    min_original_side: int | None,
+    skipped: Callable[[int, str], ImageOutput],
+) -> tuple[list[list[int]], list[int], list[list[ImageOutput]]]:
+    """From the image headers alone: the batches (same-size images of one group), the group of
+    each batch, and each group's images skipped before any decoding."""
+    batches: list[list[int]] = []
+    batch_group: list[int] = []
+    header_skips: list[list[ImageOutput]] = []
+    for g, idx in enumerate(groups):
+        sizes, valid, skips = [], [], []
+        for i in idx:
+            bbx = None if bbxs is None else bbxs[i]
+            try:
+                (oh, ow), (h, w) = _image_sizes(paths[i], image_size, bbx)
+            except ImageError as e:
+                if on_bad == "raise":
+                    raise
+                skips.append(skipped(i, str(e)))
+                continue
+            if min_original_side is not None and min(oh, ow) < min_original_side:
+                skips.append(
+                    skipped(i, f"original {ow}x{oh} px: shorter side under {min_original_side} px")
+                )
+            elif min(h, w) < MIN_SIDE:
+                reason = (
+                    f"{paths[i]}: {w}x{h} px after resizing/cropping is smaller than {MIN_SIDE} px"
+                )
+                if on_bad == "raise":
+                    raise ImageError(reason)
+                skips.append(skipped(i, reason))
+            else:
+                sizes.append((h, w))
+                valid.append(i)
+        header_skips.append(skips)
+        for b in size_batches(sizes, batch_size):
+            batches.append([valid[j] for j in b])
+            batch_group.append(g)
+    return batches, batch_group, header_skips
+
+
+def _heads_on_batch(
+    backbone: nn.Module,
+    heads: Mapping[str, Head],
+    batch: torch.Tensor,
+    precision: str,
+    idx: Sequence[int],
+    paths: Sequence[str | os.PathLike],
+) -> dict[str, torch.Tensor]:
+    """One backbone pass over a batch, then every head on its feature map (on the CPU); an
+    all-zero descriptor is warned about, naming its file."""
+    feats = backbone_features(backbone, backbone.preprocess(batch), precision)
+    outs = {}
+    shared = SharedSteps()  # the heads pool equal regions and whiten equal vectors once
+    for name, head in heads.items():
+        out = head(feats, batch, shared).cpu()
+        zero = out.reshape(len(idx), -1).abs().amax(1) == 0
+        if zero.any():
+            names = [str(paths[idx[j]]) for j in torch.nonzero(zero).flatten().tolist()]
+            warnings.warn(
+                f"{name}: all-zero descriptor (no active feature) for {names}", stacklevel=3
+            )
+        outs[name] = out
+    return outs
+
+
 @torch.no_grad()
 def iter_images(
     paths: Sequence[str | os.PathLike],
@@ -215,38 +287,9 @@ def iter_images(
         return ImageOutput(i, None, SkippedImage(i, p.stem, str(p), reason, part))
 
     # Header pass: sizes for bucketing; bad or excluded images are known before any decoding.
-    batches: list[list[int]] = []
-    batch_group: list[int] = []
-    header_skips: list[list[ImageOutput]] = []
-    for g, idx in enumerate(groups):
-        sizes, valid, skips = [], [], []
-        for i in idx:
-            bbx = None if bbxs is None else bbxs[i]
-            try:
-                (oh, ow), (h, w) = _image_sizes(paths[i], image_size, bbx)
-            except ImageError as e:
-                if on_bad == "raise":
-                    raise
-                skips.append(skipped(i, str(e)))
-                continue
-            if min_original_side is not None and min(oh, ow) < min_original_side:
-                skips.append(
-                    skipped(i, f"original {ow}x{oh} px: shorter side under {min_original_side} px")
-                )
-            elif min(h, w) < MIN_SIDE:
-                reason = (
-                    f"{paths[i]}: {w}x{h} px after resizing/cropping is smaller than {MIN_SIDE} px"
-                )
-                if on_bad == "raise":
-                    raise ImageError(reason)
-                skips.append(skipped(i, reason))
-            else:
-                sizes.append((h, w))
-                valid.append(i)
-        header_skips.append(skips)
-        for b in size_batches(sizes, batch_size):
-            batches.append([valid[j] for j in b])
-            batch_group.append(g)
+    batches, batch_group, header_skips = _plan_batches(
+        paths, groups, image_size, bbxs, batch_size, on_bad, min_original_side, skipped
+    )
     if num_workers is None:
         cpus = os.cpu_count() or 1
         num_workers = 0 if cpus <= 2 else min(8, cpus - 1)
@@ -271,21 +314,9 @@ def iter_images(
             bar.update(len(bad))
             if batch is None:
                 continue
-            batch = batch.to(dev, non_blocking=True)
-            x = backbone.preprocess(batch)
-            feats = backbone_features(backbone, x, precision)
-            outs = {}
-            shared = SharedSteps()  # the heads pool equal regions and whiten equal vectors once
-            for name, head in heads.items():
-                out = head(feats, batch, shared).cpu()
-                zero = out.reshape(len(idx), -1).abs().amax(1) == 0
-                if zero.any():
-                    names = [str(paths[idx[j]]) for j in torch.nonzero(zero).flatten().tolist()]
-                    warnings.warn(
-                        f"{name}: all-zero descriptor (no active feature) for {names}",
-                        stacklevel=2,
-                    )
-                outs[name] = out
+            outs = _heads_on_batch(
+                backbone, heads, batch.to(dev, non_blocking=True), precision, idx, paths
+            )
             for j, i in enumerate(idx):
                 yield ImageOutput(i, {name: out[j] for name, out in outs.items()}, None)
             bar.update(len(idx))
