@@ -45,9 +45,14 @@ fi
 # Before any notebook: the device for every profile (--device cuda without a usable GPU stops
 # here with one line); profiles that download also check each file, the disk and memory.
 $PY -m regattn_lib.experiments.preflight --profile "$profile" --device "$device" ${overrides:+--overrides "$overrides"}
-# the repository's results/ unless $REGATTN_RESULTS says otherwise, named for the notebooks
-# (the library's own default is beside the data root, which may be elsewhere)
-export REGATTN_RESULTS=${REGATTN_RESULTS:-$PWD/results}
+# results beside the data root, as the library resolves them: the repository's results/ for its
+# data/, <data root>/../results for a $REGATTN_DATA elsewhere; $REGATTN_RESULTS overrides both.
+# Named here for the notebooks and the manifest.
+if [ -z "${REGATTN_RESULTS:-}" ]; then
+  if [ -n "${REGATTN_DATA:-}" ]; then REGATTN_RESULTS=$(dirname "$(realpath -m "$REGATTN_DATA")")/results
+  else REGATTN_RESULTS=$PWD/results; fi
+fi
+export REGATTN_RESULTS
 results=$REGATTN_RESULTS/$profile
 mkdir -p "$results/notebooks"
 manifest() { $PY -m regattn_lib.experiments.run_manifest "$@"; }

@@ -205,7 +205,9 @@ def test_zero_descriptor_is_reported(images):
 def test_autocast_precisions_are_close_to_fp32_and_auto_is_fp32_on_cpu(images):
     torch.manual_seed(0)  # the attention's initialisation: an unseeded one made the test flaky
     bb = ToyBackbone()
-    heads = {"ctx": RegionalHead(levels=2, attention=RegionalAttention(4, hidden=3, context=True))}
+    heads = {
+        "ctx": build_head("context", levels=2, attention=RegionalAttention(4, 3, context=True))
+    }
     run = {
         p: extract_images(images, bb, heads, None, precision=p, progress=False)["ctx"]
         for p in ("fp32", "auto", "fp16", "bf16")

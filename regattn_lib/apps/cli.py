@@ -19,6 +19,7 @@ import pandas as pd
 
 from regattn_lib.experiments import pipeline
 from regattn_lib.extraction.methods import METHODS
+from regattn_lib.runtime.environment import PRECISIONS
 from regattn_lib.runtime.identity import fc_weight
 
 
@@ -144,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         nargs="+",
         default=None,
-        choices=("auto", "fp32", "fp16", "bf16"),
+        choices=PRECISIONS,
         help="backbone precision (default: the profile's; paper fp32). Two or more, e.g. "
         "'fp32 fp16': scores each and prints the cosine distance between their descriptors "
         "and the mAP change against the first",

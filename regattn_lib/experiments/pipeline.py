@@ -213,7 +213,10 @@ def learn_whitening(
 
 def _whitening_head(ctx: Context, kind: str) -> Head:
     return methods.whitening_head(
-        kind, levels=ctx.profile.whitening_levels, fc_weight=fc_weight(ctx.backbone)
+        kind,
+        levels=ctx.profile.whitening_levels,
+        fc_weight=fc_weight(ctx.backbone),
+        stride=getattr(ctx.backbone, "stride", 32),
     )
 
 

@@ -46,6 +46,7 @@ from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
 from regattn_lib.experiments.profiles import Profile, get_profile, load_overrides
+from regattn_lib.runtime.environment import env_number
 from regattn_lib.runtime.paths import data_root as resolve_data_root
 
 #: Folders searched for files obtained another way (``os.pathsep``-separated).
@@ -577,8 +578,9 @@ def time_estimate(profile: Profile, fetch_bytes: int) -> Check:
     """A rough wall time for the downloads still to do and the backbone passes (a note, never
     required), from ``ASSUMED_IMAGES_PER_S`` / ``ASSUMED_DOWNLOAD_BYTES_PER_S`` or the
     ``$REGATTN_IMAGES_PER_S`` / ``$REGATTN_DOWNLOAD_MBPS`` the user measured."""
-    ips = float(os.environ.get("REGATTN_IMAGES_PER_S") or ASSUMED_IMAGES_PER_S)
-    bps = float(os.environ.get("REGATTN_DOWNLOAD_MBPS") or ASSUMED_DOWNLOAD_BYTES_PER_S / 1e6) * 1e6
+    ips = env_number("REGATTN_IMAGES_PER_S", ASSUMED_IMAGES_PER_S, float) or ASSUMED_IMAGES_PER_S
+    mbps = ASSUMED_DOWNLOAD_BYTES_PER_S / 1e6
+    bps = (env_number("REGATTN_DOWNLOAD_MBPS", mbps, float) or mbps) * 1e6  # 0: the assumption
     passes, detail = backbone_passes(profile)
     compute = passes / ips
     download = fetch_bytes / bps

@@ -37,8 +37,9 @@ from typing import Any
 import pandas as pd
 
 from regattn_lib.experiments.compact import fmt_gain, fmt_value
+from regattn_lib.runtime.paths import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = REPO_ROOT
 QUOTE = re.compile(r"<!-- quote: (?P<spec>.*?) -->(?P<text>.*?)<!-- /quote -->")
 ATTR = re.compile(r'(\w+)="([^"]*)"')
 DEFAULT_FILES = ("README.md", "docs/*.md")

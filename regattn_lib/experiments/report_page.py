@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -327,9 +328,21 @@ def run_header(manifest: dict[str, Any]) -> list[str]:
     return lines
 
 
-def deviations(tables: Path, profile_name: str) -> list[str]:
-    """Every note under the tables, once, plus the profile's whitening set and backbone."""
+def _same_statement(note: str) -> str:
+    """A note with the baseline's label taken out: the tables say "its own R-MAC + PCA row" or
+    "its own R-MAC row" for the same statement."""
+    return re.sub(r"its own .*? row", "its own baseline row", note)
+
+
+def deviations(
+    tables: Path, profile_name: str, overrides: dict[str, Any] | None = None
+) -> list[str]:
+    """Every note under the tables, once, plus what of the profile (with the run's
+    ``overrides``) differs from the paper: backbone, test image size and levels, whitening set.
+    """
     notes: list[str] = []
+    seen: set[str] = set()
+    provenance = ""
     for name in DEVIATION_TABLES:
         md = tables / f"{name}.md"
         if not md.is_file():
@@ -337,20 +350,31 @@ def deviations(tables: Path, profile_name: str) -> list[str]:
         for n in read_notes(md.read_text()):
             if n.startswith("`") or n.startswith("Paper values:"):
                 continue  # column notes of the compact layout; the citation goes last
-            if n not in notes:
+            if n.startswith("backbone "):  # the weights' provenance: said with the backbone
+                provenance = n[len("backbone ") :]
+                continue
+            if _same_statement(n) not in seen:
+                seen.add(_same_statement(n))
                 notes.append(n)
     try:
         from regattn_lib.experiments.profiles import get_profile
 
-        prof = get_profile(profile_name)
-        extra = [
-            f"backbone: {prof.backbone} (the paper: ResNet-101, Caffe weights)",
-            f"test images at {prof.image_size} px, L = {prof.levels} (the paper: 1024 px, L = 5)",
-        ]
-        if not any(n.startswith("whitening set") for n in notes):
-            extra.append(f"whitening set: {prof.whitening_set} (the paper: the Landmarks set)")
+        prof = get_profile(profile_name, overrides)
     except ValueError:
-        extra = []
+        return notes
+    extra = []
+    if prof.backbone != "caffe-resnet101" or provenance:
+        said = provenance or prof.backbone
+        paper = (
+            "" if prof.backbone == "caffe-resnet101" else "; the paper: ResNet-101, Caffe weights"
+        )
+        extra.append(f"backbone: {said}{paper}")
+    if (prof.image_size, prof.levels) != (1024, 5):
+        extra.append(
+            f"test images at {prof.image_size} px, L = {prof.levels} (the paper: 1024 px, L = 5)"
+        )
+    if not any(n.startswith("whitening set") for n in notes):
+        extra.append(f"whitening set: {prof.whitening_set} (the paper: the Landmarks set)")
     return extra + notes
 
 
@@ -384,7 +408,8 @@ def build_report(results_dir: str | os.PathLike, profile: str | None = None) -> 
             "",
         ]
     out += ["## How this run differs from the paper", ""]
-    out += [f"- {n}" for n in deviations(tables, profile)]
+    last = manifest.get("runs", {}).get(manifest.get("last_run") or "", {})
+    out += [f"- {n}" for n in deviations(tables, profile, last.get("overrides"))]
     out += ["", "Paper values: the BMVC 2018 presentation slides.", ""]
     for i, (name, title) in enumerate(PAPER_TABLES):
         df = _read(tables, name)

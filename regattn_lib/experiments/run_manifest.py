@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from regattn_lib.runtime.atomic import atomic_write_json
+from regattn_lib.runtime.paths import REPO_ROOT
 
 MANIFEST = "run.json"
 #: Folders under results/<profile>/ whose files a notebook writes (its outputs).
@@ -53,7 +54,7 @@ def _git(*args: str) -> str | None:
     try:
         out = subprocess.run(
             ["git", *args],
-            cwd=Path(__file__).resolve().parents[2],
+            cwd=REPO_ROOT,
             capture_output=True,
             text=True,
             timeout=20,
@@ -168,6 +169,9 @@ def finish(results: str | os.PathLike, run_id: str, status: str = "ok") -> Path:
         sum(nb["wall_s"] for nb in data["notebooks"].values() if nb.get("run") == run_id), 1
     )
     data["runs"][run_id] = run
+    # the whole series as last executed (each notebook's latest run), at a fixed key that the
+    # README and docs quote (run ids change with every run)
+    data["series_wall_min"] = round(sum(nb["wall_s"] for nb in data["notebooks"].values()) / 60, 1)
     return atomic_write_json(manifest_path(results), data)
 
 

@@ -22,6 +22,7 @@ from regattn_lib.experiments.tables import SEEDS, WEIGHTS, gain_intervals
 from regattn_lib.experiments.timing import time_per_image
 from regattn_lib.extraction import methods
 from regattn_lib.extraction.heads import Head
+from regattn_lib.runtime.identity import fc_weight
 
 
 def dataset_statistics(ctx: pipeline.Context) -> pd.DataFrame:
@@ -257,8 +258,7 @@ def sota_heads(ctx: pipeline.Context, whitening: PCAWhitening) -> dict[str, Head
     the whitening set with its own whitening, R-MAC, and ours (the context-aware attention, else
     the regional one). CAM needs the backbone's ImageNet classifier and is left out without
     one; ours is left out without any attention model."""
-    fc = getattr(ctx.backbone, "fc", None)
-    fc_weight = None if fc is None else fc.weight.detach()
+    fc = fc_weight(ctx.backbone)
     atts = {
         methods.method(lbl).attention_kind: a
         for lbl, a in pipeline.available_attention(ctx).items()
@@ -268,7 +268,7 @@ def sota_heads(ctx: pipeline.Context, whitening: PCAWhitening) -> dict[str, Head
     for row, names in methods.SOTA_ROWS.items():
         candidates = [methods.METHODS[n] for n in ((names,) if isinstance(names, str) else names)]
         usable = [m for m in candidates if m.attention_kind is None or m.attention_kind in atts]
-        if usable and not (usable[0].pooling == "cam" and fc_weight is None):
+        if usable and not (usable[0].pooling == "cam" and fc is None):
             rows[row] = usable[0]
     poolings = [m.pooling for m in rows.values() if m.family == "global"]
     full = pipeline.learn_whitenings(ctx, poolings)  # one pass for all of them
@@ -283,7 +283,7 @@ def sota_heads(ctx: pipeline.Context, whitening: PCAWhitening) -> dict[str, Head
             levels=ctx.profile.levels,
             whitening=w,
             attention=atts.get(m.attention_kind),
-            fc_weight=fc_weight,
+            fc_weight=fc,
         )
         head.name = row  # the paper's row label
         heads[row] = head

@@ -33,7 +33,7 @@ from regattn_lib.extraction import methods
 from regattn_lib.extraction.extract import extract_images
 from regattn_lib.extraction.heads import Head
 from regattn_lib.extraction.image_stream import size_batches, target_size
-from regattn_lib.runtime.environment import resolve_device
+from regattn_lib.runtime.environment import PRECISIONS, resolve_device
 
 
 @dataclass(frozen=True)
@@ -220,7 +220,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--whitening", type=Path, default=None, help="PCAWhitening .pt (default none)")
     p.add_argument("--batch-size", type=int, default=16, help="images per forward (default 16)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
-    p.add_argument("--precision", default="auto", help="auto | fp32 | fp16 | bf16 (see extract)")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS, help="backbone precision")
     p.add_argument("--num-workers", type=int, default=None, help="decode workers per process")
     p.add_argument("--no-crop-queries", action="store_true", help="do not crop queries to boxes")
     p.add_argument("--out", type=Path, required=True, help="output .pt file")

@@ -96,8 +96,8 @@ class RegionalHead(Head):
             "attention": None
             if att is None
             else {
-                "context": att.context,
-                "activation": att.activation,
+                "context": getattr(att, "context", None),
+                "activation": getattr(att, "activation", None),
                 "digest": module_digest(att),
             },
             "whitening": whitening_digest(self.whitening),
@@ -112,6 +112,7 @@ class RegionalVectorsHead(Head):
 
     name: str = "regional-vectors"
     levels: int = 3
+    stride: int = 32
 
     def __call__(
         self, feats: torch.Tensor, images: torch.Tensor, shared: SharedSteps | None = None
@@ -119,7 +120,8 @@ class RegionalVectorsHead(Head):
         regions = rmac_regions(images.shape[2], images.shape[3], self.levels)
         # max pooling only: the average and global pools of pool_regions are not needed here
         # (they took half the time of the whitening pass at 800 px)
-        return regional_max_pool(feats, region_cells(regions, feats.shape[2], feats.shape[3]))
+        cells = region_cells(regions, feats.shape[2], feats.shape[3], self.stride)
+        return regional_max_pool(feats, cells)
 
     def cache_key(self) -> dict[str, Any]:
         return {"head": "regional-vectors", "levels": self.levels}

@@ -143,13 +143,15 @@ def method_of(attention: RegionalAttention | AttentionFn | None) -> str:
     return "context" if getattr(attention, "context", False) else "regional"
 
 
-def whitening_head(kind: str, levels: int = 3, fc_weight: torch.Tensor | None = None) -> Head:
+def whitening_head(
+    kind: str, levels: int = 3, fc_weight: torch.Tensor | None = None, stride: int = 32
+) -> Head:
     """The head whose outputs a whitening of ``kind`` is learned on: ``'regional'``, the raw
     regional max-pooled vectors at ``levels`` (authors: L = 3); a global pooling
     (``'mac'``, ``'spoc'``, ``'crow'``, ``'cam'``), its unwhitened L2-normalised vector
     (``fc_weight`` is used by CAM alone)."""
     if kind == "regional":
-        return RegionalVectorsHead(levels=levels)
+        return RegionalVectorsHead(levels=levels, stride=stride)
     m = method(kind)
     if m.family != "global":
         raise ValueError(f"no whitening is learned for {kind!r}; use 'regional' or a pooling")

@@ -4,8 +4,6 @@ the optional cache of pooled backbone features (``TrainConfig.feature_cache_view
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -17,6 +15,7 @@ import torch
 
 from regattn_lib.datasets.images import load_rgb
 from regattn_lib.runtime.atomic import atomic_torch_save
+from regattn_lib.runtime.identity import backbone_name, backbone_weights_id, cache_key
 from regattn_lib.training.augment import SampleSpec, draw_samples, train_crop, val_crop
 from regattn_lib.training.config import CACHE_SEED_OFFSET, TrainConfig
 
@@ -171,10 +170,10 @@ def features_key(
         "val_resize": cfg.val_resize,
         "val_crop": cfg.val_crop,
         "levels": cfg.levels,
-        "backbone": getattr(model.backbone, "name", None),
-        "weights": getattr(model.backbone, "cache_id", getattr(model.backbone, "weights_id", None)),
+        "backbone": backbone_name(model.backbone),
+        "weights": backbone_weights_id(model.backbone),
     }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_key(parts)
 
 
 def cached_features(

@@ -50,7 +50,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from regattn_lib.core.attention import RegionalAttention
-from regattn_lib.extraction.extract import resolve_device
+from regattn_lib.runtime.environment import resolve_device
 from regattn_lib.runtime.identity import module_digest
 from regattn_lib.training.augment import fixed_subset
 from regattn_lib.training.checkpoint import (
