@@ -816,6 +816,17 @@ def _rehearsal(root: Path, name: str, *args: str, log: Path, **env: str) -> subp
         )
 
 
+def _rehearse_to_the_end(root: Path, name: str, *args: str, log: Path, timeout: int) -> int:
+    """A rehearsal run to its end (killed with its process group after ``timeout`` s): its exit
+    code."""
+    proc = _rehearsal(root, name, *args, log=log)
+    try:
+        return proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 def _tail(log: Path, n: int = 40) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-n:])
 
@@ -827,12 +838,7 @@ def test_rehearsal_end_to_end(tmp_path):
     _need_official_weights()
     log = tmp_path / "rehearsal.log"
     before = _repository_outputs()
-    proc = _rehearsal(tmp_path, "ci", "--fresh", log=log)
-    try:
-        rc = proc.wait(timeout=1200)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    rc = _rehearse_to_the_end(tmp_path, "ci", "--fresh", log=log, timeout=1200)
     assert rc == 0, _tail(log)
     assert "check_paper_results: all tables complete" in log.read_text()
     # rooted elsewhere, it wrote nothing into the repository's results/ or data/
@@ -1070,12 +1076,7 @@ def test_quick_rehearsal_end_to_end(tmp_path):
     the mirror's log shows no request for SfM-120k, distractor or ImageNet files."""
     _need_official_weights()
     log = tmp_path / "quick.log"
-    proc = _rehearsal(tmp_path, "ci-quick", "--fresh", "--quick", log=log)
-    try:
-        rc = proc.wait(timeout=900)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    rc = _rehearse_to_the_end(tmp_path, "ci-quick", "--fresh", "--quick", log=log, timeout=900)
     assert rc == 0, _tail(log)
     text = log.read_text()
     assert "check_paper_results: all tables complete" in text and "does not need" in text

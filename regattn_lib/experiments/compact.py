@@ -71,7 +71,8 @@ def fmt_gain(gain: float, low: float | None, high: float | None, sd: float | Non
     return cell
 
 
-def _num(x: object) -> float:
+def as_number(x: object) -> float:
+    """``float(x)``, NaN for a value that is not a number (an empty CSV cell, a label)."""
     try:
         return float(x)  # type: ignore[arg-type]
     except (TypeError, ValueError):
@@ -81,13 +82,15 @@ def _num(x: object) -> float:
 def gain_cells(df: pd.DataFrame, column: str) -> list[str]:
     """One merged cell per row for the gain ``column`` and its ``low``/``high``/``seed sd``."""
     d = gain_decimals(
-        [_num(v) for c in (column, column + LOW, column + HIGH) if c in df for v in df[c]]
+        [as_number(v) for c in (column, column + LOW, column + HIGH) if c in df for v in df[c]]
     )
     out = []
     for _, row in df.iterrows():
-        get = lambda c, row=row: _num(row[c]) if c in df.columns else None  # noqa: E731
+        get = lambda c, row=row: as_number(row[c]) if c in df.columns else None  # noqa: E731
         out.append(
-            fmt_gain(_num(row[column]), get(column + LOW), get(column + HIGH), get(column + SD), d)
+            fmt_gain(
+                as_number(row[column]), get(column + LOW), get(column + HIGH), get(column + SD), d
+            )
         )
     return out
 
@@ -96,7 +99,7 @@ def _decimals_of(values: Sequence[object]) -> int:
     """Decimals enough to show each value of a column as the CSV does (at most 4)."""
     best = 0
     for v in values:
-        s = fmt_value(_num(v))
+        s = fmt_value(as_number(v))
         if "." in s and "e" not in s:
             best = max(best, len(s.split(".")[1]))
     return min(best, 4)
@@ -107,8 +110,8 @@ def value_with(values: Sequence[object], extra: Sequence[object]) -> list[str]:
     d = max(1, _decimals_of(values))
     out = []
     for v, e in zip(values, extra, strict=True):
-        base = fmt_value(_num(v) if not isinstance(v, str) else v)
-        ev = _num(e)
+        base = fmt_value(as_number(v) if not isinstance(v, str) else v)
+        ev = as_number(e)
         out.append(f"{base} ({signed(ev, d)})" if base and not math.isnan(ev) else base)
     return out
 

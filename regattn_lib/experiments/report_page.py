@@ -27,6 +27,7 @@ import pandas as pd
 from regattn_lib.experiments import run_manifest
 from regattn_lib.experiments.compact import (
     BASELINE,
+    as_number,
     compact,
     fmt_value,
     gain_cells,
@@ -108,13 +109,6 @@ def _pretty(dataset: str) -> str:
     return PRETTY.get(dataset, dataset)
 
 
-def _num(x: Any) -> float:
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        return math.nan
-
-
 def _read(tables: Path, name: str) -> pd.DataFrame | None:
     path = tables / f"{name}.csv"
     return pd.read_csv(path) if path.is_file() else None
@@ -158,7 +152,7 @@ def paper_layout(df: pd.DataFrame, paper_profile: bool) -> tuple[pd.DataFrame, l
             ours = [fmt_value(x) for x in df[f"{d} ours"]]
             diff = df.get(f"{d} diff", pd.Series([math.nan] * len(df)))
             cols[f"{p} ours (diff)"] = [
-                f"{o} ({signed(_num(x), 1)})" if o and not math.isnan(_num(x)) else o
+                f"{o} ({signed(as_number(x), 1)})" if o and not math.isnan(as_number(x)) else o
                 for o, x in zip(ours, diff, strict=True)
             ]
             if f"{d} ours gain low" in df:
@@ -169,7 +163,11 @@ def paper_layout(df: pd.DataFrame, paper_profile: bool) -> tuple[pd.DataFrame, l
             if f"{d} paper gain" in df:
                 base = _baseline_rows(df)
                 cols[f"{_pretty(d)} gain (paper)"] = [
-                    BASELINE if i in base else "" if math.isnan(_num(x)) else signed(_num(x), 1)
+                    BASELINE
+                    if i in base
+                    else ""
+                    if math.isnan(as_number(x))
+                    else signed(as_number(x), 1)
                     for i, x in enumerate(df[f"{d} paper gain"])
                 ]
         for d in _ours_datasets(df):
