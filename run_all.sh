@@ -45,15 +45,10 @@ fi
 # Before any notebook: the device for every profile (--device cuda without a usable GPU stops
 # here with one line); profiles that download also check each file, the disk and memory.
 $PY -m regattn_lib.experiments.preflight --profile "$profile" --device "$device" ${overrides:+--overrides "$overrides"}
-# results beside the data root, as the library resolves them: the repository's results/ for its
-# data/, <data root>/../results for a $REGATTN_DATA elsewhere; $REGATTN_RESULTS overrides both.
-# Named here for the notebooks and the manifest.
-if [ -z "${REGATTN_RESULTS:-}" ]; then
-  if [ -n "${REGATTN_DATA:-}" ]; then REGATTN_RESULTS=$(dirname "$(realpath -m "$REGATTN_DATA")")/results
-  else REGATTN_RESULTS=$PWD/results; fi
-fi
-export REGATTN_RESULTS
-results=$REGATTN_RESULTS/$profile
+# results where the library puts them (runtime.paths.results_root: $REGATTN_RESULTS, else beside
+# the data root), named here for the notebooks and the manifest
+results=$($PY -c "from regattn_lib.runtime.paths import results_root; print(results_root('$profile'))")
+export REGATTN_RESULTS=${results%/*}
 mkdir -p "$results/notebooks"
 manifest() { $PY -m regattn_lib.experiments.run_manifest "$@"; }
 run_id=$(manifest begin --results "$results" --profile "$profile" --device "$device" \
