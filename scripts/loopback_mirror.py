@@ -81,7 +81,8 @@ class MirrorServer(ThreadingHTTPServer):
         self.throttle = throttle
         self.throttle_re = re.compile(throttle_match) if throttle_match else None
         self.log_path = Path(log) if log is not None else None
-        self._log_lock = threading.Lock()
+        self._log_lock = threading.Condition()
+        self.records_written = 0
 
     @property
     def port(self) -> int:
@@ -102,8 +103,22 @@ class MirrorServer(ThreadingHTTPServer):
         if self.log_path is None:
             return
         line = json.dumps(entry, sort_keys=True) + "\n"
-        with self._log_lock, open(self.log_path, "a") as f:
-            f.write(line)
+        with self._log_lock:
+            with open(self.log_path, "a") as f:
+                f.write(line)
+            self.records_written += 1
+            self._log_lock.notify_all()
+
+    def wait_for_records(self, n: int, timeout: float = 30.0) -> list[dict]:
+        """The log's records once ``n`` have been written. A record is written after its answer is
+        sent, so a client can hold an answer before its line is in the log: read it through this.
+        Raises ``TimeoutError`` naming the log if fewer than ``n`` arrive within ``timeout``."""
+        with self._log_lock:
+            if not self._log_lock.wait_for(lambda: self.records_written >= n, timeout):
+                raise TimeoutError(
+                    f"{self.log_path}: {self.records_written} of {n} requests logged in {timeout} s"
+                )
+        return read_log(self.log_path)
 
 
 class MirrorHandler(BaseHTTPRequestHandler):

@@ -120,10 +120,13 @@ def test_mirror_head_get_and_404(mirror):
     ):
         assert _request(server, "GET", missing)[0].status == 404, missing
     assert _request(server, "HEAD", "/nowhere/x")[0].status == 404
-    records = LM.read_log(log)
-    assert [(r["method"], r["status"]) for r in records[:2]] == [("HEAD", 200), ("GET", 200)]
-    assert records[1]["bytes"] == len(data) and records[1]["complete"] is True
-    assert records[0]["bytes"] == 0 and records[1]["range"] is None
+    records = server.wait_for_records(7)  # 1 HEAD + 2 GET found, 3 GET + 1 HEAD missing
+    assert len(records) == 7
+    (head,) = [r for r in records if (r["method"], r["status"]) == ("HEAD", 200)]
+    gets = [r for r in records if (r["method"], r["status"]) == ("GET", 200)]
+    assert len(gets) == 2 and all(g["bytes"] == len(data) and g["complete"] for g in gets)
+    assert head["bytes"] == 0 and all(g["range"] is None for g in gets)
+    assert sorted(r["status"] for r in records).count(404) == 4
 
 
 def test_mirror_ranges(mirror):
@@ -143,9 +146,9 @@ def test_mirror_ranges(mirror):
     assert resp.status == 200 and body == data
     resp, body = _request(server, "HEAD", "/example.org/a/b.bin", {"Range": "bytes=0-0"})
     assert resp.status == 206 and body == b"" and resp.getheader("Content-Length") == "1"
-    # one line per request; the server writes a line after answering, so two requests in quick
-    # succession may log in either order (seen under load): compare without the order
-    ranges = [(r["range"], r["status"], r["bytes"]) for r in LM.read_log(log)]
+    # one line per request, written after the answer (so read through wait_for_records); two
+    # requests in quick succession may log in either order (seen under load)
+    ranges = [(r["range"], r["status"], r["bytes"]) for r in server.wait_for_records(6)]
     assert len(ranges) == 6
     for expected in [
         ("bytes=10-19", 206, 10),
@@ -155,6 +158,12 @@ def test_mirror_ranges(mirror):
         ("bytes=0-1,4-5", 200, len(data)),
     ]:
         assert expected in ranges
+
+
+def test_mirror_wait_for_records_names_the_log_when_requests_are_missing(mirror):
+    server, _, log = mirror
+    with pytest.raises(TimeoutError, match="mirror.log: 0 of 1 requests logged"):
+        server.wait_for_records(1, timeout=0.05)
 
 
 def test_mirror_resumes_the_library_download_with_a_range(mirror, tmp_path):
@@ -173,7 +182,7 @@ def test_mirror_resumes_the_library_download_with_a_range(mirror, tmp_path):
         progress=False,
     )
     assert dest.read_bytes() == data
-    (rec,) = [r for r in LM.read_log(log) if r["method"] == "GET"]
+    (rec,) = [r for r in server.wait_for_records(1) if r["method"] == "GET"]
     assert rec["range"] == "bytes=300-" and rec["status"] == 206 and rec["bytes"] == len(data) - 300
 
 
