@@ -1,18 +1,12 @@
-"""The paper dress rehearsal (issue 11): the loopback mirror, the miniature fixtures, the result
-checker, and (``slow``) the rehearsal itself and its interrupted reruns.
-
-The interrupted-rerun test relies on these interfaces of the library: downloads resume from
-``<dest>.part`` with an HTTP Range request; descriptor extraction writes finished shards of
-``$REGATTN_SHARD_IMAGES`` images at ``<data>/cache/<profile>/_distractors/<key>.parts/*.pt``
-(removed once the part is complete) and loads, never rewrites, the shards it finds; archives
-are extracted once (``.<archive>.done`` markers).
+"""The paper dress rehearsal (issue 11): the loopback mirror, the miniature fixtures and the
+result checker. The rehearsal runs themselves: ``test_rehearsal_run``, ``test_rehearsal_quick``,
+``test_rehearsal_resume`` (helpers in ``rehearsal_runs``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import http.client
-import importlib.util
 import io
 import json
 import os
@@ -22,7 +16,6 @@ import signal
 import subprocess
 import sys
 import tarfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -34,6 +27,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image, ImageFile
+from rehearsal_runs import CK, FX, LM, REPO, need_official_weights
 
 from regattn_lib.datasets import archives, safe_pickle
 from regattn_lib.datasets import downloads as dl
@@ -47,20 +41,6 @@ from regattn_lib.datasets.retrieval import (
 from regattn_lib.experiments import reports as R
 from regattn_lib.experiments.profiles import PAPER, Profile
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-LM = _load("loopback_mirror")
-FX = _load("paper_fixtures")
-CK = _load("check_paper_results")
 REAL_MANIFEST = json.loads((REPO / "regattn_lib" / "datasets" / "manifest.json").read_text())[
     "files"
 ]
@@ -250,17 +230,10 @@ def test_mirror_cli_writes_its_port_and_stops_on_sigterm(tmp_path):
 
 
 # ----------------------------------------------------------------------------- fixtures
-def _need_official_weights() -> None:
-    try:
-        FX.official_attention_file()
-    except FileNotFoundError as e:
-        pytest.skip(f"the fixtures serve the authors' real attention file: {e}")
-
-
 @pytest.fixture(scope="module")
 def fixture(tmp_path_factory):
     """The miniature fixtures without the two large weight files (built in ~2 s)."""
-    _need_official_weights()
+    need_official_weights()
     return FX.build(tmp_path_factory.mktemp("fx"), seed=0, weights=False)
 
 
@@ -815,212 +788,6 @@ def test_checker_requires_a_report_of_the_skipped_images(good):
     ]
 
 
-# ----------------------------------------------------------------------------- rehearsal
-def _rehearsal(root: Path, name: str, *args: str, log: Path, **env: str) -> subprocess.Popen:
-    full = {**os.environ, "REHEARSAL_ROOT": str(root), **env}
-    full.pop("REGATTN_RESULTS", None)
-    with open(log, "w") as out:  # the child keeps its own descriptor
-        return subprocess.Popen(
-            ["bash", str(REPO / "scripts" / "rehearse_paper.sh"), name, *args],
-            cwd=REPO,
-            env=full,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
-def _rehearse_to_the_end(root: Path, name: str, *args: str, log: Path, timeout: int) -> int:
-    """A rehearsal run to its end (killed with its process group after ``timeout`` s): its exit
-    code."""
-    proc = _rehearsal(root, name, *args, log=log)
-    try:
-        return proc.wait(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-
-
-def _tail(log: Path, n: int = 40) -> str:
-    return "\n".join(log.read_text(errors="replace").splitlines()[-n:])
-
-
-@pytest.mark.slow  # about 2 minutes on 2 cores
-def test_rehearsal_end_to_end(tmp_path):
-    """scripts/rehearse_paper.sh: the real run_all.sh --profile paper on the miniature mirror,
-    then the result check (every table, row, label; the known answer's AP 100)."""
-    _need_official_weights()
-    log = tmp_path / "rehearsal.log"
-    before = _repository_outputs()
-    rc = _rehearse_to_the_end(tmp_path, "ci", "--fresh", log=log, timeout=1200)
-    assert rc == 0, _tail(log)
-    assert "check_paper_results: all tables complete" in log.read_text()
-    # rooted elsewhere, it wrote nothing into the repository's results/ or data/
-    assert _repository_outputs() == before
-    assert (tmp_path / "regattn-rehearsal-ci" / "results" / "paper" / "tables").is_dir()
-
-
-def _repository_outputs() -> dict[str, int]:
-    """Every file under the repository's results/ and data/, with its modification time."""
-    return {
-        str(f.relative_to(REPO)): f.stat().st_mtime_ns
-        for d in ("results", "data")
-        for f in (REPO / d).rglob("*")
-        if f.is_file()
-    }
-
-
-def _our_processes(data_root: Path) -> list[int]:
-    """Processes started by a rehearsal of ``data_root`` (its REGATTN_DATA), e.g. the Jupyter
-    kernels, which run in process groups of their own."""
-    want = f"REGATTN_DATA={data_root}".encode()
-    pids = []
-    for env in Path("/proc").glob("[0-9]*/environ"):
-        try:
-            if want in env.read_bytes().split(b"\0"):
-                pids.append(int(env.parent.name))
-        except OSError:
-            continue
-    return pids
-
-
-def _kill(proc: subprocess.Popen, data_root: Path) -> None:
-    """SIGKILL the rehearsal's process group, then wait for (or end) the rest of its processes."""
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    deadline = time.monotonic() + 20
-    while (left := _our_processes(data_root)) and time.monotonic() < deadline:
-        time.sleep(0.2)  # kernels notice their parent is gone and exit on their own
-    for pid in left:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-def _wait_for(proc: subprocess.Popen, found, what: str, log: Path, timeout: float = 900):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        hit = found()
-        if hit:
-            return hit
-        if proc.poll() is not None:
-            pytest.fail(
-                f"the rehearsal ended (exit {proc.returncode}) before {what}:\n{_tail(log)}"
-            )
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    pytest.fail(f"no {what} within {timeout:.0f} s:\n{_tail(log)}")
-
-
-def _body_gets(records: list[dict]) -> list[dict]:
-    """GETs that fetch content: not HEAD, not the preflight's one-byte probes."""
-    return [r for r in records if r["method"] == "GET" and r["range"] != "bytes=0-0"]
-
-
-@pytest.mark.slow  # about 75 s on 2 cores: notebook 05 alone, three times
-def test_interrupted_rehearsal_reruns_download_and_extract_nothing_twice(tmp_path):
-    """Kill the rehearsal (notebook 05: it downloads the distractors and extracts them) during
-    the distractor download, then during the distractor extraction, and rerun it: finished
-    downloads are not fetched again, the partial one resumes with a Range request, finished
-    extraction shards and extracted archives are not redone."""
-    _need_official_weights()
-    work = tmp_path / "regattn-rehearsal-rr"
-    data = work / "data"
-    tars = data / "distractors" / "revisitop1m"
-    mirror_log = work / "mirror.log"
-    # run 1: the distractor archives crawl at 20 kB/s; killed once one of them is half there
-    log1 = tmp_path / "run1.log"
-    proc = _rehearsal(
-        tmp_path,
-        "rr",
-        "--fresh",
-        "--",
-        "--only",
-        "05",
-        log=log1,
-        REHEARSAL_THROTTLE="20000",
-        REHEARSAL_THROTTLE_MATCH=r"revisitop1m\.[0-9]+\.tar\.gz$",
-    )
-    part = _wait_for(
-        proc,
-        lambda: next(
-            (p for p in tars.glob("revisitop1m.*.tar.gz.part") if p.stat().st_size > 0), None
-        ),
-        "a partial distractor archive",
-        log1,
-    )
-    _kill(proc, data)
-    part_size = part.stat().st_size
-    entries = json.loads((work / "fixtures" / "manifest_override.json").read_text())["files"]
-
-    def finished(e) -> bool:  # on disk, or extracted and deleted (distractor archives)
-        dest = data / e["dest"]
-        return dest.is_file() or (
-            e.get("extract_to") and archives.done_marker(dest, data / e["extract_to"]).is_file()
-        )
-
-    done1 = {str(FX.mirror_path(Path(), e["url"])) for e in entries.values() if finished(e)}
-    assert done1, "nothing had finished downloading before the kill"
-    markers1 = {p: p.stat().st_mtime_ns for p in data.rglob(".*.done")}
-    n1 = len(LM.read_log(mirror_log))
-    # run 2: full speed; killed once the distractor extraction has written a shard
-    log2 = tmp_path / "run2.log"
-    proc = _rehearsal(tmp_path, "rr", "--", "--only", "05", log=log2)
-    cache = data / "cache" / "paper" / "_distractors"
-    _wait_for(proc, lambda: list(cache.glob("*.parts/*.pt")), "a distractor extraction shard", log2)
-    _kill(proc, data)
-    shards = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in cache.glob("*.parts/*.pt")}
-    # run 3: to the end, watching that no finished shard is written again
-    rewritten: set[Path] = set()
-    stop = threading.Event()
-
-    def watch() -> None:
-        while not stop.is_set():
-            for p, sig in shards.items():
-                try:
-                    st = p.stat()
-                except FileNotFoundError:
-                    continue  # merged and removed once the whole part is done
-                if (st.st_ino, st.st_mtime_ns) != sig:
-                    rewritten.add(p)
-            time.sleep(0.02)
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    log3 = tmp_path / "run3.log"
-    proc = _rehearsal(tmp_path, "rr", "--", "--only", "05", log=log3)
-    try:
-        rc = proc.wait(timeout=1200)
-    finally:
-        stop.set()
-        watcher.join()
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert rc == 0, _tail(log3)
-    problems: list[str] = []
-    CK.check_paper_table(
-        pd.read_csv(work / "results" / "paper" / "tables" / "sota.csv"), "sota", problems
-    )
-    assert problems == []
-    records = LM.read_log(mirror_log)
-    later = _body_gets(records[n1:])
-    again = sorted({r["path"] for r in later} & done1)
-    assert not again, f"downloaded again after run 1: {again}"
-    resumed = [r for r in later if r["path"].endswith(part.name[: -len(".part")])]
-    assert resumed and resumed[0]["range"] == f"bytes={part_size}-", resumed[:1]
-    starts = {}
-    for r in _body_gets(records):
-        if r["range"] is None:
-            starts[r["path"]] = starts.get(r["path"], 0) + 1
-    assert max(starts.values()) == 1, {p: n for p, n in starts.items() if n > 1}
-    assert shards, "no finished shard at the second kill"
-    assert not rewritten, f"extracted again: {sorted(map(str, rewritten))}"
-    for marker, mtime in markers1.items():
-        assert marker.stat().st_mtime_ns == mtime, f"{marker}: archive extracted again"
-    assert list(cache.glob("*.pt")), "the distractor descriptors were not cached"
-
-
 # ----------------------------------------------------------------------------- paper-quick
 def _quick_tables(good: Path) -> None:
     """The good tables as the paper-quick profile writes them: no trained regional attention
@@ -1081,34 +848,3 @@ def test_checker_reads_the_mirror_log_for_unneeded_requests(tmp_path):
     problems = []
     CK.check_requests(log, CK.get_profile("paper"), problems)
     assert problems == []
-
-
-@pytest.mark.slow  # about a minute on 2 cores: no training, distractors or SfM-120k
-def test_quick_rehearsal_end_to_end(tmp_path):
-    """scripts/rehearse_paper.sh --quick: the real run_all.sh --profile paper-quick on the
-    miniature mirror; the tables have the paper's rows and values and finite values of ours, and
-    the mirror's log shows no request for SfM-120k, distractor or ImageNet files."""
-    _need_official_weights()
-    log = tmp_path / "quick.log"
-    rc = _rehearse_to_the_end(tmp_path, "ci-quick", "--fresh", "--quick", log=log, timeout=900)
-    assert rc == 0, _tail(log)
-    text = log.read_text()
-    assert "check_paper_results: all tables complete" in text and "does not need" in text
-    assert "downloads 10 files" in text  # the preflight's count of the profile's files
-    work = tmp_path / "regattn-rehearsal-ci-quick"
-    paths = [r["path"] for r in LM.read_log(work / "mirror.log")]
-    assert paths and not [
-        p for p in paths if any(s in p for s in ("revisitop1m", "/data/train/", "ILSVRC"))
-    ]
-    tables = work / "results" / "paper-quick" / "tables"
-    abl = pd.read_csv(tables / "ablation.csv").set_index("method")
-    assert abl.loc["+ regional attention", "oxford5k paper"] == 74.9
-    assert np.isnan(abl.loc["+ regional attention", "oxford5k ours"])
-    assert "--profile paper" in abl.loc["+ regional attention", "weights"]
-    assert np.isfinite(abl.loc[["R-MAC + PCA", "+ context awareness"], "paris6k ours"]).all()
-    sota = pd.read_csv(tables / "sota.csv")
-    assert not [c for c in sota.columns if "105k" in c or "106k" in c]
-    for name in ("ablation", "rpn", "sota", "scale_study", "revisited", "whitening"):
-        md = (tables / f"{name}.md").read_text()
-        assert "crosswise" in md and "PCA Landmark" in md, name
-    assert "no Oxford105k / Paris106k columns" in (tables / "sota.md").read_text()
