@@ -47,7 +47,8 @@ fi
 $PY -m regattn_lib.experiments.preflight --profile "$profile" --device "$device" ${overrides:+--overrides "$overrides"}
 # results where the library puts them (runtime.paths.results_root: $REGATTN_RESULTS, else beside
 # the data root), named here for the notebooks and the manifest
-results=$($PY -c "from regattn_lib.runtime.paths import results_root; print(results_root('$profile'))")
+run_name=$($PY -m regattn_lib.experiments.profiles --profile "$profile" ${overrides:+--overrides "$overrides"} --run-name) || exit 2
+results=$($PY -c "from regattn_lib.runtime.paths import results_root; print(results_root('$run_name'))")
 export REGATTN_RESULTS=${results%/*}
 mkdir -p "$results/notebooks"
 manifest() { $PY -m regattn_lib.experiments.run_manifest "$@"; }

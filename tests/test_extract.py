@@ -1,3 +1,4 @@
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -547,18 +548,27 @@ def test_shard_size_from_the_environment(images, tmp_path, monkeypatch):
         extract_dataset(ds, bb, {"r": build_head("rmac", levels=2)}, None, tmp_path, progress=False)
 
 
-def test_a_new_generator_version_gets_new_cache_keys(images, tmp_path):
-    from regattn_lib.runtime.identity import content_stamp
+def test_a_new_generator_version_seed_or_config_gets_new_cache_keys(images, tmp_path):
+    from regattn_lib.runtime.identity import cache_key, content_stamp
 
     root = tmp_path / "set"
     root.mkdir()
     assert content_stamp(root) is None and content_stamp(None) is None  # downloaded sets
-    (root / "meta.json").write_text('{"generator": "gen", "version": 1}')
-    assert content_stamp(root) == "gen@1"
+    metas = [
+        {"generator": "gen", "version": 1, "seed": 0, "config": {"n": 3}},
+        {"generator": "gen", "version": 2, "seed": 0, "config": {"n": 3}},
+        {"generator": "gen", "version": 2, "seed": 7, "config": {"n": 3}},
+        {"generator": "gen", "version": 2, "seed": 7, "config": {"n": 4}},
+    ]
+    (root / "meta.json").write_text(json.dumps(metas[0]))
+    assert content_stamp(root) == f"gen@1 seed 0 config {cache_key({'config': {'n': 3}})}"
     ds = ToyDataset("toy", images[:3], images[3:], [None, None])
     ds.root = root
     heads = {"r": build_head("rmac", levels=2)}
+    for k, meta in enumerate(metas):
+        (root / "meta.json").write_text(json.dumps(meta))
+        extract_dataset(ds, ToyBackbone(), heads, None, cache_dir=tmp_path / "c", progress=False)
+        # each change of version, seed or config: a new cache file, the old vectors not reused
+        assert len(list((tmp_path / "c" / "toy").glob("*.pt"))) == k + 1
     extract_dataset(ds, ToyBackbone(), heads, None, cache_dir=tmp_path / "c", progress=False)
-    (root / "meta.json").write_text('{"generator": "gen", "version": 2}')
-    extract_dataset(ds, ToyBackbone(), heads, None, cache_dir=tmp_path / "c", progress=False)
-    assert len(list((tmp_path / "c" / "toy").glob("*.pt"))) == 2  # the old vectors not reused
+    assert len(list((tmp_path / "c" / "toy").glob("*.pt"))) == len(metas)  # same meta: reused

@@ -9,11 +9,13 @@ import yaml
 
 from regattn_lib.experiments import pipeline as P
 from regattn_lib.experiments.profiles import (
+    DEFAULT_SYNTHETIC_SEED,
     PAPER,
     SMOKE,
     apply_overrides,
     get_profile,
     load_overrides,
+    seed_data_root,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,3 +74,42 @@ def test_cli_checks_the_file_and_writes_papermill_parameters(tmp_path):
     assert res.returncode == 2 and str(bad) in res.stderr
     with pytest.raises(ValueError, match="bad.yaml"):
         load_overrides(bad)
+
+
+# ----------------------------------------------------------------------------- synthetic_seed
+def test_another_synthetic_seed_gets_its_own_data_results_cache_and_note(tmp_path, monkeypatch):
+    monkeypatch.delenv("REGATTN_RESULTS")  # results beside the data root
+    default = P.setup("smoke", data_root=tmp_path / "data")
+    assert default.profile.synthetic_seed == DEFAULT_SYNTHETIC_SEED == 0
+    assert default.data_root == (tmp_path / "data").resolve()
+    assert default.results == (tmp_path / "results" / "smoke").resolve()
+    assert default.cache_dir == default.data_root / "cache" / "smoke"
+    assert default.profile.notes == SMOKE.notes  # the committed runs' tables do not change
+    ctx = P.setup("smoke", data_root=tmp_path / "data", overrides={"synthetic_seed": 7})
+    assert ctx.profile.run_name == "smoke-seed7"
+    assert ctx.data_root == (tmp_path / "data" / "synthetic-seed-7").resolve()
+    assert ctx.results == (tmp_path / "results" / "smoke-seed7").resolve()
+    assert ctx.cache_dir == ctx.data_root / "cache" / "smoke-seed7"
+    (note,) = set(ctx.profile.notes) - set(SMOKE.notes)
+    assert "synthetic_seed=7" in note and "committed results use 0" in note
+    # asking twice (a profile passed back in) does not repeat the note
+    assert get_profile(ctx.profile).notes == ctx.profile.notes
+    assert seed_data_root(SMOKE, tmp_path) == tmp_path
+
+
+def test_a_seed_on_a_profile_without_synthetic_data_is_refused():
+    with pytest.raises(ValueError, match="synthetic_seed=3: profile 'paper' has no synthetic"):
+        get_profile("paper", {"synthetic_seed": 3})
+    assert get_profile("paper", {"synthetic_seed": 0}).run_name == "paper"
+
+
+def test_cli_prints_the_run_name_run_all_uses(tmp_path):
+    seeded = tmp_path / "seed.yaml"
+    seeded.write_text("synthetic_seed: 5\n")
+    run = [sys.executable, "-m", "regattn_lib.experiments.profiles", "--run-name"]
+    for args, want in [
+        (["--profile", "demo"], "demo"),
+        (["--profile", "demo", "--overrides", str(seeded)], "demo-seed5"),
+    ]:
+        out = subprocess.run([*run, *args], capture_output=True, text=True, cwd=REPO)
+        assert out.returncode == 0 and out.stdout == want + "\n", out.stderr

@@ -337,3 +337,42 @@ def test_old_sets_without_masks_are_regenerated_with_them(tiny, tmp_path):
         _gen(tmp_path)
     assert _files(sp) == _files(tiny)  # masks included, byte for byte
     assert load_landmark_mask(sp.retrieval_dir, "q_000").any()
+
+
+def test_split_hash_lines_check_with_sha256sum_and_change_with_the_seed(tiny, tmp_path):
+    import hashlib
+    import subprocess
+
+    lines = syn.split_hash_lines(tiny)
+    assert list(lines) == list(syn.SPLIT_FOLDERS) == ["retrieval", "whitening", "classification"]
+    first = lines["retrieval"][0]
+    digest, rel = first.split("  ", 1)
+    assert rel.startswith(f"test/{CFG.name}/") and "/" not in digest
+    assert hashlib.sha256((tiny.root / rel).read_bytes()).hexdigest() == digest
+    n_files = sum(
+        1
+        for d in (tiny.retrieval_dir, tiny.whiten_dir, tiny.cls_dir)
+        for f in d.rglob("*")
+        if f.is_file()
+    )
+    assert sum(map(len, lines.values())) == n_files
+    listing = tmp_path / "splits.sha256"
+    listing.write_text("".join(x + "\n" for part in lines.values() for x in part))
+    check = subprocess.run(
+        ["sha256sum", "--check", "--quiet", str(listing)],
+        cwd=tiny.root,
+        capture_output=True,
+        text=True,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    # same seed elsewhere: the same lines; another seed: every split another draw
+    assert syn.split_hash_lines(_gen(tmp_path / "again")) == lines
+    other = syn.split_hash_lines(_gen(tmp_path / "seed1", seed=1))
+    for part in lines:
+        assert syn.split_digest(other[part]) != syn.split_digest(lines[part]), part
+
+
+def test_split_hash_lines_name_a_split_not_generated(tmp_path):
+    sp = syn.synthetic_paths("nothing-here", tmp_path)
+    with pytest.raises(FileNotFoundError, match="retrieval split is not generated"):
+        syn.split_hash_lines(sp)

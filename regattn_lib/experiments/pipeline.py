@@ -28,7 +28,7 @@ from regattn_lib.datasets.retrieval import (
     load_retrieval_dataset,
     whitening_images,
 )
-from regattn_lib.experiments.profiles import Profile, get_profile
+from regattn_lib.experiments.profiles import Profile, get_profile, seed_data_root
 from regattn_lib.experiments.reports import results_dirs
 from regattn_lib.extraction import methods
 from regattn_lib.extraction.extract import (
@@ -39,6 +39,7 @@ from regattn_lib.extraction.extract import (
 from regattn_lib.extraction.heads import Head
 from regattn_lib.extraction.whitening_stream import accumulate_images
 from regattn_lib.models.attention_weights import load_official_attention
+from regattn_lib.runtime.atomic import atomic_write_text
 from regattn_lib.runtime.environment import env_number, resolve_device, resolve_precision
 from regattn_lib.runtime.identity import (
     backbone_weights_id,
@@ -76,7 +77,7 @@ class Context:
 
     @property
     def cache_dir(self) -> Path:
-        return self.data_root / "cache" / self.profile.name
+        return self.data_root / "cache" / self.profile.run_name
 
     @cached_property
     def backbone(self) -> torch.nn.Module:
@@ -113,7 +114,8 @@ def setup(
     """
     prof = get_profile(profile, overrides, **fields)
     root = resolve_data_root(data_root)
-    res = Path(results).resolve() if results is not None else results_root(prof.name, data=root)
+    res = Path(results).resolve() if results is not None else results_root(prof.run_name, data=root)
+    root = seed_data_root(prof, root)  # results stay beside the data root given, data under it
     torch.manual_seed(0)
     ctx = Context(prof, root, res, resolve_device(device), results_dirs(res))
     if verbose:
@@ -141,11 +143,14 @@ def prepare_data(ctx: Context, progress: bool = True) -> dict[str, Any]:
     Returns a summary: per dataset, database and query counts and the protocols.
     """
     p = ctx.profile
+    summary: dict[str, Any] = {}
     if p.synthetic is not None:
         from regattn_lib.datasets.synthetic import generate_synthetic
 
-        generate_synthetic(p.synthetic, ctx.data_root, progress=progress)
-    summary: dict[str, Any] = {}
+        sp = generate_synthetic(
+            p.synthetic, ctx.data_root, seed=p.synthetic_seed, progress=progress
+        )
+        summary["splits"] = write_split_hashes(sp, ctx.results / SPLIT_HASHES)
     for name in dict.fromkeys(p.datasets + p.revisited):
         ds = load_retrieval_dataset(name, ctx.data_root, download=p.download)
         summary[name] = {"database": ds.n_db, "queries": ds.n_queries, "protocols": ds.protocols}
@@ -155,6 +160,21 @@ def prepare_data(ctx: Context, progress: bool = True) -> dict[str, Any]:
     white = whitening_images(p.whitening_set, ctx.data_root, download=p.download)
     summary["whitening"] = {"set": p.whitening_set, "images": len(white)}
     return summary
+
+
+#: The hash list of a synthetic run's splits, in its results folder (``sha256sum -c`` format).
+SPLIT_HASHES = "splits.sha256"
+
+
+def write_split_hashes(paths: Any, dest: Path) -> dict[str, dict[str, Any]]:
+    """Write the ``sha256sum`` lines of every file of a synthetic benchmark's splits to ``dest``
+    (paths relative to the data root) and return, per split, its file count and digest: the
+    proof that a split stayed byte-identical (compare two runs' lists or digests)."""
+    from regattn_lib.datasets.synthetic import split_digest, split_hash_lines
+
+    lines = split_hash_lines(paths)
+    atomic_write_text(dest, "".join(line + "\n" for part in lines.values() for line in part))
+    return {k: {"files": len(v), "sha256": split_digest(v)} for k, v in lines.items()}
 
 
 def dataset(ctx: Context, name: str, distractors: bool = False) -> RetrievalDataset:

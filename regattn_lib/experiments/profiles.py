@@ -56,6 +56,11 @@ class Profile:
     datasets: tuple[str, ...]  # test sets of the ablation / SOTA tables (classic protocol)
     revisited: tuple[str, ...]  # sets evaluated with Easy/Medium/Hard
     synthetic: str | None = None  # synthetic preset to generate (offline profiles)
+    # base seed of the synthetic benchmark (offline profiles). The committed results use
+    # DEFAULT_SYNTHETIC_SEED; another seed is a fresh draw of every split (test, whitening,
+    # classification), written under its own data root (``seed_data_root``) and results folder
+    # (``run_name``) and named in every table's notes, so it never replaces the default's files
+    synthetic_seed: int = 0
     image_size: int = 1024
     levels: int = 5
     # "crosswise": each test set is whitened with the whitening learned on the database images
@@ -92,6 +97,48 @@ class Profile:
     def with_overrides(self, **fields: Any) -> Profile:
         """A copy with ``fields`` changed (nested mappings allowed, see ``apply_overrides``)."""
         return apply_overrides(self, fields)
+
+    @property
+    def reseeded(self) -> bool:
+        """An offline profile drawn with another ``synthetic_seed`` than the default."""
+        return self.synthetic is not None and self.synthetic_seed != DEFAULT_SYNTHETIC_SEED
+
+    @property
+    def run_name(self) -> str:
+        """The name of this run's results and cache folders: the profile's name, with
+        ``-seed<S>`` for another synthetic seed (``demo-seed7``)."""
+        return f"{self.name}-seed{self.synthetic_seed}" if self.reseeded else self.name
+
+
+#: The synthetic seed of the committed results (``results/demo``, ``results/smoke`` in CI).
+DEFAULT_SYNTHETIC_SEED = 0
+
+
+def seed_data_root(profile: Profile, root: str | os.PathLike) -> Path:
+    """Where ``profile`` keeps its data under the data root ``root``: ``root`` itself, or
+    ``<root>/synthetic-seed-<S>`` for another synthetic seed (its own test, whitening and
+    classification sets, caches and trained models beside the default's, never over them)."""
+    root = Path(root)
+    return root / f"synthetic-seed-{profile.synthetic_seed}" if profile.reseeded else root
+
+
+def _seed_checked(profile: Profile) -> Profile:
+    """``profile`` with a note naming another synthetic seed; a seed on a profile without a
+    synthetic benchmark raises ``ValueError`` (it would change nothing)."""
+    if profile.synthetic is None and profile.synthetic_seed != DEFAULT_SYNTHETIC_SEED:
+        raise ValueError(
+            f"override synthetic_seed={profile.synthetic_seed}: profile {profile.name!r} has no "
+            "synthetic benchmark (synthetic=None), so a seed would change nothing"
+        )
+    if not profile.reseeded:
+        return profile
+    note = (
+        f"synthetic benchmark drawn with synthetic_seed={profile.synthetic_seed} (the committed "
+        f"results use {DEFAULT_SYNTHETIC_SEED}): another draw of every split, not the committed one"
+    )
+    return replace(
+        profile, notes=(*profile.notes, note) if note not in profile.notes else profile.notes
+    )
 
 
 SMOKE = Profile(
@@ -292,7 +339,7 @@ def get_profile(
                 f"unknown profile {name!r}; choose one of {sorted(PROFILES)}"
             ) from None
     profile = apply_overrides(profile, {k: v for k, v in fields_.items() if v is not None})
-    return apply_overrides(profile, overrides)
+    return _seed_checked(apply_overrides(profile, overrides))
 
 
 def load_overrides(path: str | os.PathLike) -> dict[str, Any]:
@@ -318,7 +365,12 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("--profile", required=True)
-    ap.add_argument("--overrides", required=True, type=Path, help="YAML/JSON file")
+    ap.add_argument("--overrides", type=Path, default=None, help="YAML/JSON file")
+    ap.add_argument(
+        "--run-name",
+        action="store_true",
+        help="print only the run's name (results/<run name>: the profile's, or <profile>-seed<S>)",
+    )
     ap.add_argument(
         "--papermill-params",
         type=Path,
@@ -328,11 +380,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     try:
-        overrides = load_overrides(args.overrides)
-        get_profile(args.profile, overrides)
+        overrides = load_overrides(args.overrides) if args.overrides is not None else {}
+        profile = get_profile(args.profile, overrides)
     except ValueError as e:
         print(f"[profiles] {e}", file=sys.stderr)
         return 2
+    if args.run_name:
+        print(profile.run_name)
+        return 0
     if args.papermill_params is not None:
         import yaml
 

@@ -62,14 +62,16 @@ def list_digest(items: Sequence[Any]) -> str:
 
 
 def content_stamp(folder: str | os.PathLike | None) -> str | None:
-    """What a generated image folder's names do not say: the generator and its version from
-    the ``meta.json`` a synthetic set carries (images of one name change with the generator),
-    so caches of an older version are never reused. ``None`` for downloaded sets."""
+    """What a generated image folder's names do not say: the generator, its version, the seed
+    and a digest of the config from the ``meta.json`` a synthetic set carries (images of one
+    name change with any of them), so a cache of another version, seed or config is never
+    reused. ``None`` for downloaded sets."""
     meta = None if folder is None else Path(folder) / "meta.json"
     if meta is None or not meta.is_file():
         return None
     info = json.loads(meta.read_text())
-    return f"{info.get('generator')}@{info.get('version')}"
+    config = cache_key({"config": info.get("config")})
+    return f"{info.get('generator')}@{info.get('version')} seed {info.get('seed')} config {config}"
 
 
 def cache_key(parts: Mapping[str, Any]) -> str:

@@ -17,7 +17,7 @@ import torch
 from regattn_lib.core.attention import RegionalAttention
 from regattn_lib.core.whitening import CrosswiseWhitening, PCAWhitening
 from regattn_lib.experiments.pipeline import Context
-from regattn_lib.experiments.profiles import Profile, get_profile
+from regattn_lib.experiments.profiles import Profile, get_profile, seed_data_root
 from regattn_lib.extraction import methods
 from regattn_lib.extraction.heads import RegionalHead
 from regattn_lib.runtime.environment import resolve_device, resolve_precision
@@ -93,10 +93,10 @@ class PhotoModel:
 def _context(profile: Profile, data_root: str | os.PathLike | None, device: str) -> Context:
     # a Context without results folders: a search never creates results/<profile>/
     root = resolve_data_root(data_root)
-    res = results_root(profile.name, data=root)
+    res = results_root(profile.run_name, data=root)
     return Context(
         profile,
-        root,
+        seed_data_root(profile, root),
         res,
         resolve_device(device),
         {"models": res / "models"},

@@ -74,12 +74,16 @@ from regattn_lib.datasets.synthetic.config import (
     view_label,
 )
 from regattn_lib.datasets.synthetic.layout import (
+    SPLIT_FOLDERS,
     SyntheticPaths,
     load_landmark_mask,
+    split_digest,
+    split_hash_lines,
     synthetic_paths,
 )
 
 __all__ = [
+    "SPLIT_FOLDERS",
     "GENERATOR",
     "GENERATOR_VERSION",
     "SYNTHETIC_PRESETS",
@@ -87,6 +91,8 @@ __all__ = [
     "SyntheticPaths",
     "generate_synthetic",
     "load_landmark_mask",
+    "split_digest",
+    "split_hash_lines",
     "synthetic_paths",
     "tiny_config",
     "view_label",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,3 +91,35 @@ def load_landmark_mask(dataset_root: str | os.PathLike, image_name: str) -> np.n
         )
     with Image.open(path) as im:
         return np.asarray(im.convert("1"), dtype=bool)
+
+
+#: The parts of a synthetic benchmark in its hash list, with their folder in ``SyntheticPaths``.
+SPLIT_FOLDERS = {
+    "retrieval": "retrieval_dir",
+    "whitening": "whiten_dir",
+    "classification": "cls_dir",
+}
+
+
+def split_hash_lines(paths: SyntheticPaths) -> dict[str, list[str]]:
+    """Per part (``SPLIT_FOLDERS``), one ``sha256sum`` line per file, paths relative to the
+    data root and sorted: ``"<sha256>  test/synthetic-demo/jpg/db_00000.jpg"``.
+
+    ``cd <data root> && sha256sum -c splits.sha256`` checks a copy; two draws are the same split
+    exactly when their lines are. Raises ``FileNotFoundError`` naming a part not generated.
+    """
+    from regattn_lib.runtime.atomic import sha256_file
+
+    out: dict[str, list[str]] = {}
+    for part, attr in SPLIT_FOLDERS.items():
+        folder = Path(getattr(paths, attr))
+        if not (folder / "meta.json").is_file():
+            raise FileNotFoundError(f"{folder}: the {part} split is not generated (no meta.json)")
+        files = sorted(f for f in folder.rglob("*") if f.is_file())
+        out[part] = [f"{sha256_file(f)}  {f.relative_to(paths.root).as_posix()}" for f in files]
+    return out
+
+
+def split_digest(lines: list[str]) -> str:
+    """One sha256 over a part's hash lines: equal exactly when every file and name is."""
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
