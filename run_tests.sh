@@ -14,4 +14,4 @@ export MPLBACKEND=Agg PYTHONUNBUFFERED=1
 # one torch/OpenMP thread each, since two workers of two threads on two cores spin against each
 # other (a smoke notebook took minutes instead of seconds)
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
-exec .venv/bin/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile "$@"
+exec .venv/bin/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --no-loadscope-reorder "$@"

@@ -36,17 +36,19 @@ def official_weights() -> Path:
     pytest.skip("the authors' attention weights are not beside this checkout (../shared/official)")
 
 
-# The test files that take longest, longest first (on 2 Intel Xeon cores: the paper rehearsal
-# ~220 s, the smoke series ~190 s, the quick rehearsal ~160 s, the interrupted rehearsal ~90 s).
-# Under `pytest -n 2 --dist loadfile` (run_tests.sh) a file runs on one worker (a module-scoped
-# fixture is built once) and files start in collection order: these first, so that the two
-# workers finish close together. (xdist's loadgroup does not group under pytest 9: its
-# renamed node ids do not reach the scheduler.)
+# The test files that take longest (on 2 Intel Xeon cores: the paper rehearsal ~220 s, the
+# smoke series ~190 s, the quick rehearsal ~160 s, the interrupted rehearsal ~90 s). Under
+# `pytest -n 2 --dist loadfile --no-loadscope-reorder` (run_tests.sh) a file runs on one worker
+# (a module-scoped fixture is built once) and files are handed out in collection order, two to
+# each worker at the start: these first, paired so that the workers carry about the same load
+# (run + interrupted, series + quick), then the rest to whichever worker is free. (Without
+# --no-loadscope-reorder xdist sorts files by their number of tests, so these one-test files
+# came last; its loadgroup does not group under pytest 9.)
 HEAVY_FILES = (
     "test_rehearsal_run.py",
     "test_notebooks.py",
-    "test_rehearsal_quick.py",
     "test_rehearsal_resume.py",
+    "test_rehearsal_quick.py",
 )
 
 

@@ -22,8 +22,8 @@ def _inputs():
     images = torch.zeros(2, 3, 6 * 32, 5 * 32, dtype=torch.uint8)
     whitening = learn_pca_whitening(torch.randn(50, C), n_components=4)
     attention = {
-        k: RegionalAttention(C, hidden=4, context=k == "context").eval()
-        for k in ("regional", "context")
+        k: RegionalAttention(C, hidden=4, context=k.endswith("context")).eval()
+        for k in ("regional", "context", "metric-regional", "metric-context")
     }
     return feats, images, whitening, attention
 
@@ -76,8 +76,13 @@ def test_table_labels_are_the_papers():
     assert (P.RMAC, P.REGIONAL, P.CONTEXT) == tuple(PAPER_ABLATION["method"])
     assert [M.label(n) for n in M.ABLATION_METHODS] == list(PAPER_ABLATION["method"])
     paper_sota = set(PAPER_SOTA["method"])
-    # our SOTA rows are the paper's, plus the baselines the paper's table lacks (MAC, SPoC)
-    assert set(M.SOTA_ROWS) - paper_sota == {"MAC", "SPoC"}
+    # our SOTA rows are the paper's, plus the baselines the paper's table lacks (MAC, SPoC) and
+    # ours learned by metric learning (beyond the paper)
+    assert set(M.SOTA_ROWS) - paper_sota == {"MAC", "SPoC", "Ours (metric learning)"}
+    assert [M.label(n) for n in M.METRIC_METHODS] == [
+        "+ regional attention (metric learning)",
+        "+ context awareness (metric learning)",
+    ]
 
 
 def test_registry_heads_keep_the_cache_keys_of_the_heads_built_by_hand():

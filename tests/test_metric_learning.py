@@ -328,3 +328,74 @@ def test_tuple_reader_against_the_rehearsal_fixture(rehearsal_fixture, tmp_path)
         read_sfm120k_tuples(pkl, "whiten")
     with pytest.raises(FileNotFoundError, match="download=True"):
         sfm120k_tuples("train", tmp_path / "empty")
+
+
+# ----------------------------------------------------- images -> cache: the extracted descriptor
+def _photos(folder: Path, sizes) -> list[Path]:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    out = []
+    for i, (w, h) in enumerate(sizes):
+        p = folder / f"im_{i}.png"
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(p)
+        out.append(p)
+    return out
+
+
+def test_images_through_the_region_cache_give_the_extracted_descriptor(tmp_path):
+    """pooled_regions (the extraction path, RegionPoolsHead) -> region_cache -> describe_cached
+    is, image for image, what extract_images gives with the regional head of the same attention
+    and whitening: the descriptor trained is the descriptor extracted."""
+    from toys import ToyBackbone
+
+    from regattn_lib.extraction.extract import extract_images
+    from regattn_lib.training.metric_data import pooled_regions, region_cache
+
+    paths = _photos(tmp_path / "im", [(200, 150), (150, 200), (160, 160), (200, 150)])
+    bb = ToyBackbone()
+    torch.manual_seed(1)
+    att = RegionalAttention(4, hidden=8, context=True)
+    w = learn_pca_whitening(torch.randn(200, 4, generator=torch.Generator().manual_seed(3)))
+    head = methods.build_head("context", levels=3, attention=att, whitening=w)
+    want = torch.stack(
+        extract_images(paths, bb, {"d": head}, 160, device="cpu", progress=False)["d"]
+    )
+    cache_file = tmp_path / "pools.pt"
+    pools = pooled_regions(paths, bb, 160, 3, cache_file=cache_file, device="cpu", progress=False)
+    assert cache_file.is_file() and len(pools) == 4
+    with torch.no_grad():
+        got = describe_cached(region_cache(pools, w), att)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    # read back from the file, not recomputed; other images are refused by name
+    again = pooled_regions(paths, None, 160, 3, cache_file=cache_file, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(again, pools, strict=True))
+    with pytest.raises(ValueError, match="pools.pt: cached for other images"):
+        pooled_regions(paths[:2], None, 160, 3, cache_file=cache_file, progress=False)
+
+
+def test_split_region_pools_unpacks_the_heads_rows_and_rejects_other_shapes():
+    from regattn_lib.extraction.heads import split_region_pools
+
+    rows = torch.arange(5 * 3, dtype=torch.float32).reshape(5, 3)  # R = 2, C = 3
+    x, k, g = split_region_pools(rows)
+    assert x.tolist() == rows[:2].tolist() and k.tolist() == rows[2:4].tolist()
+    assert g.tolist() == [12.0, 13.0, 14.0]
+    with pytest.raises(ValueError, match="not a RegionPoolsHead output"):
+        split_region_pools(torch.zeros(4, 3))
+
+
+def test_paired_intervals_compare_each_metric_row_with_its_recipe_row():
+    from regattn_lib.experiments.tables import paired_intervals
+
+    aps = {
+        "rmac": np.array([50.0, 60.0, 70.0]),
+        "recipe": np.array([52.0, 61.0, 70.0]),
+        "metric": np.array([55.0, 64.0, 73.0]),  # +3 on every query over the recipe
+    }
+    cols = paired_intervals(aps, {"metric": "recipe", "missing": "nowhere"}, "set vs recipe")
+    gain, low, high = (cols[f"set vs recipe gain{s}"] for s in ("", " low", " high"))
+    assert np.isnan(gain[:2]).all() and np.isnan(low[:2]).all()
+    assert gain[2] == pytest.approx(3.0) and low[2] == pytest.approx(3.0)
+    assert high[2] == pytest.approx(3.0)  # a constant difference: a zero-width interval

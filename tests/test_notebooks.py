@@ -26,6 +26,7 @@ TABLES = [
     "per_query",
     "object_attention",
     "photo_search",
+    "metric_training",
 ]
 FIGURES = [
     "scale_study",
@@ -115,6 +116,46 @@ def test_every_table_exists_with_finite_values_in_range(smoke_results):
     ]  # the override, not the profile's 1..6
     rev = pd.read_csv(smoke_results / "tables" / "revisited.csv")
     assert {"easy mAP", "medium mAP", "hard mAP"} <= set(rev.columns)
+
+
+@pytest.mark.slow
+def test_metric_learned_rows_beside_the_papers_recipe(smoke_results):
+    """The smoke profile learns both attention kinds by metric learning too: its log names the
+    sweep's pick per kind, and every table with attention rows shows them, labelled."""
+    log = pd.read_csv(smoke_results / "tables" / "metric_training.csv")
+    assert sorted(log["kind"].unique()) == ["metric-context", "metric-regional"]
+    assert log.groupby("kind")["chosen"].sum().tolist() == [1, 1]
+    # epoch 0 is R-MAC (alpha = 1) and the kept epoch is the best on validation
+    assert (log["val mAP"] >= log["val mAP R-MAC"] - 1e-9).all()
+    assert (log["epochs"] == 3).all() and set(log["lr"]) == {1e-3, 1e-2}
+    label = "trained here by metric learning (beyond the paper)"
+    metric_rows = [
+        "+ regional attention (metric learning)",
+        "+ context awareness (metric learning)",
+    ]
+    for name in ("ablation", "rpn"):
+        df = pd.read_csv(smoke_results / "tables" / f"{name}.csv").set_index("method")
+        assert (df.loc[metric_rows, "weights"] == label).all(), name
+    abl = pd.read_csv(smoke_results / "tables" / "ablation.csv").set_index("method")
+    vs = "synthetic-smoke ours vs paper's recipe gain"
+    assert abl[vs].notna().tolist() == [False, False, False, True, True]
+    # the paired gain over the recipe is the difference of the two rows' mAPs
+    for metric, recipe in zip(
+        metric_rows, ["+ regional attention", "+ context awareness"], strict=True
+    ):
+        want = abl.loc[metric, "synthetic-smoke ours"] - abl.loc[recipe, "synthetic-smoke ours"]
+        assert abs(abl.loc[metric, vs] - want) < 0.02  # the CSV keeps 4 significant digits
+        assert abl.loc[metric, f"{vs} low"] <= abl.loc[metric, vs] <= abl.loc[metric, f"{vs} high"]
+    sota = pd.read_csv(smoke_results / "tables" / "sota.csv")
+    assert {"Ours (metric learning)", "Ours (metric learning)+QE"} <= set(sota["method"])
+    rev = pd.read_csv(smoke_results / "tables" / "revisited.csv")
+    assert "Ours (metric learning)" in set(rev["method"])
+    perq = pd.read_csv(smoke_results / "tables" / "per_query.csv")
+    assert "AP Ours (metric learning)" in perq.columns
+    obj = pd.read_csv(smoke_results / "tables" / "object_attention.csv")
+    assert set(metric_rows) <= set(obj["method"])
+    splits = (smoke_results / "splits.sha256").read_text().splitlines()
+    assert any("/synthetic-smoke-metric/" in line for line in splits)
 
 
 @pytest.mark.slow

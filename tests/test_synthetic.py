@@ -48,9 +48,9 @@ def _load_gnd(path: Path) -> dict:
 
 
 def _files(sp) -> dict[str, bytes]:
-    """Every file of the three folders, by path relative to the data root."""
+    """Every file of the four folders, by path relative to the data root."""
     out = {}
-    for d in (sp.retrieval_dir, sp.whiten_dir, sp.cls_dir):
+    for d in (sp.retrieval_dir, sp.whiten_dir, sp.cls_dir, sp.metric_dir):
         for p in sorted(d.rglob("*")):
             if p.is_file():
                 out[str(p.relative_to(sp.root))] = p.read_bytes()
@@ -159,9 +159,11 @@ def test_cls_split_is_an_image_folder(tiny):
 def test_same_seed_identical_other_seed_different(tiny, tmp_path):
     ref = _files(tiny)
     # retrieval: 19 + 3 images and their masks, gnd, annotations, meta; whiten: 4 + 2;
-    # cls: 2 x (3 + 2) + meta
-    assert len(ref) == (2 * (19 + 3) + 3) + (4 + 2) + (2 * (3 + 2) + 1)
-    assert sum(k.endswith(".png") for k in ref) == 19 + 3
+    # cls: 2 x (3 + 2) + meta; metric: (3 + 2) landmarks x 3 views and their masks, tuples,
+    # annotations, meta
+    n_metric = (3 + 2) * 3
+    assert len(ref) == (2 * (19 + 3) + 3) + (4 + 2) + (2 * (3 + 2) + 1) + (2 * n_metric + 3)
+    assert sum(k.endswith(".png") for k in ref) == 19 + 3 + n_metric
     again = _gen(tmp_path / "a", workers=2)  # the worker count must not change a byte
     assert _files(again) == ref
     other = _files(_gen(tmp_path / "b", seed=1))
@@ -212,12 +214,11 @@ def test_interrupted_run_leaves_no_dataset_then_completes(tiny, tmp_path, monkey
 
 
 def test_rerun_with_same_config_is_skipped(tiny, monkeypatch):
-    stamp = [p.stat().st_mtime_ns for p in (tiny.retrieval_dir, tiny.whiten_dir, tiny.cls_dir)]
+    folders = (tiny.retrieval_dir, tiny.whiten_dir, tiny.cls_dir, tiny.metric_dir)
+    stamp = [p.stat().st_mtime_ns for p in folders]
     monkeypatch.setattr(building, "_render", _failing_render(after=0))  # any rendering would raise
     assert _gen(tiny.root) == tiny
-    assert stamp == [
-        p.stat().st_mtime_ns for p in (tiny.retrieval_dir, tiny.whiten_dir, tiny.cls_dir)
-    ]
+    assert stamp == [p.stat().st_mtime_ns for p in folders]
 
 
 def test_changed_config_regenerates_and_foreign_folder_is_kept(tmp_path):
@@ -344,14 +345,18 @@ def test_split_hash_lines_check_with_sha256sum_and_change_with_the_seed(tiny, tm
     import subprocess
 
     lines = syn.split_hash_lines(tiny)
-    assert list(lines) == list(syn.SPLIT_FOLDERS) == ["retrieval", "whitening", "classification"]
+    assert (
+        list(lines)
+        == list(syn.SPLIT_FOLDERS)
+        == ["retrieval", "whitening", "classification", "metric"]
+    )
     first = lines["retrieval"][0]
     digest, rel = first.split("  ", 1)
     assert rel.startswith(f"test/{CFG.name}/") and "/" not in digest
     assert hashlib.sha256((tiny.root / rel).read_bytes()).hexdigest() == digest
     n_files = sum(
         1
-        for d in (tiny.retrieval_dir, tiny.whiten_dir, tiny.cls_dir)
+        for d in (tiny.retrieval_dir, tiny.whiten_dir, tiny.cls_dir, tiny.metric_dir)
         for f in d.rglob("*")
         if f.is_file()
     )
@@ -376,3 +381,68 @@ def test_split_hash_lines_name_a_split_not_generated(tmp_path):
     sp = syn.synthetic_paths("nothing-here", tmp_path)
     with pytest.raises(FileNotFoundError, match="retrieval split is not generated"):
         syn.split_hash_lines(sp)
+
+
+# ----------------------------------------------------------------------------- metric split
+def test_metric_split_tuples_in_cirtorchs_layout(tiny):
+    ann = json.loads((tiny.metric_dir / "annotations.json").read_text())["images"]
+    seen: dict[str, set[int]] = {}
+    for split, n_landmarks in (("train", 3), ("val", 2)):
+        tuples, paths = syn.metric_tuples(tiny, split)
+        assert len(tuples) == 3 * n_landmarks and tuples.n_clusters == n_landmarks
+        assert all(p.is_file() for p in paths)
+        assert all((tiny.metric_dir / "masks" / f"{c}.png").is_file() for c in tuples.cids)
+        # every view is a query once, its positive the next view of the same landmark
+        assert sorted(tuples.qidxs.tolist()) == list(range(len(tuples)))
+        assert (tuples.cluster[tuples.qidxs] == tuples.cluster[tuples.pidxs]).all()
+        assert (tuples.qidxs != tuples.pidxs).all()
+        assert [ann[c]["split"] for c in tuples.cids] == [split] * len(tuples)
+        assert [ann[c]["landmark"] for c in tuples.cids] == tuples.cluster.tolist()
+        seen[split] = set(tuples.cluster.tolist())
+        # the first view of each landmark is large and whole, as a test query shows it
+        firsts = [c for i, c in enumerate(tuples.cids) if i % 3 == 0]
+        assert all(ann[c]["label"] == "easy" for c in firsts)
+    assert not seen["train"] & seen["val"]  # validation landmarks are other landmarks
+    with pytest.raises(ValueError, match="split must be one of"):
+        syn.metric_tuples(tiny, "test")
+
+
+def test_metric_objects_take_only_tiles_the_other_splits_left():
+    for cfg in (SYNTHETIC_PRESETS["smoke"], SYNTHETIC_PRESETS["demo"]):
+        a = assets.Assets(cfg, 0)
+        metric_roles = ("metric-landmark", "clutter-metric")
+        mine = {id(t[0]) for (role, _), t in a.tile_of.items() if role in metric_roles}
+        others = {id(t[0]) for (role, _), t in a.tile_of.items() if role not in metric_roles}
+        assert not mine & others, cfg.name
+        assert a.n_metric_photo_objects == len(mine)
+        n_tiles = len(assets.photo_tiles(cfg.photo_tile))
+        assert a.n_photo_objects + a.n_metric_photo_objects <= n_tiles
+    # the demo's other splits leave few tiles: its metric split takes them all, the rest of its
+    # objects are procedural; the smoke's leave more than its metric split wants
+    demo = assets.Assets(SYNTHETIC_PRESETS["demo"], 0)
+    left = len(assets.photo_tiles(demo.cfg.photo_tile)) - demo.n_photo_objects
+    assert 0 < demo.n_metric_photo_objects <= left < 5  # shares floored as for the others
+    smoke = assets.Assets(SYNTHETIC_PRESETS["smoke"], 0)
+    wanted = round(0.5 * (16 + 6)) + round(0.5 * 40)  # photo_fraction of its objects
+    assert smoke.n_metric_photo_objects == wanted
+
+
+def test_metric_fields_leave_the_other_splits_untouched(tmp_path):
+    sp = _gen(tmp_path)
+    before = {d: _files_of(d) for d in (sp.retrieval_dir, sp.whiten_dir, sp.cls_dir)}
+    stamps = {d: d.stat().st_mtime_ns for d in before}
+    changed = replace(CFG, n_metric_landmarks=4)
+    with pytest.warns(UserWarning, match="regenerating"):
+        _gen(tmp_path, changed)
+    for d, files in before.items():  # not regenerated, not a byte changed
+        assert d.stat().st_mtime_ns == stamps[d] and _files_of(d) == files, d
+    tuples, _ = syn.metric_tuples(sp, "train")
+    assert tuples.n_clusters == 4
+    meta = json.loads((sp.retrieval_dir / "meta.json").read_text())
+    assert "n_metric_landmarks" not in meta["config"]
+
+
+def _files_of(folder: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }

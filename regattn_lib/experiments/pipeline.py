@@ -54,7 +54,12 @@ from regattn_lib.runtime.shards import ShardStore
 
 #: Row labels of the ablation, as in the paper's table (``methods.ABLATION_METHODS``).
 RMAC, REGIONAL, CONTEXT = (methods.label(name) for name in methods.ABLATION_METHODS)
-ATTENTION_KINDS = {REGIONAL: "regional", CONTEXT: "context"}
+METRIC_REGIONAL, METRIC_CONTEXT = (methods.label(name) for name in methods.METRIC_METHODS)
+#: Row label -> attention kind, the paper's recipe (classification) ...
+PAPER_KINDS = {REGIONAL: "regional", CONTEXT: "context"}
+#: ... and metric learning (beyond the paper; ``experiments.metric_plan``).
+METRIC_KINDS = {METRIC_REGIONAL: "metric-regional", METRIC_CONTEXT: "metric-context"}
+ATTENTION_KINDS = {**PAPER_KINDS, **METRIC_KINDS}
 
 
 @dataclass
@@ -444,6 +449,7 @@ def heads_for_dataset(heads: Mapping[str, Head], name: str) -> dict[str, Head]:
 # ----------------------------------------------------------------------------- attention
 #: Provenance labels of an attention model, shown in every table row that uses one.
 RELEASED, TRAINED = "released weights", "trained here"
+TRAINED_METRIC = "trained here by metric learning (beyond the paper)"
 NO_ATTENTION = "none (no attention)"
 #: The label of an attention row a profile without training (paper-quick) leaves empty.
 NOT_TRAINED = (
@@ -459,7 +465,7 @@ def untrained_rows(ctx: Context, table: pd.DataFrame) -> pd.DataFrame:
     if ctx.profile.train.train_set is not None:
         return table
     rows = []
-    for label, kind in ATTENTION_KINDS.items():
+    for label, kind in PAPER_KINDS.items():  # metric rows: absent where not learned
         if label not in set(table["method"]) and not uses_released_weights(ctx, kind):
             rows.append({"method": label, "weights": NOT_TRAINED})
     if not rows:
@@ -502,13 +508,15 @@ def load_attention(ctx: Context, kind: str, seed: int | None = None) -> Regional
     if uses_released_weights(ctx, kind):
         att = load_official_attention(data_root=ctx.data_root)
         att.provenance = RELEASED  # type: ignore[assignment]
+        att.kind = kind  # type: ignore[assignment]
         return att.to(ctx.device).eval()
     f = attention_file(ctx, kind, seed)
     if f.is_file():
         from regattn_lib.training.checkpoint import load_trained_attention
 
         att = load_trained_attention(f)
-        att.provenance = TRAINED  # type: ignore[assignment]
+        att.provenance = TRAINED if kind in PAPER_KINDS.values() else TRAINED_METRIC  # type: ignore[assignment]
+        att.kind = kind  # type: ignore[assignment]
         return att.to(ctx.device).eval()
     raise FileNotFoundError(
         f"no {kind} attention for profile {ctx.profile.name!r}: expected {f}; run notebook "

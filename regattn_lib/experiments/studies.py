@@ -18,7 +18,13 @@ from regattn_lib.core.evaluate import per_query_table
 from regattn_lib.core.regions import rmac_regions
 from regattn_lib.core.whitening import CrosswiseWhitening, PCAWhitening
 from regattn_lib.experiments import pipeline
-from regattn_lib.experiments.tables import SEEDS, WEIGHTS, gain_intervals
+from regattn_lib.experiments.tables import (
+    SEEDS,
+    VS_RECIPE,
+    WEIGHTS,
+    gain_intervals,
+    paired_intervals,
+)
 from regattn_lib.experiments.timing import time_per_image
 from regattn_lib.extraction import methods
 from regattn_lib.extraction.heads import Head
@@ -58,14 +64,18 @@ def expand_seeds(
     for key, head in heads.items():
         out[key], groups[key] = head, [key]
         att = getattr(head, "attention", None)
-        if att is None or getattr(att, "provenance", None) != pipeline.TRAINED:
+        if att is None or getattr(att, "provenance", None) not in (
+            pipeline.TRAINED,
+            pipeline.TRAINED_METRIC,
+        ):
             continue
         if others is None:  # loaded once, only when a trained head is there
             others = {
                 kind: [m for m in pipeline.attention_seeds(ctx).get(label, [])[1:] if m is not None]
                 for label, kind in pipeline.ATTENTION_KINDS.items()
             }
-        for i, other in enumerate(others["context" if att.context else "regional"], start=1):
+        kind = getattr(att, "kind", "context" if att.context else "regional")
+        for i, other in enumerate(others[kind], start=1):
             out[f"{key}{SEED_SEP}{i}"] = methods.with_attention(head, other)
             groups[key].append(f"{key}{SEED_SEP}{i}")
     return out, groups
@@ -142,6 +152,13 @@ def _classic_maps(
     return ds, scores, maps, aps
 
 
+#: Each metric-learned row -> the paper's recipe row of the same kind (its paired comparison).
+RECIPE_OF = {
+    pipeline.METRIC_REGIONAL: pipeline.REGIONAL,
+    pipeline.METRIC_CONTEXT: pipeline.CONTEXT,
+}
+
+
 def ablation(
     ctx: pipeline.Context, whitening: PCAWhitening, timing: bool = True, n_timing: int = 20
 ) -> pd.DataFrame:
@@ -175,6 +192,10 @@ def ablation(
                 table[col] = [scores[m]["protocols"][proto]["map"] for m in heads]
                 proto_aps = {m: scores[m]["protocols"][proto]["aps"] for m in heads}
                 intervals.update(gain_intervals(proto_aps, base, col))
+        # beyond the paper: each metric-learned row against the paper's recipe of its kind
+        pairs = {m: r for m, r in RECIPE_OF.items() if m in heads and r in heads}
+        if pairs:
+            intervals.update(paired_intervals(aps, pairs, f"{name} {VS_RECIPE}"))
         for col, values in intervals.items():
             table[col] = values
     if timing:
@@ -332,10 +353,15 @@ def sota(ctx: pipeline.Context, whitening: PCAWhitening) -> tuple[pd.DataFrame, 
     return table, notes
 
 
+#: The SOTA rows the revisited and per-query tables compare: R-MAC, ours (the paper's recipe)
+#: and ours learned by metric learning (beyond the paper), where present.
+OURS_ROWS = ("R-MAC", "Ours", "Ours (metric learning)")
+
+
 def revisited(ctx: pipeline.Context, whitening: PCAWhitening) -> pd.DataFrame:
     """Revisited protocol: mAP and mP@10 under Easy / Medium / Hard, R-MAC and ours, +- QE;
     ours' gain over R-MAC (with the same QE) and its 95% paired-bootstrap interval."""
-    heads = {k: v for k, v in sota_heads(ctx, whitening).items() if k in ("R-MAC", "Ours")}
+    heads = {k: v for k, v in sota_heads(ctx, whitening).items() if k in OURS_ROWS}
     rows = []
     for name in ctx.profile.revisited:
         ds = pipeline.dataset(ctx, name)
@@ -392,7 +418,7 @@ def per_query(
 ) -> tuple[pd.DataFrame, dict]:
     """Per-query AP of R-MAC and ours (classic protocol); also returns the descriptors."""
     name = name or ctx.profile.datasets[0]
-    heads = {k: v for k, v in sota_heads(ctx, whitening).items() if k in ("R-MAC", "Ours")}
+    heads = {k: v for k, v in sota_heads(ctx, whitening).items() if k in OURS_ROWS}
     ds = pipeline.dataset(ctx, name)
     descs = pipeline.describe(ctx, ds, heads)
     scores = pipeline.score(descs, ds, protocols=["classic"])

@@ -110,6 +110,28 @@ def gain_intervals(
     return cols
 
 
+#: The column part of the metric-learned rows' gain over the paper's recipe of their kind.
+VS_RECIPE = "vs paper's recipe"
+
+
+def paired_intervals(
+    aps: dict[str, np.ndarray | None], pairs: dict[str, str], column: str
+) -> dict[str, list[float]]:
+    """The gain of each method in ``pairs`` over its partner (``pairs[method]``), with its 95%
+    paired-bootstrap interval over queries, on one column: ``<column> gain``, ``... low``,
+    ``... high``, one value per method of ``aps`` in order (NaN for methods not in ``pairs``
+    or whose partner is missing). The metric-learned rows against the paper's recipe."""
+    cols: dict[str, list[float]] = {f"{column} gain{k}": [] for k in ("", " low", " high")}
+    for method, values in aps.items():
+        partner = pairs.get(method)
+        base = aps.get(partner) if partner is not None else None
+        g = None if values is None or base is None else paired_gain(values, base)
+        cols[f"{column} gain"].append(np.nan if g is None else g.gain)
+        cols[f"{column} gain low"].append(np.nan if g is None else g.low)
+        cols[f"{column} gain high"].append(np.nan if g is None else g.high)
+    return cols
+
+
 INTERVAL_SUFFIXES = (" gain low", " gain high", " gain seed sd")
 
 
@@ -117,10 +139,11 @@ def _with_intervals(out: pd.DataFrame, ours: pd.DataFrame, columns: Sequence[str
     """Carry ours' gain and interval columns (``gain_intervals``) into a compared table, as
     ``<c> ours gain``, ``<c> ours gain low`` ..."""
     for c in columns:
-        for suffix in ("gain",) + tuple(x.strip() for x in INTERVAL_SUFFIXES):
-            src = f"{c} {suffix}"
-            if src in ours.columns:
-                out[f"{c} ours {suffix}"] = ours[src].to_numpy(dtype=float)
+        for vs in ("", f" {VS_RECIPE}"):
+            for suffix in ("gain",) + tuple(x.strip() for x in INTERVAL_SUFFIXES):
+                src = f"{c}{vs} {suffix}"
+                if src in ours.columns:
+                    out[f"{c} ours{vs} {suffix}"] = ours[src].to_numpy(dtype=float)
     return out
 
 

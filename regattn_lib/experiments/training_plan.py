@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 from regattn_lib.experiments.pipeline import (
-    ATTENTION_KINDS,
     NOT_TRAINED,
+    PAPER_KINDS,
     Context,
     attention_file,
     load_attention,
@@ -35,7 +35,7 @@ def training_root(ctx: Context) -> Path:
 def kinds_to_train(ctx: Context) -> list[str]:
     """Attention kinds the profile trains: both, or only the regional one next to released
     context weights (``source='official'``)."""
-    return [k for k in ATTENTION_KINDS.values() if not uses_released_weights(ctx, k)]
+    return [k for k in PAPER_KINDS.values() if not uses_released_weights(ctx, k)]
 
 
 def can_train(ctx: Context) -> bool:
@@ -186,11 +186,13 @@ def _plan_file(ctx: Context) -> Path:
 
 
 def training_notes(ctx: Context) -> list[str]:
-    """The named deviations of the attention trained here (for the tables' notes)."""
+    """The named deviations of the attention trained here, and how the metric-learned one was
+    chosen (for the tables' notes)."""
+    from regattn_lib.experiments.metric_plan import logged_notes
+
     f = _plan_file(ctx)
-    if not f.is_file():
-        return []
-    return [f"trained here: {d}" for d in json.loads(f.read_text()).get("deviations", [])]
+    plan = json.loads(f.read_text()).get("deviations", []) if f.is_file() else []
+    return [f"trained here: {d}" for d in plan] + logged_notes(ctx)
 
 
 def train_profile_attention(

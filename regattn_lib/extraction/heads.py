@@ -127,6 +127,41 @@ class RegionalVectorsHead(Head):
         return {"head": "regional-vectors", "levels": self.levels}
 
 
+@dataclass
+class RegionPoolsHead(Head):
+    """The pooled regions a regional head describes from, per image: ``(2R + 1, C)`` rows, the
+    R max-pooled regions, the R average-pooled regions, then the global average pool (unpack
+    with ``split_region_pools``). Pooled by ``RegionalHead.describe`` itself (R-MAC grid at
+    ``levels``), so a descriptor computed from these rows is the extracted one: what metric
+    learning caches, since backbone and pooling are frozen."""
+
+    name: str = "region-pools"
+    levels: int = 5
+    stride: int = 32
+
+    def __call__(
+        self, feats: torch.Tensor, images: torch.Tensor, shared: SharedSteps | None = None
+    ) -> torch.Tensor:
+        head = RegionalHead(levels=self.levels, stride=self.stride)
+        groups = head.describe(feats, images, shared)
+        if len(groups) != 1:  # one batch is one image size, so one R-MAC grid
+            raise ValueError(f"RegionPoolsHead: {len(groups)} region grids in one batch")
+        f = groups[0][1].features
+        return torch.cat([f.max_pooled, f.avg_pooled, f.global_avg[:, None]], 1)
+
+    def cache_key(self) -> dict[str, Any]:
+        return {"head": "region-pools", "levels": self.levels, "stride": self.stride}
+
+
+def split_region_pools(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One image's ``RegionPoolsHead`` output -> (max-pooled (R, C), average-pooled (R, C),
+    global average (C,))."""
+    r = (rows.shape[0] - 1) // 2
+    if rows.dim() != 2 or rows.shape[0] != 2 * r + 1:
+        raise ValueError(f"not a RegionPoolsHead output: shape {tuple(rows.shape)}")
+    return rows[:r], rows[r : 2 * r], rows[2 * r]
+
+
 GLOBAL_POOLINGS = ("mac", "spoc", "crow", "cam")
 
 

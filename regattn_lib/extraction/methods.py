@@ -91,6 +91,19 @@ METHODS: dict[str, Method] = {
         Method("rmac-nowhiten", "R-MAC, no whitening", "regional", whitened=False),
         Method("regional", "+ regional attention", "regional", attention_kind="regional"),
         Method("context", "+ context awareness", "regional", attention_kind="context"),
+        # beyond the paper: the same attention models learned by metric learning
+        Method(
+            "metric-regional",
+            "+ regional attention (metric learning)",
+            "regional",
+            attention_kind="metric-regional",
+        ),
+        Method(
+            "metric-context",
+            "+ context awareness (metric learning)",
+            "regional",
+            attention_kind="metric-context",
+        ),
         Method("mac", "MAC", "global", pooling="mac"),
         Method("spoc", "SPoC", "global", pooling="spoc"),
         Method("crow", "CroW", "global", pooling="crow"),
@@ -103,6 +116,8 @@ BY_LABEL: dict[str, Method] = {m.label: m for m in METHODS.values()}
 
 #: The ablation's rows, in the paper's order.
 ABLATION_METHODS = ("rmac", "regional", "context")
+#: The attention learned by metric learning (beyond the paper), rows after the paper's.
+METRIC_METHODS = ("metric-regional", "metric-context")
 #: The state-of-the-art table's row labels (the paper's) -> the method of each row; "Ours" is
 #: the context-aware model, else the regional one (the first of the tuple that is available).
 SOTA_ROWS: dict[str, str | tuple[str, ...]] = {
@@ -112,6 +127,8 @@ SOTA_ROWS: dict[str, str | tuple[str, ...]] = {
     "CAM": "cam",
     "R-MAC": "rmac",
     "Ours": ("context", "regional"),
+    # beyond the paper: the same, learned by metric learning
+    "Ours (metric learning)": ("metric-context", "metric-regional"),
 }
 
 

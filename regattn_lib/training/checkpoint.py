@@ -294,3 +294,22 @@ def load_trained_fc(path: str | os.PathLike) -> nn.Linear:
     module.load_state_dict(state)
     module.training_config = cfg  # type: ignore[assignment]
     return module.eval()
+
+
+def save_metric_attention(
+    path: str | os.PathLike, attention: RegionalAttention, config: dict[str, Any]
+) -> None:
+    """Write an attention learned by metric learning as an ``attention.pt`` that
+    ``load_trained_attention`` reads: its weights (on the CPU) and ``config`` (the route's
+    settings and validation numbers) with the module's shape and ``route='metric'``."""
+    weights = {k: v.detach().cpu() for k, v in attention.state_dict().items()}
+    cfg = {
+        **config,
+        "stage": "attention",
+        "route": "metric",
+        "in_channels": attention.in_channels,
+        "hidden": attention.hidden,
+        "context": attention.context,
+        "activation": attention.activation,
+    }
+    atomic_torch_save(path, {"state_dict": weights, "config": cfg})

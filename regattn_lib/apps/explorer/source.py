@@ -113,7 +113,7 @@ def build_cache(ctx: pipeline.Context, dataset: str | None = None, progress: boo
     if ctx.profile.train.source == "train":
         kinds = [
             k
-            for k in pipeline.ATTENTION_KINDS.values()
+            for k in pipeline.PAPER_KINDS.values()
             if not pipeline.attention_file(ctx, k).is_file()
         ]
         if kinds:

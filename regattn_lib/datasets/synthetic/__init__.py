@@ -25,6 +25,13 @@ real one:
 - ``<root>/train/<name>-cls/{train,val}/class_NN/*.jpg``: an ImageFolder classification set for
   training the attention. Its classes are a third set of objects made by the same generator,
   among a separate pool of distractor objects, so the attention is not tuned to the benchmark.
+- ``<root>/train/<name>-metric/jpg/m_NNNNN.jpg`` (+ ``masks/``): views of a fourth set of
+  landmarks for learning the attention with a retrieval loss, ``train`` and ``val`` landmarks
+  disjoint, and their tuples ``<name>-metric.pkl`` in cirtorch's ``retrieval-SfM-120k.pkl``
+  layout (``cids``, ``cluster``, ``qidxs``, ``pidxs``; ``metric_tuples`` reads them). Its
+  objects take only the photo tiles the other splits left (2 in the demo preset: nearly all
+  procedural patterns), so no texture of a test landmark appears in it, and its config fields are
+  left out of the other parts' identity: adding it changed no byte of them.
 
 Every object (landmarks, whitening landmarks, classes, distractors) comes from one generator:
 a base that is either a tile cut from a photo shipped with scikit-image (tiles never shared
@@ -61,7 +68,7 @@ would silently mismatch the code; a folder that this generator did not make is n
 
 Modules: ``config`` (settings, presets, labels, random streams), ``patterns`` (colours and
 procedural textures), ``assets`` (source photos and objects), ``rendering`` (one image),
-``layout`` (folders), ``building`` (jobs, the three parts, atomic install).
+``layout`` (folders), ``building`` (jobs, the four parts, atomic install).
 """
 
 from regattn_lib.datasets.synthetic.building import generate_synthetic
@@ -77,6 +84,7 @@ from regattn_lib.datasets.synthetic.layout import (
     SPLIT_FOLDERS,
     SyntheticPaths,
     load_landmark_mask,
+    metric_tuples,
     split_digest,
     split_hash_lines,
     synthetic_paths,
@@ -91,6 +99,7 @@ __all__ = [
     "SyntheticPaths",
     "generate_synthetic",
     "load_landmark_mask",
+    "metric_tuples",
     "split_digest",
     "split_hash_lines",
     "synthetic_paths",

@@ -176,6 +176,20 @@ class Assets:
                 self.tile_of[(role, i)] = tiles[order[pos]]
                 pos += 1
         self.n_photo_objects = pos
+        # The metric-learning split takes only the tiles the other splits left (none when they
+        # used all), so no texture of a test landmark can appear in it, and adding it moved no
+        # other object's tile.
+        metric = _metric_counts(cfg)
+        want = {r: round(cfg.photo_fraction * n) for r, n in metric.items()}
+        left = len(tiles) - pos
+        if sum(want.values()) > left:
+            want = {r: left * k // max(sum(want.values()), 1) for r, k in want.items()}
+        for role in metric:
+            rng = stream_rng(seed, "photo-choice", STREAM_CODES[role])
+            for i in sorted(rng.permutation(metric[role])[: want[role]].tolist()):
+                self.tile_of[(role, i)] = tiles[order[pos]]
+                pos += 1
+        self.n_metric_photo_objects = pos - self.n_photo_objects
         self._cache: dict[tuple[str, int], np.ndarray] = {}
 
     def obj(self, role: str, idx: int) -> np.ndarray:
@@ -195,4 +209,11 @@ def _object_counts(cfg: SyntheticConfig) -> dict[str, int]:
         "clutter-retrieval": cfg.n_clutter_objects,
         "clutter-whiten": cfg.n_clutter_objects,
         "clutter-cls": cfg.n_clutter_objects,
+    }
+
+
+def _metric_counts(cfg: SyntheticConfig) -> dict[str, int]:
+    return {
+        "metric-landmark": cfg.n_metric_landmarks + cfg.n_metric_val_landmarks,
+        "clutter-metric": cfg.n_clutter_objects,
     }

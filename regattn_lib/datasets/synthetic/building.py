@@ -1,5 +1,5 @@
 """Writing a synthetic benchmark: one rendering job per image (in this process or a pool), the
-three parts (retrieval with its ground truth, whitening, classification), each built in a
+four parts (retrieval with its ground truth, whitening, classification, metric learning), each built in a
 temporary sibling folder and installed atomically, skipped when already current.
 """
 
@@ -25,6 +25,7 @@ from regattn_lib.datasets.synthetic.assets import Assets
 from regattn_lib.datasets.synthetic.config import (
     GENERATOR,
     GENERATOR_VERSION,
+    METRIC_FIELDS,
     SyntheticConfig,
     resolve_config,
     stream_rng,
@@ -67,7 +68,7 @@ def _render(job: tuple) -> tuple[str, dict[str, Any]]:
         img, mask, info = render_scene(
             rng, cfg, assets, extra["clutter_role"], main, extra["target"]
         )
-        if kind in ("view", "whiten"):
+        if kind in ("view", "whiten", "metric"):
             info["label"] = view_label(info["visible_fraction"], info["area_fraction"], cfg)
     Image.fromarray(img).save(path, "JPEG", quality=cfg.jpeg_quality)
     if extra.get("mask") is not None:
@@ -130,7 +131,7 @@ def _view_targets(n: int, mix: Sequence[float]) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------
-# The three parts. Each writes into ``tmp`` and returns the counts for meta.json.
+# The four parts. Each writes into ``tmp`` and returns the counts for meta.json.
 
 
 def _build_retrieval(
@@ -251,6 +252,80 @@ def _build_cls(tmp: Path, cfg: SyntheticConfig, seed: int, runner: _Runner, prog
     return {"classes": classes, "train_per_class": cfg.n_cls_train, "val_per_class": cfg.n_cls_val}
 
 
+def metric_db_name(cfg: SyntheticConfig) -> str:
+    """File name of the metric-learning split's tuples, in cirtorch's
+    ``retrieval-SfM-120k.pkl`` layout (``datasets.sfm120k_tuples.tuples_from_db`` reads both)."""
+    return f"{cfg.name}-metric.pkl"
+
+
+def _build_metric(
+    tmp: Path, cfg: SyntheticConfig, seed: int, runner: _Runner, progress: bool
+) -> dict:
+    """Landmark views for learning the attention with a retrieval loss: ``train`` and ``val``
+    landmarks (disjoint), each seen ``metric_views_per_landmark`` times (a large whole view
+    as the test queries show a landmark, then easy and hard views), among the split's own
+    clutter objects. Tuples as cirtorch's: per split ``cids`` (image names), ``cluster``
+    (landmark), and (query, positive) pairs ``qidxs``/``pidxs``: every view with the next
+    view of its landmark, round the cycle."""
+    jpg, masks = tmp / "jpg", tmp / MASK_DIR
+    jpg.mkdir()
+    masks.mkdir()
+    v = cfg.metric_views_per_landmark
+    targets = ["query", *_view_targets(v - 1, (0.5, 0.5, 0.0))]
+    splits = {"train": range(cfg.n_metric_landmarks)}
+    splits["val"] = range(
+        cfg.n_metric_landmarks, cfg.n_metric_landmarks + cfg.n_metric_val_landmarks
+    )
+    jobs, names, where = [], [], []
+    for split, landmarks in splits.items():
+        for lm in landmarks:
+            for k in range(v):
+                name = f"m_{len(names):05d}"
+                extra = {
+                    "clutter_role": "clutter-metric",
+                    "role": "metric-landmark",
+                    "object": lm,
+                    "target": targets[k],
+                    "mask": str(masks / f"{name}.png"),
+                }
+                jobs.append(("metric", "metric", (lm, k), str(jpg / f"{name}.jpg"), extra))
+                names.append(name)
+                where.append((split, lm, k))
+    infos = _collect(runner, jobs, f"{cfg.name} metric", progress)
+    db: dict[str, dict[str, list]] = {}
+    for split in splits:
+        rows = [(n, lm, k) for n, (sp, lm, k) in zip(names, where, strict=True) if sp == split]
+        pos = {(lm, k): i for i, (_, lm, k) in enumerate(rows)}
+        db[split] = {
+            "cids": [n for n, _, _ in rows],
+            "cluster": [lm for _, lm, _ in rows],
+            "qidxs": [pos[(lm, k)] for _, lm, k in rows],
+            "pidxs": [pos[(lm, (k + 1) % v)] for _, lm, k in rows],
+        }
+    with open(tmp / metric_db_name(cfg), "wb") as f:
+        pickle.dump(db, f, protocol=4)
+    _write_json(
+        tmp / "annotations.json",
+        {
+            "images": {
+                n: {"split": sp, "landmark": lm, **_rounded(info)}
+                for n, (sp, lm, _), info in zip(names, where, infos, strict=True)
+            },
+        },
+    )
+    labels = [i.get("label") for i in infos]
+    return {
+        "train_landmarks": cfg.n_metric_landmarks,
+        "val_landmarks": cfg.n_metric_val_landmarks,
+        "views_per_landmark": v,
+        "images": len(names),
+        "easy": labels.count("easy"),
+        "hard": labels.count("hard"),
+        "junk": labels.count("junk"),
+        "photo_objects": Assets(cfg, seed).n_metric_photo_objects,
+    }
+
+
 def _rounded(info: dict[str, Any]) -> dict[str, Any]:
     return {k: round(v, 5) if isinstance(v, float) else v for k, v in info.items()}
 
@@ -266,7 +341,18 @@ _PARTS: dict[str, Callable[..., dict]] = {
     "retrieval": _build_retrieval,
     "whiten": _build_whiten,
     "cls": _build_cls,
+    "metric": _build_metric,
 }
+
+
+def _part_config(cfg: SyntheticConfig, part: str) -> dict[str, Any]:
+    """The config a part depends on: all of it for the metric split, the rest without the
+    metric split's own fields (``METRIC_FIELDS``)."""
+    config = asdict(cfg)
+    if part != "metric":
+        for name in METRIC_FIELDS:
+            config.pop(name)
+    return config
 
 
 def _identity(cfg: SyntheticConfig, seed: int, part: str) -> dict[str, Any]:
@@ -278,7 +364,7 @@ def _identity(cfg: SyntheticConfig, seed: int, part: str) -> dict[str, Any]:
                 "version": GENERATOR_VERSION,
                 "part": part,
                 "seed": seed,
-                "config": asdict(cfg),
+                "config": _part_config(cfg, part),
             }
         )
     )
@@ -355,13 +441,18 @@ def generate_synthetic(
             this must guard its entry point (``if __name__ == "__main__":``) on platforms
             whose start method is not fork.
 
-    Parts (retrieval, whitening, classification) already generated with the same config, seed
+    Parts (retrieval, whitening, classification, metric) already generated with the same config, seed
     and generator version are skipped; stale ones made by this generator are replaced with a
     warning; folders not made by it raise ``FileExistsError`` before any work.
     """
     cfg = resolve_config(profile_or_config)
     sp = synthetic_paths(cfg.name, data_root)
-    folders = {"retrieval": sp.retrieval_dir, "whiten": sp.whiten_dir, "cls": sp.cls_dir}
+    folders = {
+        "retrieval": sp.retrieval_dir,
+        "whiten": sp.whiten_dir,
+        "cls": sp.cls_dir,
+        "metric": sp.metric_dir,
+    }
     todo = [p for p, d in folders.items() if not _is_current(d, _identity(cfg, seed, p))]
     if not todo:
         return sp

@@ -45,6 +45,12 @@ class SyntheticConfig:
         n_cls_train: training images per class (20).
         n_cls_val: validation images per class (6).
         cls_scale: (min, max) scale of the class object ((0.3, 0.65)).
+        n_metric_landmarks: training landmarks of the metric-learning split (16).
+        n_metric_val_landmarks: validation landmarks of the metric-learning split, disjoint
+            from the training ones (6).
+        metric_views_per_landmark: images of each metric-learning landmark: one large, whole
+            view as the test queries show a landmark, the others easy and hard database-like
+            views in equal shares (4).
         easy_min_visible: least visible fraction of an easy view (0.7).
         easy_min_area: least area fraction of an easy view (0.08).
         junk_max_visible: a view less visible than this is junk (0.25).
@@ -73,6 +79,9 @@ class SyntheticConfig:
     n_cls_train: int = 20
     n_cls_val: int = 6
     cls_scale: tuple[float, float] = (0.3, 0.65)
+    n_metric_landmarks: int = 16
+    n_metric_val_landmarks: int = 6
+    metric_views_per_landmark: int = 4
     easy_min_visible: float = 0.7
     easy_min_area: float = 0.08
     junk_max_visible: float = 0.25
@@ -86,14 +95,19 @@ class SyntheticConfig:
             raise ValueError("need at least one landmark with one view")
         if self.n_clutter_objects < 1 or self.n_whiten_landmarks < 1 or self.n_cls_classes < 1:
             raise ValueError("object pools must not be empty")
+        if self.n_metric_landmarks < 1 or self.n_metric_val_landmarks < 1:
+            raise ValueError("the metric-learning split needs training and validation landmarks")
+        if self.metric_views_per_landmark < 2:
+            raise ValueError("metric_views_per_landmark must be >= 2 (a query and a positive)")
         if abs(sum(self.view_mix) - 1.0) > 1e-6 or min(self.view_mix) < 0:
             raise ValueError(
                 f"view_mix must be 3 non-negative shares summing to 1: {self.view_mix}"
             )
 
 
-#: ``smoke``: 168 retrieval images + 150 whitening + 156 classification, 256 px, seconds.
-#: ``demo``: 1,650 retrieval images (50 queries) + 1,500 whitening + 1,500 classification, 512 px.
+#: ``smoke``: 168 retrieval images + 150 whitening + 156 classification + 88 metric, 256 px.
+#: ``demo``: 1,650 retrieval images (50 queries) + 1,500 whitening + 1,500 classification +
+#: 1,200 metric (160 + 40 landmarks), 512 px.
 SYNTHETIC_PRESETS: dict[str, SyntheticConfig] = {
     "smoke": SyntheticConfig(),
     "demo": SyntheticConfig(
@@ -109,8 +123,15 @@ SYNTHETIC_PRESETS: dict[str, SyntheticConfig] = {
         n_cls_classes=20,
         n_cls_train=60,
         n_cls_val=15,
+        n_metric_landmarks=160,
+        n_metric_val_landmarks=40,
+        metric_views_per_landmark=6,
     ),
 }
+
+#: The fields only the metric-learning split depends on: left out of the other splits'
+#: identity (``meta.json``), so that adding the split left them and their caches as they were.
+METRIC_FIELDS = ("n_metric_landmarks", "n_metric_val_landmarks", "metric_views_per_landmark")
 
 
 def view_label(visible: float, area: float, cfg: SyntheticConfig) -> str:
@@ -148,6 +169,9 @@ def tiny_config(name: str = "synthetic-tiny") -> SyntheticConfig:
         n_cls_classes=2,
         n_cls_train=3,
         n_cls_val=2,
+        n_metric_landmarks=3,
+        n_metric_val_landmarks=2,
+        metric_views_per_landmark=3,
     )
 
 
@@ -176,12 +200,15 @@ STREAM_CODES = {
     "whiten": 13,
     "cls-train": 14,
     "cls-val": 15,
+    "metric": 16,
     "landmark": 20,
     "whiten-landmark": 21,
     "cls": 22,
     "clutter-retrieval": 23,
     "clutter-whiten": 24,
     "clutter-cls": 25,
+    "metric-landmark": 26,
+    "clutter-metric": 27,
 }
 
 

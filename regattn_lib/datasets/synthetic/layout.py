@@ -28,6 +28,8 @@ class SyntheticPaths:
         gnd_path: ``<retrieval_dir>/gnd_<name>.pkl``.
         whiten_dir: ``<root>/train/<name>-whiten`` (``jpg/``).
         cls_dir: ``<root>/train/<name>-cls`` (``train/<class>/``, ``val/<class>/``).
+        metric_dir: ``<root>/train/<name>-metric`` (``jpg/``, ``masks/``, the tuples
+            ``<name>-metric.pkl``, ``annotations.json``): landmark views for metric learning.
     """
 
     name: str
@@ -36,6 +38,7 @@ class SyntheticPaths:
     gnd_path: Path
     whiten_dir: Path
     cls_dir: Path
+    metric_dir: Path
 
 
 def synthetic_paths(name: str, data_root: str | os.PathLike | None = None) -> SyntheticPaths:
@@ -49,6 +52,7 @@ def synthetic_paths(name: str, data_root: str | os.PathLike | None = None) -> Sy
         gnd_path=retrieval / f"gnd_{name}.pkl",
         whiten_dir=root / "train" / f"{name}-whiten",
         cls_dir=root / "train" / f"{name}-cls",
+        metric_dir=root / "train" / f"{name}-metric",
     )
 
 
@@ -98,6 +102,7 @@ SPLIT_FOLDERS = {
     "retrieval": "retrieval_dir",
     "whitening": "whiten_dir",
     "classification": "cls_dir",
+    "metric": "metric_dir",
 }
 
 
@@ -123,3 +128,26 @@ def split_hash_lines(paths: SyntheticPaths) -> dict[str, list[str]]:
 def split_digest(lines: list[str]) -> str:
     """One sha256 over a part's hash lines: equal exactly when every file and name is."""
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def metric_tuples(paths: SyntheticPaths, split: str):
+    """The ``split`` ('train' or 'val') of the metric-learning split's tuples, read by the
+    same reader as SfM-120k's (``sfm120k_tuples.tuples_from_db``), and its image paths.
+
+    Returns ``(tuples, image_paths)``. Raises ``FileNotFoundError`` naming the file when the
+    split is not generated.
+    """
+    import pickle
+
+    from regattn_lib.datasets.sfm120k_tuples import tuples_from_db
+
+    pkl = Path(paths.metric_dir) / f"{paths.name}-metric.pkl"
+    if not pkl.is_file():
+        raise FileNotFoundError(
+            f"no metric-learning tuples {pkl}: generate_synthetic writes them (generator "
+            "version 2, with the metric split)"
+        )
+    with open(pkl, "rb") as f:  # written by this generator: plain lists and str only
+        db = pickle.load(f)
+    tuples = tuples_from_db(db, split, source=str(pkl))
+    return tuples, [Path(paths.metric_dir) / "jpg" / f"{c}.jpg" for c in tuples.cids]

@@ -1,0 +1,254 @@
+"""Attention learned by metric learning for a profile (beyond the paper): its splits, the sweep
+logged on validation landmarks, the weights kept.
+
+The paper trains the attention on classification and names fine-tuning with metric learning as
+future work. Here the attention alone learns from a retrieval loss, backbone and whitening
+frozen (``training.metric_train``): the regional (``metric-regional``) and the context-aware
+(``metric-context``) model, each started at alpha = 1 (R-MAC). Every setting is chosen on the
+validation landmarks of the metric-learning split, never on the test set: the learning rate x
+weight decay sweep (``MetricSettings``) runs on the first training seed, the best validation mAP
+picks the pair, which then trains every other seed. The log keeps every run.
+
+Offline profiles train on the synthetic generator's metric split (landmarks disjoint from the
+test set, its own objects and tiles). The paper profile's route, SfM-120k tuples as cirtorch
+trains on them (``datasets.sfm120k_tuples``), is not wired yet: those profiles have no metric
+rows.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pandas as pd
+import torch
+
+from regattn_lib.core.attention import RegionalAttention
+from regattn_lib.core.whitening import PCAWhitening
+from regattn_lib.experiments.pipeline import METRIC_KINDS, Context, attention_file
+from regattn_lib.runtime.identity import (
+    backbone_weights_id,
+    cache_key,
+    content_stamp,
+    list_digest,
+    whitening_digest,
+)
+from regattn_lib.training.checkpoint import save_metric_attention
+from regattn_lib.training.metric import init_alpha_one
+from regattn_lib.training.metric_data import pooled_regions, region_cache
+from regattn_lib.training.metric_train import MetricSplit, train_metric_attention
+
+#: The log's table name (``tables/metric_training.csv``).
+METRIC_LOG = "metric_training"
+#: Kind -> whether its attention sees the global context.
+CONTEXT_OF = {"metric-regional": False, "metric-context": True}
+
+
+def metric_splits(
+    ctx: Context, whitening: PCAWhitening | None, progress: bool = True
+) -> dict[str, MetricSplit]:
+    """``{'train': ..., 'val': ...}``: the metric-learning split's images, pooled at the
+    profile's ``image_size`` and ``levels`` through the extraction head's path (cached under
+    ``<data>/cache/<run>/metric/``) and whitened with ``whitening`` (the test descriptors').
+    ``ValueError`` for a profile without a synthetic benchmark."""
+    from regattn_lib.datasets.synthetic import SYNTHETIC_PRESETS, metric_tuples, synthetic_paths
+
+    p = ctx.profile
+    if p.synthetic is None:
+        raise ValueError(
+            f"profile {p.name!r}: metric learning reads the synthetic metric-learning split; "
+            "the SfM-120k route of the paper profiles is not wired yet"
+        )
+    sp = synthetic_paths(SYNTHETIC_PRESETS[p.synthetic].name, ctx.data_root)
+    out = {}
+    for split in ("train", "val"):
+        tuples, paths = metric_tuples(sp, split)
+        key = cache_key(
+            {
+                "split": split,
+                "images": list_digest(tuples.cids),
+                "data": content_stamp(sp.metric_dir),
+                "backbone": backbone_weights_id(ctx.backbone),
+                "image_size": p.image_size,
+                "levels": p.levels,
+                "precision": p.precision,
+            }
+        )
+        pools = pooled_regions(
+            paths,
+            ctx.backbone,
+            p.image_size,
+            p.levels,
+            cache_file=ctx.cache_dir / "metric" / f"{split}-{key}.pt",
+            device=ctx.device,
+            precision=p.precision,
+            batch_size=p.batch_size,
+            progress=f"metric {split}" if progress else False,
+        )
+        out[split] = MetricSplit(
+            region_cache(pools, whitening), tuples.cluster, tuples.qidxs, tuples.pidxs
+        )
+    return out
+
+
+def _train_one(
+    ctx: Context,
+    splits: dict[str, MetricSplit],
+    kind: str,
+    lr: float,
+    weight_decay: float,
+    seed: int,
+    progress: bool,
+) -> tuple[Any, float]:
+    m, recipe = ctx.profile.metric, ctx.profile.train.recipe
+    torch.manual_seed(seed)
+    channels = splits["train"].cache.groups[0].k.shape[-1]
+    att = init_alpha_one(
+        RegionalAttention(int(channels), recipe.hidden, CONTEXT_OF[kind], recipe.activation)
+    )
+    start = time.perf_counter()
+    result = train_metric_attention(
+        att,
+        splits["train"],
+        splits["val"],
+        epochs=m.epochs,
+        lr=lr,
+        nnum=m.nnum,
+        margin=m.margin,
+        query_size=m.query_size,
+        pool_size=m.pool_size,
+        batch_size=m.batch_size,
+        weight_decay=weight_decay,
+        seed=seed,
+        progress=progress,
+    )
+    return result, time.perf_counter() - start
+
+
+def _log_row(kind: str, stage: str, seed: int, lr: float, wd: float, result: Any, s: float):
+    h = result.history
+    best = h[result.best_epoch]
+    return {
+        "kind": kind,
+        "stage": stage,
+        "seed": seed,
+        "lr": lr,
+        "weight_decay": wd,
+        "epochs": len(h) - 1,
+        "best_epoch": result.best_epoch,
+        "val mAP R-MAC": h[0]["val_map"],
+        "val mAP": result.best_val_map,
+        "val gain": result.best_val_map - h[0]["val_map"],
+        "alpha cv": best["alpha_cv"],
+        "last epoch val mAP": h[-1]["val_map"],
+        "time_s": s,
+        "chosen": False,
+    }
+
+
+def train_metric(
+    ctx: Context, whitening: PCAWhitening | None, progress: bool = True
+) -> pd.DataFrame:
+    """Train the profile's metric-learned attention models and write their weights
+    (``models/attention_metric-<kind>[_seed<S>].pt``); return the log, one row per run
+    (``stage`` 'sweep' on the first seed, 'seed' for the others; ``chosen`` marks the sweep's
+    pick). Empty when ``metric.enabled`` is off. Runs whose weights and log exist are not
+    redone: the log is read back."""
+    m = ctx.profile.metric
+    if not m.enabled:
+        return pd.DataFrame()
+    seeds = list(ctx.profile.train.seeds)
+    files = [attention_file(ctx, k, s) for k in METRIC_KINDS.values() for s in seeds]
+    log_file = ctx.dirs["metrics"] / f"{METRIC_LOG}.csv"
+    if log_file.is_file() and all(f.is_file() for f in files):
+        return pd.read_csv(log_file)
+    splits = metric_splits(ctx, whitening, progress)
+    rows: list[dict[str, Any]] = []
+    settings = {
+        "backbone": getattr(ctx.backbone, "name", type(ctx.backbone).__name__),
+        "levels": ctx.profile.levels,
+        "image_size": ctx.profile.image_size,
+        "whitening": whitening_digest(whitening),
+        "train_images": len(splits["train"].cache),
+        "val_images": len(splits["val"].cache),
+    }
+    for kind in METRIC_KINDS.values():
+        best = None
+        for lr in m.lrs:
+            for wd in m.weight_decays:
+                result, s = _train_one(ctx, splits, kind, lr, wd, seeds[0], progress)
+                rows.append(_log_row(kind, "sweep", seeds[0], lr, wd, result, s))
+                if best is None or result.best_val_map > best[0]:  # ties keep the earlier
+                    best = (result.best_val_map, lr, wd, result, len(rows) - 1)
+        assert best is not None
+        _, lr, wd, result, at = best
+        rows[at]["chosen"] = True
+        chosen = {**settings, "lr": lr, "weight_decay": wd, "epochs": m.epochs}
+        save_metric_attention(
+            attention_file(ctx, kind, seeds[0]),
+            result.attention,
+            {
+                **chosen,
+                "seed": seeds[0],
+                "best_epoch": result.best_epoch,
+                "val_map": result.best_val_map,
+            },
+        )
+        for seed in seeds[1:]:
+            res, s = _train_one(ctx, splits, kind, lr, wd, seed, progress)
+            rows.append(_log_row(kind, "seed", seed, lr, wd, res, s))
+            save_metric_attention(
+                attention_file(ctx, kind, seed),
+                res.attention,
+                {**chosen, "seed": seed, "best_epoch": res.best_epoch, "val_map": res.best_val_map},
+            )
+    log = pd.DataFrame(rows)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    log.to_csv(log_file, index=False)
+    return log
+
+
+def metric_notes(ctx: Context, log: pd.DataFrame) -> list[str]:
+    """The notes of the metric-learning log and of every table with its rows."""
+    if log.empty:
+        return []
+    m = ctx.profile.metric
+    picks = log[log["chosen"]]
+    chosen = "; ".join(
+        f"{r.kind}: lr {r.lr:g}, weight decay {r.weight_decay:g} "
+        f"(validation mAP {r['val mAP']:.2f} against R-MAC's {r['val mAP R-MAC']:.2f})"
+        for _, r in picks.iterrows()
+    )
+    return [
+        "metric learning (beyond the paper): the attention alone learned with cirtorch's "
+        f"contrastive loss (margin {m.margin}, {m.nnum} hard negatives re-mined each epoch), "
+        "backbone and whitening frozen, started at alpha = 1 (R-MAC)",
+        "settings chosen on the validation landmarks of the metric-learning split (disjoint "
+        "from the test set), never on the queries: " + chosen,
+    ]
+
+
+def logged_notes(ctx: Context) -> list[str]:
+    """``metric_notes`` of the log notebook 02 wrote (none before it ran, or when the profile
+    learns no metric attention)."""
+    f = ctx.dirs["metrics"] / f"{METRIC_LOG}.csv"
+    if not ctx.profile.metric.enabled or not f.is_file():
+        return []
+    return metric_notes(ctx, pd.read_csv(f))
+
+
+def notebook_metric(ctx: Context, progress: bool = True) -> pd.DataFrame:
+    """Notebook 02's metric-learning step: the profile's whitening (notebook 01's, from the
+    cache), ``train_metric``, and the log as ``tables/metric_training``. Returns the log; an
+    empty one, after saying so, when the profile learns no metric attention."""
+    from regattn_lib.experiments.pipeline import learn_whitening
+    from regattn_lib.experiments.reports import write_table
+
+    if not ctx.profile.metric.enabled:
+        print(
+            f"profile {ctx.profile.name!r} learns no attention by metric learning (metric.enabled)"
+        )
+        return pd.DataFrame()
+    log = train_metric(ctx, learn_whitening(ctx, progress=progress), progress)
+    write_table(log, ctx.dirs["tables"], METRIC_LOG, [*metric_notes(ctx, log), *ctx.profile.notes])
+    return log
