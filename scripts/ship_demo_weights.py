@@ -4,7 +4,8 @@ clone searches photos (``python -m regattn_lib search``) without training first.
     .venv/bin/python scripts/ship_demo_weights.py [--results results] [--data data]
 
 Writes ``regattn_lib/assets/demo/``: ``attention_regional.pt`` and ``attention_context.pt``
-(the first seed's models of notebook 02) and ``whitening.pt`` (the demo's PCA-whitening with its
+(the first seed's models of notebook 02, the paper's recipe), ``attention_metric-regional.pt``
+and ``attention_metric-context.pt`` (the same, learned by metric learning: beyond the paper) and ``whitening.pt`` (the demo's PCA-whitening with its
 projection stored in fp16, to stay under 5 MB; used in fp32), and ``SOURCE.md`` saying how they
 were made (profile, seed, commit, and the fp16 storage's effect on descriptors, measured here).
 """
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     dest = SHIPPED_DIR / "demo"
     dest.mkdir(parents=True, exist_ok=True)
     lines = []
-    for kind in ("regional", "context"):
+    for kind in (*P.PAPER_KINDS.values(), *P.METRIC_KINDS.values()):
         src = P.attention_file(ctx, kind)
         shutil.copyfile(src, dest / src.name)
         lines.append(

@@ -399,3 +399,27 @@ def test_paired_intervals_compare_each_metric_row_with_its_recipe_row():
     assert np.isnan(gain[:2]).all() and np.isnan(low[:2]).all()
     assert gain[2] == pytest.approx(3.0) and low[2] == pytest.approx(3.0)
     assert high[2] == pytest.approx(3.0)  # a constant difference: a zero-width interval
+
+
+def test_metric_split_keeps_the_first_landmarks_and_only_their_pairs():
+    from regattn_lib.datasets.sfm120k_tuples import SfMTuples
+    from regattn_lib.experiments.metric_plan import metric_split
+
+    tuples = SfMTuples(
+        "train",
+        tuple(f"im{i}" for i in range(6)),
+        np.array([5, 5, 3, 3, 9, 9]),
+        np.array([0, 1, 2, 3, 4, 5]),
+        np.array([1, 0, 3, 2, 5, 4]),
+    )
+    gen = torch.Generator().manual_seed(0)
+    pools = [torch.rand(5, 4, generator=gen) for _ in range(6)]  # R = 2, C = 4
+    full = metric_split(tuples, pools, None)
+    assert len(full.cache) == 6 and full.qidxs.tolist() == [0, 1, 2, 3, 4, 5]
+    two = metric_split(tuples, pools, None, landmarks=2)  # landmarks 3 and 5 (sorted ids)
+    assert two.cluster.tolist() == [5, 5, 3, 3]
+    assert two.qidxs.tolist() == [0, 1, 2, 3] and two.pidxs.tolist() == [1, 0, 3, 2]
+    with torch.no_grad():
+        torch.testing.assert_close(
+            describe_cached(two.cache, None), describe_cached(full.cache, None)[:4]
+        )

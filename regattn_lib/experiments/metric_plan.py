@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -44,13 +45,12 @@ METRIC_LOG = "metric_training"
 CONTEXT_OF = {"metric-regional": False, "metric-context": True}
 
 
-def metric_splits(
-    ctx: Context, whitening: PCAWhitening | None, progress: bool = True
-) -> dict[str, MetricSplit]:
-    """``{'train': ..., 'val': ...}``: the metric-learning split's images, pooled at the
-    profile's ``image_size`` and ``levels`` through the extraction head's path (cached under
-    ``<data>/cache/<run>/metric/``) and whitened with ``whitening`` (the test descriptors').
-    ``ValueError`` for a profile without a synthetic benchmark."""
+def metric_pools(ctx: Context, progress: bool = True) -> dict[str, tuple[Any, list[torch.Tensor]]]:
+    """``{'train': (tuples, pools), 'val': ...}``: the metric-learning split's tuples and, per
+    image, its pooled regions at the profile's ``image_size`` and ``levels``, through the
+    extraction head's path (``training.metric_data.pooled_regions``, cached under
+    ``<data>/cache/<run>/metric/``). ``ValueError`` for a profile without a synthetic
+    benchmark."""
     from regattn_lib.datasets.synthetic import SYNTHETIC_PRESETS, metric_tuples, synthetic_paths
 
     p = ctx.profile
@@ -85,10 +85,43 @@ def metric_splits(
             batch_size=p.batch_size,
             progress=f"metric {split}" if progress else False,
         )
-        out[split] = MetricSplit(
-            region_cache(pools, whitening), tuples.cluster, tuples.qidxs, tuples.pidxs
-        )
+        out[split] = (tuples, pools)
     return out
+
+
+def metric_split(
+    tuples: Any,
+    pools: list[torch.Tensor],
+    whitening: PCAWhitening | None,
+    landmarks: int | None = None,
+) -> MetricSplit:
+    """A ``MetricSplit`` of pooled images, whitened with ``whitening``; ``landmarks``: keep only
+    the images (and pairs) of the first that many landmarks (all: ``None``)."""
+    keep = np.arange(len(pools))
+    if landmarks is not None:
+        first = np.unique(tuples.cluster)[:landmarks]
+        keep = np.flatnonzero(np.isin(tuples.cluster, first))
+    index = {int(i): j for j, i in enumerate(keep)}
+    pairs = [
+        (index[q], index[p])
+        for q, p in zip(tuples.qidxs, tuples.pidxs, strict=True)
+        if q in index and p in index
+    ]
+    q, p = (np.asarray(v, dtype=np.int64) for v in zip(*pairs, strict=True))
+    return MetricSplit(
+        region_cache([pools[i] for i in keep], whitening), tuples.cluster[keep], q, p
+    )
+
+
+def metric_splits(
+    ctx: Context, whitening: PCAWhitening | None, progress: bool = True
+) -> dict[str, MetricSplit]:
+    """``{'train': ..., 'val': ...}``: ``metric_pools`` whitened with ``whitening`` (the test
+    descriptors')."""
+    return {
+        k: metric_split(t, pools, whitening)
+        for k, (t, pools) in metric_pools(ctx, progress).items()
+    }
 
 
 def _train_one(
@@ -252,3 +285,33 @@ def notebook_metric(ctx: Context, progress: bool = True) -> pd.DataFrame:
     log = train_metric(ctx, learn_whitening(ctx, progress=progress), progress)
     write_table(log, ctx.dirs["tables"], METRIC_LOG, [*metric_notes(ctx, log), *ctx.profile.notes])
     return log
+
+
+def landmark_count_study(
+    ctx: Context,
+    whitening: PCAWhitening | None,
+    counts: list[int],
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Validation mAP against the number of training landmarks: each kind retrained (first
+    seed, the learning rate and weight decay notebook 02 chose on validation, read from its log)
+    on the first ``n`` training landmarks of the metric split, for each ``n`` in ``counts``;
+    validation on all the validation landmarks, as in notebook 02. Needs notebook 02's log."""
+    f = ctx.dirs["metrics"] / f"{METRIC_LOG}.csv"
+    if not f.is_file():
+        raise FileNotFoundError(f"{f}: run notebook 02 first (it chooses the learning rate)")
+    chosen = pd.read_csv(f)
+    chosen = chosen[chosen["chosen"]].set_index("kind")
+    pools = metric_pools(ctx, progress)
+    val = metric_split(*pools["val"], whitening)
+    rows = []
+    seed = ctx.profile.train.seeds[0]
+    for n in counts:
+        train = metric_split(*pools["train"], whitening, landmarks=n)
+        for kind in METRIC_KINDS.values():
+            lr, wd = float(chosen.loc[kind, "lr"]), float(chosen.loc[kind, "weight_decay"])
+            result, s = _train_one(ctx, {"train": train, "val": val}, kind, lr, wd, seed, progress)
+            row = _log_row(kind, "landmarks", seed, lr, wd, result, s)
+            row.pop("chosen")
+            rows.append({"train landmarks": n, "train images": len(train.cache), **row})
+    return pd.DataFrame(rows)

@@ -110,7 +110,7 @@ class QueryExplorer:
         self._upload: _Upload | None = None
         self._tmp = tempfile.TemporaryDirectory(prefix="regattn-upload-")
         self._state = _State(
-            method=self.methods[-1],  # the most complete model: what the paper proposes
+            method=self.proposed_method,
             k=max(1, min(k, K_MAX, self.ds.n_db)),
             protocol=self.protocols[0] if self.protocols else "classic",
             levels=ctx.profile.levels,
@@ -151,10 +151,17 @@ class QueryExplorer:
         aps = {m: self.query_aps(m, qe, protocol) for m in self.methods}
         return per_query_table(self.ds.qimlist, aps, baseline=self.methods[0])
 
+    @property
+    def proposed_method(self) -> str:
+        """The method shown first: the paper's most complete model (context awareness, trained
+        the paper's way), else the last one there; metric-learned rows come after it."""
+        paper = [m for m in self.methods if m in pipeline.PAPER_KINDS]
+        return paper[-1] if paper else self.methods[-1]
+
     def fixes_and_breaks(self, method: str | None = None, n: int = 3) -> dict[str, list]:
         """Queries where ``method`` gains most / loses most AP against R-MAC (current settings)."""
         s = self._state
-        method = method or (s.method if s.method != self.methods[0] else self.methods[-1])
+        method = method or (s.method if s.method != self.methods[0] else self.proposed_method)
         if method == self.methods[0] or not self.protocols:
             return {"method": method, "fixes": [], "breaks": []}
         gain = self.query_aps(method, s.qe, s.protocol) - self.query_aps(

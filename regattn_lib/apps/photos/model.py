@@ -25,8 +25,9 @@ from regattn_lib.runtime.identity import backbone_name, backbone_weights_id
 from regattn_lib.runtime.paths import data_root as resolve_data_root
 from regattn_lib.runtime.paths import results_root
 
-#: Descriptor methods a folder can be indexed with (rows of the paper's ablation).
-PHOTO_METHODS = ("rmac", "regional", "context")
+#: Descriptor methods a folder can be indexed with: the rows of the paper's ablation, and the
+#: attention learned by metric learning (beyond the paper).
+PHOTO_METHODS = ("rmac", "regional", "context", "metric-regional", "metric-context")
 #: Weights the repository ships, per profile: ``assets/<profile>/attention_<kind>.pt`` and
 #: ``assets/<profile>/whitening.pt``; looked at before anything trained or downloaded.
 SHIPPED_DIR = Path(__file__).resolve().parents[2] / "assets"
@@ -163,8 +164,9 @@ def load_photo_model(
     """The backbone and head of ``profile`` for ``method``, with fallbacks named in ``notes``.
 
     ``profile``: ``demo`` (EfficientNet-Lite0, default) or ``paper`` (the authors' ResNet-101
-    and released context attention), or a ``Profile``. ``method``: ``rmac``, ``regional`` or
-    ``context`` (default). The attention is looked for in :func:`shipped_weights`, then where
+    and released context attention), or a ``Profile``. ``method``: ``rmac``, ``regional``,
+    ``context`` (default), or ``metric-regional`` / ``metric-context`` (learned by metric
+    learning, beyond the paper). The attention is looked for in :func:`shipped_weights`, then where
     ``pipeline.load_attention`` finds it; missing (or of another channel count) it falls back
     to R-MAC. The whitening: shipped, else the profile's cached one, else none.
     """
