@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from regattn_lib.datasets.images import prepare_image
@@ -105,3 +106,42 @@ def test_object_attention_table_on_a_synthetic_set(tmp_path, monkeypatch):
     assert (b["difference low"] <= b["difference"]).all() and (
         b["difference"] <= b["difference high"]
     ).all()
+
+
+# ----------------------------------------------------------------- the attention's room
+def test_oracle_descriptor_weights_regions_by_their_landmark_share():
+    from regattn_lib.experiments.attention_room import CEILING_EPS, oracle_descriptors
+
+    x = torch.tensor([[3.0, 4.0], [0.0, 2.0]])  # two regions, C = 2
+    rows = torch.cat([x, x, torch.zeros(1, 2)])  # (2R + 1, C): max, avg, global
+    (d,) = oracle_descriptors([rows], [np.array([1.0, 0.0])], None)
+    # L2(1.01 * L2(x_0) + 0.01 * L2(x_1)) = L2(1.01 * (0.6, 0.8) + 0.01 * (0, 1))
+    v = np.array([1.01 * 0.6, 1.01 * 0.8 + 0.01])
+    assert CEILING_EPS == 0.01
+    np.testing.assert_allclose(d.numpy(), v / np.linalg.norm(v), rtol=1e-6)
+    with pytest.raises(ValueError, match="3 region shares for 2 pooled regions"):
+        oracle_descriptors([rows], [np.zeros(3)], None)
+
+
+def test_mask_supervised_attention_learns_the_marked_regions():
+    from regattn_lib.experiments.attention_room import train_mask_attention
+    from regattn_lib.training.metric import cache_regions, cached_alpha
+
+    gen = torch.Generator().manual_seed(0)
+
+    def toy(n):  # channel 0 of k marks the landmark's regions, which o_i says are on it
+        k = torch.rand(n, 6, 8, generator=gen)
+        on = torch.rand(n, 6, generator=gen) > 0.5
+        k[..., 0] = on.float() * 3
+        x = torch.rand(n, 6, 8, generator=gen)
+        return cache_regions(x, k, k.mean(1), None), [o.float().numpy() for o in on]
+
+    (train, ts), (val, vs) = toy(40), toy(20)
+    att, info = train_mask_attention(train, ts, val, vs, context=False, hidden=8, steps=200)
+    assert info["step"] > 1 and info["val_mse"] < 0.05
+    alpha = torch.stack(cached_alpha(val, att))
+    on = torch.as_tensor(np.stack(vs)) > 0.5
+    # every marked region above every other one; with lr 0 the start stays, far worse
+    assert alpha[on].min() > alpha[~on].max() and alpha[on].mean() > 3 * alpha[~on].mean()
+    _, none = train_mask_attention(train, ts, val, vs, context=False, hidden=8, steps=1, lr=0.0)
+    assert none["val_mse"] > 4 * info["val_mse"]

@@ -26,6 +26,7 @@ def pooled_regions(
     image_size: int,
     levels: int,
     cache_file: str | os.PathLike | None = None,
+    bbxs: Sequence[Sequence[float]] | None = None,
     device: str | torch.device | None = "auto",
     precision: str = "auto",
     batch_size: int | None = None,
@@ -33,6 +34,7 @@ def pooled_regions(
 ) -> list[torch.Tensor]:
     """Per image, its ``RegionPoolsHead`` rows (2R + 1, C) at ``image_size`` and ``levels``.
 
+    ``bbxs``: query boxes, one per path (cropped as the extraction crops queries), or ``None``.
     ``cache_file``: where they are kept (written atomically, fp32, with the image names it
     holds); a file whose names differ from ``paths`` raises ``ValueError`` naming it (its key
     should have told them apart), one that matches is read instead of running the backbone.
@@ -49,6 +51,7 @@ def pooled_regions(
         backbone,
         {"pools": head},
         image_size,
+        bbxs,
         device=device,
         batch_size=batch_size,
         precision=precision,
