@@ -97,7 +97,15 @@ DEVIATION_TABLES = (
     "datasets",
 )
 #: Tables shown in their compact layout near the end, the rest only linked.
-OTHER_TABLES = ("whitening", "datasets", "training", "object_attention")
+OTHER_TABLES = (
+    "whitening",
+    "datasets",
+    "training",
+    "metric_training",
+    "object_attention",
+    "attention_room",
+    "metric_landmarks",
+)
 PAPER_TABLES = (
     ("ablation", "The ablation (the paper's main table)"),
     ("rpn", "Regions from an RPN instead of the grid"),
