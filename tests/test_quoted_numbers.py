@@ -86,4 +86,7 @@ def test_every_link_and_image_resolves():
 
 def test_demo_csvs_keep_every_column():
     abl = pd.read_csv(DEMO / "tables" / "ablation.csv")
-    assert "synthetic-demo medium ours gain seed sd" in abl.columns and len(abl.columns) == 24
+    assert "synthetic-demo medium ours gain seed sd" in abl.columns and len(abl.columns) == 27
+    # the metric-learned rows' paired gain over the paper's recipe, with its interval
+    vs = "synthetic-demo ours vs paper's recipe gain"
+    assert {vs, f"{vs} low", f"{vs} high"} <= set(abl.columns)

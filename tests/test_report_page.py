@@ -13,6 +13,8 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+from decimal import ROUND_HALF_UP, Decimal
+
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -26,9 +28,22 @@ DEMO = REPO / "results" / "demo"
 def test_compact_merges_gains_and_drops_medium_repeats_but_the_csv_keeps_all(tmp_path):
     df = pd.read_csv(DEMO / "tables" / "ablation.csv")
     table, notes = compact(df)
-    assert len(table.columns) < 12 and "synthetic-demo medium ours" not in table.columns
+    # 27 CSV columns become 12: each gain, its interval and seed sd in one cell
+    assert len(df.columns) == 27 and len(table.columns) == 12
+    assert "synthetic-demo medium ours" not in table.columns
     cell = table.set_index("method").loc["+ regional attention"]
     assert cell["synthetic-demo ours gain [95% interval] sd"] == "+0.64 [+0.11, +1.21] sd 0.25"
+    metric = table.set_index("method").loc["+ regional attention (metric learning)"]
+    vs = df.set_index("method").loc["+ regional attention (metric learning)"]
+    # rounded half up from the CSV's decimal text, as the compact layout does
+    two = [
+        Decimal(repr(float(vs[f"synthetic-demo ours vs paper's recipe gain{s}"]))).quantize(
+            Decimal("0.01"), rounding=ROUND_HALF_UP
+        )
+        for s in ("", " low", " high")
+    ]
+    want = "{:+} [{:+}, {:+}]".format(*two)
+    assert metric["synthetic-demo ours vs paper's recipe gain [95% interval]"] == want
     assert any("medium ours" in n for n in notes)
     csv, md = reports.write_table(df, tmp_path, "ablation", notes=["a note"])
     assert pd.read_csv(csv).columns.tolist() == df.columns.tolist()
