@@ -26,11 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--counts", type=int, nargs="+", default=None, help="default: 20 40 80 all")
     args = ap.parse_args(argv)
     ctx = P.setup(args.profile, data_root=args.data, results=args.results, device=args.device)
-    counts = args.counts
-    if counts is None:
-        n = MP.metric_pools(ctx, progress=False)["train"][0].n_clusters
-        counts = sorted({c for c in (20, 40, 80) if c < n} | {n})
-    table = MP.landmark_count_study(ctx, P.learn_whitening(ctx, progress=False), counts)
+    table = MP.landmark_count_study(ctx, P.learn_whitening(ctx, progress=False), args.counts)
     notes = [
         f"each kind retrained on the first n training landmarks of the metric split (seed "
         f"{ctx.profile.train.seeds[0]}, the learning rate notebook 02 chose on validation); "

@@ -38,9 +38,9 @@ from regattn_lib.experiments.object_attention import prepare_mask, region_overla
 from regattn_lib.experiments.tables import gain_intervals
 from regattn_lib.extraction.extract import Descriptors
 from regattn_lib.extraction.heads import split_region_pools
-from regattn_lib.runtime.identity import backbone_weights_id, cache_key, content_stamp, list_digest
+from regattn_lib.runtime.identity import list_digest
 from regattn_lib.training.metric import RegionCache, describe_cached
-from regattn_lib.training.metric_data import pooled_regions, region_cache
+from regattn_lib.training.metric_data import region_cache
 
 #: Added to every region's landmark share in the ceiling and the diagnostic's targets, so that
 #: an image without a visible landmark still has a descriptor.
@@ -144,37 +144,16 @@ def train_mask_attention(
 
 def _test_pools(ctx: pipeline.Context, ds: Any, progress: bool) -> list[torch.Tensor]:
     """Pooled regions of the database then the queries (cropped), cached."""
-    p = ctx.profile
+    from regattn_lib.experiments.metric_plan import profile_pools
+
     out = []
     for part, paths, bbxs, names in (
         ("db", ds.db_paths, None, ds.imlist),
         ("queries", ds.query_paths, ds.query_bbxs, ds.qimlist),
     ):
-        key = cache_key(
-            {
-                "set": ds.name,
-                "part": part,
-                "images": list_digest(names),
-                "boxes": list_digest(bbxs or []),
-                "data": content_stamp(ds.root),
-                "backbone": backbone_weights_id(ctx.backbone),
-                "image_size": p.image_size,
-                "levels": p.levels,
-                "precision": p.precision,
-            }
-        )
-        out += pooled_regions(
-            paths,
-            ctx.backbone,
-            p.image_size,
-            p.levels,
-            cache_file=ctx.cache_dir / "room" / f"{ds.name}-{part}-{key}.pt",
-            bbxs=bbxs,
-            device=ctx.device,
-            precision=p.precision,
-            batch_size=p.batch_size,
-            progress=f"{ds.name} {part}" if progress else False,
-        )
+        ident = {"set": ds.name, "part": part, "boxes": list_digest(bbxs or [])}
+        label = f"{ds.name}-{part}"
+        out += profile_pools(ctx, paths, names, ds.root, "room", label, ident, bbxs, progress)
     return out
 
 
@@ -183,7 +162,7 @@ def attention_room(
 ) -> pd.DataFrame:
     """The table of the module docstring on the profile's first test set; needs notebook 02's
     attention models (the rows of those missing are left out) and the synthetic masks."""
-    from regattn_lib.datasets.synthetic import SYNTHETIC_PRESETS, metric_tuples, synthetic_paths
+    from regattn_lib.datasets.synthetic import SYNTHETIC_PRESETS, synthetic_paths
     from regattn_lib.experiments.metric_plan import metric_pools, metric_split
 
     p = ctx.profile
@@ -205,7 +184,7 @@ def attention_room(
     mp = metric_pools(ctx, progress)
     splits, mshares = {}, {}
     for split in ("train", "val"):
-        tuples, _ = metric_tuples(sp, split)
+        tuples = mp[split][0]
         splits[split] = metric_split(*mp[split], whitening).cache
         mshares[split] = region_shares(sp.metric_dir, list(tuples.cids), p.image_size, p.levels)
     recipe = p.train.recipe

@@ -18,6 +18,7 @@ rows.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -63,30 +64,60 @@ def metric_pools(ctx: Context, progress: bool = True) -> dict[str, tuple[Any, li
     out = {}
     for split in ("train", "val"):
         tuples, paths = metric_tuples(sp, split)
-        key = cache_key(
-            {
-                "split": split,
-                "images": list_digest(tuples.cids),
-                "data": content_stamp(sp.metric_dir),
-                "backbone": backbone_weights_id(ctx.backbone),
-                "image_size": p.image_size,
-                "levels": p.levels,
-                "precision": p.precision,
-            }
-        )
-        pools = pooled_regions(
+        pools = profile_pools(
+            ctx,
             paths,
-            ctx.backbone,
-            p.image_size,
-            p.levels,
-            cache_file=ctx.cache_dir / "metric" / f"{split}-{key}.pt",
-            device=ctx.device,
-            precision=p.precision,
-            batch_size=p.batch_size,
-            progress=f"metric {split}" if progress else False,
+            tuples.cids,
+            sp.metric_dir,
+            "metric",
+            split,
+            {"split": split},
+            None,
+            progress,
         )
         out[split] = (tuples, pools)
     return out
+
+
+def profile_pools(
+    ctx: Context,
+    paths: Sequence[Any],
+    names: Sequence[str],
+    folder: Any,
+    subdir: str,
+    label: str,
+    ident: dict[str, Any],
+    bbxs: Sequence[Sequence[float]] | None = None,
+    progress: bool = True,
+) -> list[torch.Tensor]:
+    """``pooled_regions`` of ``paths`` at the profile's image size, levels and precision, cached
+    as ``<data>/cache/<run>/<subdir>/<label>-<key>.pt``; the key holds ``ident``, the image
+    names, the generated folder's stamp (``content_stamp(folder)``), the backbone's weights and
+    those settings. The metric split's and the test set's caches (``attention_room``) alike."""
+    p = ctx.profile
+    key = cache_key(
+        {
+            **ident,
+            "images": list_digest(names),
+            "data": content_stamp(folder),
+            "backbone": backbone_weights_id(ctx.backbone),
+            "image_size": p.image_size,
+            "levels": p.levels,
+            "precision": p.precision,
+        }
+    )
+    return pooled_regions(
+        paths,
+        ctx.backbone,
+        p.image_size,
+        p.levels,
+        cache_file=ctx.cache_dir / subdir / f"{label}-{key}.pt",
+        bbxs=bbxs,
+        device=ctx.device,
+        precision=p.precision,
+        batch_size=p.batch_size,
+        progress=f"{subdir} {label}" if progress else False,
+    )
 
 
 def metric_split(
@@ -179,6 +210,12 @@ def _log_row(kind: str, stage: str, seed: int, lr: float, wd: float, result: Any
     }
 
 
+def _save(ctx: Context, kind: str, seed: int, result: Any, chosen: dict[str, Any]) -> None:
+    """The attention of one run, with the sweep's pick and the run's own validation numbers."""
+    info = {"seed": seed, "best_epoch": result.best_epoch, "val_map": result.best_val_map}
+    save_metric_attention(attention_file(ctx, kind, seed), result.attention, {**chosen, **info})
+
+
 def train_metric(
     ctx: Context, whitening: PCAWhitening | None, progress: bool = True
 ) -> pd.DataFrame:
@@ -217,24 +254,11 @@ def train_metric(
         _, lr, wd, result, at = best
         rows[at]["chosen"] = True
         chosen = {**settings, "lr": lr, "weight_decay": wd, "epochs": m.epochs}
-        save_metric_attention(
-            attention_file(ctx, kind, seeds[0]),
-            result.attention,
-            {
-                **chosen,
-                "seed": seeds[0],
-                "best_epoch": result.best_epoch,
-                "val_map": result.best_val_map,
-            },
-        )
+        _save(ctx, kind, seeds[0], result, chosen)
         for seed in seeds[1:]:
             res, s = _train_one(ctx, splits, kind, lr, wd, seed, progress)
             rows.append(_log_row(kind, "seed", seed, lr, wd, res, s))
-            save_metric_attention(
-                attention_file(ctx, kind, seed),
-                res.attention,
-                {**chosen, "seed": seed, "best_epoch": res.best_epoch, "val_map": res.best_val_map},
-            )
+            _save(ctx, kind, seed, res, chosen)
     log = pd.DataFrame(rows)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     log.to_csv(log_file, index=False)
@@ -290,19 +314,23 @@ def notebook_metric(ctx: Context, progress: bool = True) -> pd.DataFrame:
 def landmark_count_study(
     ctx: Context,
     whitening: PCAWhitening | None,
-    counts: list[int],
+    counts: Sequence[int] | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Validation mAP against the number of training landmarks: each kind retrained (first
     seed, the learning rate and weight decay notebook 02 chose on validation, read from its log)
     on the first ``n`` training landmarks of the metric split, for each ``n`` in ``counts``;
-    validation on all the validation landmarks, as in notebook 02. Needs notebook 02's log."""
+    validation on all the validation landmarks, as in notebook 02. ``counts`` default: 20, 40
+    and 80 where fewer than all, and all. Needs notebook 02's log."""
     f = ctx.dirs["metrics"] / f"{METRIC_LOG}.csv"
     if not f.is_file():
         raise FileNotFoundError(f"{f}: run notebook 02 first (it chooses the learning rate)")
     chosen = pd.read_csv(f)
     chosen = chosen[chosen["chosen"]].set_index("kind")
     pools = metric_pools(ctx, progress)
+    if counts is None:
+        n = pools["train"][0].n_clusters
+        counts = sorted({c for c in (20, 40, 80) if c < n} | {n})
     val = metric_split(*pools["val"], whitening)
     rows = []
     seed = ctx.profile.train.seeds[0]
