@@ -19,7 +19,20 @@ fi
 echo "[setup] installing torch ($TORCH_SPEC) and the project into .venv"
 log=.venv/setup.log
 : > "$log"
-pip_install() { .venv/bin/python -m pip install -q "$@" >>"$log" 2>&1; }
+# torch's Linux wheel pulls about 6 GB of CUDA libraries: say so up front rather than fail
+# half-way with "No space left on device" (REGATTN_MIN_FREE_GB=0 skips the check)
+need_gb=${REGATTN_MIN_FREE_GB:-8}
+if ! .venv/bin/python -c "import torch" 2>/dev/null && [ "$need_gb" -gt 0 ]; then
+  for dir in .venv "${TMPDIR:-/tmp}"; do
+    free_gb=$(df -Pk "$dir" | awk 'NR==2 {print int($4 / 1048576)}')
+    if [ "$free_gb" -lt "$need_gb" ]; then
+      echo "[setup] only ${free_gb} GB free on the disk of $dir ($(df -P "$dir" | awk 'NR==2 {print $6}')); installing torch needs about ${need_gb} GB (REGATTN_MIN_FREE_GB): free some space and rerun" >&2
+      exit 1
+    fi
+  done
+fi
+# no wheel cache: the multi-GB wheels would otherwise be kept twice on disk
+pip_install() { .venv/bin/python -m pip install -q --no-cache-dir "$@" >>"$log" 2>&1; }
 pip_install --upgrade pip || true
 if ! .venv/bin/python -c "import torch, torchvision" 2>/dev/null; then
   # shellcheck disable=SC2086
