@@ -33,6 +33,8 @@ FIGURES = [
     "per_query_ap",
     "ranked_best_ours",
     "ranked_worst_r-mac",
+    "ranked_best_ours-metric",
+    "ranked_worst_ours-metric",
     "attention_maps",
     "queries",
     "training_context",

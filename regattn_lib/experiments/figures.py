@@ -130,16 +130,23 @@ def attention_heatmap(
 
 
 def plot_attention(
-    image: np.ndarray, regions: np.ndarray, alpha: np.ndarray, title: str = "", ax=None
+    image: np.ndarray,
+    regions: np.ndarray,
+    alpha: np.ndarray,
+    title: str = "",
+    ax=None,
+    vmax: float | None = None,
 ) -> Figure:
-    """Region weights alpha painted back onto the image as a heat map."""
+    """Region weights alpha painted back onto the image as a heat map (colour scale from 0 to
+    ``vmax`` when given, so that several maps share it; else the map's own range)."""
     fig = None
     if ax is None:
         fig = _figure(5, 4)
         ax = fig.subplots()
     heat = attention_heatmap(image.shape[0], image.shape[1], regions, alpha)
     ax.imshow(image)
-    im = ax.imshow(heat, cmap="jet", alpha=0.45)
+    scale = {"vmin": 0.0, "vmax": vmax} if vmax is not None else {}
+    im = ax.imshow(heat, cmap="jet", alpha=0.45, **scale)
     ax.set_title(title, fontsize=9)
     ax.axis("off")
     if fig is not None:
@@ -194,10 +201,42 @@ def save_training_curves(run, figures_dir, stage: str) -> object:
     return plot_curves(run.out_dir / "history.csv", png)
 
 
+#: The rows of the attention-map figure, when their weights exist: R-MAC (alpha = 1), the
+#: paper's recipe and metric learning (context-aware, else regional).
+MAP_ROWS = (
+    (pipeline.RMAC,),
+    (pipeline.CONTEXT, pipeline.REGIONAL),
+    (pipeline.METRIC_CONTEXT, pipeline.METRIC_REGIONAL),
+)
+
+
+def attention_rows(
+    atts: Mapping[str, object | None],
+) -> dict[str, object | None]:
+    """Label -> attention of the figure's rows (``MAP_ROWS``): per row the first label present
+    in ``atts``; rows with none are left out."""
+    out = {}
+    for options in MAP_ROWS:
+        label = next((o for o in options if o in atts), None)
+        if label is not None:
+            out[label] = atts[label]
+    return out
+
+
+def relative_alpha(alpha: np.ndarray) -> np.ndarray:
+    """alpha over its mean over the image's regions: the descriptor is invariant to alpha's
+    scale (it is L2-normalised), so 1 is R-MAC's weight and maps of models compare."""
+    alpha = np.asarray(alpha, dtype=float)
+    mean = alpha.mean()
+    return alpha / mean if mean > 0 else np.ones_like(alpha)
+
+
 def attention_figure(ctx: pipeline.Context, ds, queries: Sequence[int], n_db: int = 2):
-    """Attention maps (context model, else regional) of some queries and database images."""
-    atts = pipeline.available_attention(ctx)
-    att = atts.get(pipeline.CONTEXT) or atts.get(pipeline.REGIONAL)
+    """Attention maps on the same images, one row per model (``attention_rows``: R-MAC, the
+    paper's recipe, metric learning; the first seed), one column per image (the ``queries``,
+    cropped to their boxes, and ``n_db`` positives of each). alpha is shown relative to its
+    mean over the image (``relative_alpha``) on one colour scale for the whole figure."""
+    rows = attention_rows(pipeline.available_attention(ctx))
     items = [(ds.query_paths[q], ds.query_bbxs[q], f"query {ds.qimlist[q]}") for q in queries]
     for q in queries:
         pos = ds.gnd[q].get("ok") or ds.gnd[q].get("easy") or []
@@ -205,10 +244,44 @@ def attention_figure(ctx: pipeline.Context, ds, queries: Sequence[int], n_db: in
             (ds.db_paths[i], None, f"db {ds.imlist[i]} (positive of {ds.qimlist[q]})")
             for i in pos[:n_db]
         ]
-    fig = _figure(4 * len(items), 3.6)
-    axes = np.atleast_1d(fig.subplots(1, len(items)))
-    for ax, (path, bbx, title) in zip(axes, items, strict=True):
-        image, regions, alpha = pipeline.attention_for_image(ctx, path, att, bbx=bbx)
-        plot_attention(image, regions, alpha, title=title, ax=ax)
-    fig.tight_layout()
+    maps = []
+    for path, bbx, _ in items:
+        image, regions, alphas = pipeline.attentions_for_image(ctx, path, rows, bbx=bbx)
+        maps.append((image, regions, {k: relative_alpha(a) for k, a in alphas.items()}))
+    vmax = max(float(a.max()) for _, _, al in maps for a in al.values())
+    fig = _figure(3.2 * len(items), 3.0 * len(rows) + 0.4)
+    axes = np.array(fig.subplots(len(rows), len(items), squeeze=False))
+    for c, ((image, regions, alphas), (_, _, title)) in enumerate(zip(maps, items, strict=True)):
+        for r, label in enumerate(rows):
+            plot_attention(image, regions, alphas[label], ax=axes[r, c], vmax=vmax)
+            axes[r, c].set_title(title if r == 0 else "", fontsize=8)
+    for r, label in enumerate(rows):
+        axes[r, 0].axis("on")
+        axes[r, 0].set_xticks([])
+        axes[r, 0].set_yticks([])
+        axes[r, 0].set_ylabel(label, fontsize=8)
+    im = axes[0, 0].images[-1]
+    fig.colorbar(im, ax=list(axes.ravel()), fraction=0.02, label="alpha / its mean (R-MAC: 1)")
     return fig
+
+
+#: Per-query figure file tag of each ranked-list row (``ranked_<best|worst>_<tag>``).
+RANKED_TAGS = {"R-MAC": "r-mac", "Ours": "ours", "Ours (metric learning)": "ours-metric"}
+
+
+def ranked_lists(ds, descriptors: Mapping[str, np.ndarray], picks, k: int = 8) -> dict:
+    """``ranked_<pick>_<method tag>`` -> figure: the ranked list of each picked query (``picks``:
+    (tag, description, query index)) for each of R-MAC, ours and ours by metric learning that
+    ``descriptors`` holds, so that the methods are seen on the same query."""
+    out = {}
+    for tag, what, qi in picks:
+        for method, mtag in RANKED_TAGS.items():
+            if method not in descriptors:
+                continue
+            ranking = pipeline.rank(descriptors[method])[:, qi]
+            title = f"{method} - query {ds.qimlist[qi]} ({what})"
+            fig = plot_ranked_list(
+                ds.query_paths[qi], ds.query_bbxs[qi], ds.db_paths, ranking, ds.gnd[qi], k, title
+            )
+            out[f"ranked_{tag}_{mtag}"] = fig
+    return out

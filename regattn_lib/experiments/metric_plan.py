@@ -28,6 +28,7 @@ import torch
 from regattn_lib.core.attention import RegionalAttention
 from regattn_lib.core.whitening import PCAWhitening
 from regattn_lib.experiments.pipeline import METRIC_KINDS, Context, attention_file
+from regattn_lib.runtime.atomic import atomic_write
 from regattn_lib.runtime.identity import (
     backbone_weights_id,
     cache_key,
@@ -42,6 +43,9 @@ from regattn_lib.training.metric_train import MetricSplit, train_metric_attentio
 
 #: The log's table name (``tables/metric_training.csv``).
 METRIC_LOG = "metric_training"
+#: Every run's validation curve, one row per epoch (``metrics/metric_history.csv``): what an
+#: epoch cap or another learning rate would have kept can be read from it without retraining.
+METRIC_HISTORY = "metric_history"
 #: Kind -> whether its attention sees the global context.
 CONTEXT_OF = {"metric-regional": False, "metric-context": True}
 
@@ -210,6 +214,12 @@ def _log_row(kind: str, stage: str, seed: int, lr: float, wd: float, result: Any
     }
 
 
+def _history_rows(kind: str, stage: str, seed: int, lr: float, wd: float, result: Any):
+    """One row per epoch of a run (epoch 0: alpha = 1, R-MAC), keyed like its log row."""
+    keys = {"kind": kind, "stage": stage, "seed": seed, "lr": lr, "weight_decay": wd}
+    return [{**keys, **{k: v for k, v in h.items() if k != "lr"}} for h in result.history]
+
+
 def _save(ctx: Context, kind: str, seed: int, result: Any, chosen: dict[str, Any]) -> None:
     """The attention of one run, with the sweep's pick and the run's own validation numbers."""
     info = {"seed": seed, "best_epoch": result.best_epoch, "val_map": result.best_val_map}
@@ -234,6 +244,7 @@ def train_metric(
         return pd.read_csv(log_file)
     splits = metric_splits(ctx, whitening, progress)
     rows: list[dict[str, Any]] = []
+    curves: list[dict[str, Any]] = []
     settings = {
         "backbone": getattr(ctx.backbone, "name", type(ctx.backbone).__name__),
         "levels": ctx.profile.levels,
@@ -248,6 +259,7 @@ def train_metric(
             for wd in m.weight_decays:
                 result, s = _train_one(ctx, splits, kind, lr, wd, seeds[0], progress)
                 rows.append(_log_row(kind, "sweep", seeds[0], lr, wd, result, s))
+                curves += _history_rows(kind, "sweep", seeds[0], lr, wd, result)
                 if best is None or result.best_val_map > best[0]:  # ties keep the earlier
                     best = (result.best_val_map, lr, wd, result, len(rows) - 1)
         assert best is not None
@@ -258,10 +270,12 @@ def train_metric(
         for seed in seeds[1:]:
             res, s = _train_one(ctx, splits, kind, lr, wd, seed, progress)
             rows.append(_log_row(kind, "seed", seed, lr, wd, res, s))
+            curves += _history_rows(kind, "seed", seed, lr, wd, res)
             _save(ctx, kind, seed, res, chosen)
     log = pd.DataFrame(rows)
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    log.to_csv(log_file, index=False)
+    history_file = log_file.with_name(f"{METRIC_HISTORY}.csv")
+    atomic_write(history_file, lambda p: pd.DataFrame(curves).to_csv(p, index=False))
+    atomic_write(log_file, lambda p: log.to_csv(p, index=False))  # last: it marks the run done
     return log
 
 

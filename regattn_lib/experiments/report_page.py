@@ -58,8 +58,9 @@ FIGURES = (
     (
         "attention_maps",
         "Attention maps",
-        "the region weights alpha on queries and their positives: bright regions should be "
-        "the landmark, not the clutter.",
+        "the region weights alpha on queries and their positives, one row per model (R-MAC's "
+        "uniform weights, the paper's recipe, metric learning): bright regions should be the "
+        "landmark, not the clutter.",
     ),
     (
         "object_attention",
@@ -80,9 +81,19 @@ FIGURES = (
         "negative).",
     ),
     (
+        "ranked_best_ours-metric",
+        "Ranked lists (metric learning)",
+        "the same query under the attention learned by metric learning (beyond the paper).",
+    ),
+    (
         "ranked_worst_ours",
         "Ranked lists (worst)",
         "the query where ours loses most against R-MAC: what the attention gets wrong.",
+    ),
+    (
+        "ranked_worst_ours-metric",
+        "Ranked lists (worst, metric learning)",
+        "that query under the attention learned by metric learning (beyond the paper).",
     ),
 )
 #: Tables whose notes state how the run differs from the paper (the others' notes describe them).
