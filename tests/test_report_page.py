@@ -2,6 +2,7 @@
 
 import hashlib
 import importlib
+import json
 import os
 import shutil
 import subprocess
@@ -139,3 +140,36 @@ def test_python_m_regattn_lib_still_works():
         [sys.executable, "-m", "regattn_lib", "--help"], capture_output=True, text=True, cwd=REPO
     )
     assert out.returncode == 0 and "usage: python -m regattn_lib" in out.stdout
+
+
+def _cell(source: list[str], seconds: float | None, kind: str = "code") -> dict:
+    meta = {} if seconds is None else {"papermill": {"duration": seconds}}
+    return {"cell_type": kind, "source": source, "metadata": meta}
+
+
+def test_slowest_steps_read_papermills_cell_times_and_reach_the_report(tmp_path):
+    res = tmp_path / "demo"
+    cells = [
+        _cell(["# set-up\n", "from x import y\n", "ctx = P.setup(profile)\n"], 2.0),
+        _cell(["whitening = P.learn_whitening(ctx)\n", "whitening.meta"], 181.24),
+        _cell(["# a comment only\n", "log = MP.notebook_metric(ctx)  " + "x" * 60], 1087.6),
+        _cell(["slow markdown"], 99.0, kind="markdown"),
+        _cell(["summary = P.prepare_data(ctx)\n"], 226.9),
+        _cell(["no_timing = 1\n"], None),
+    ]
+    nb = res / "notebooks" / "02_train_attention.ipynb"
+    nb.parent.mkdir(parents=True)
+    nb.write_text(json.dumps({"cells": cells}))
+    assert run_manifest.slowest_steps(nb, n=2) == [
+        {"step": "log = MP.notebook_metric(ctx)  " + "x" * 36 + "...", "s": 1087.6},
+        {"step": "summary = P.prepare_data(ctx)", "s": 226.9},
+    ]
+    steps = run_manifest.slowest_steps(nb)  # default: 4 steps of at least 5 s
+    assert [s["s"] for s in steps] == [1087.6, 226.9, 181.2]
+    assert run_manifest.slowest_steps(res / "missing.ipynb") == []
+    run = run_manifest.begin(res, "demo", "cpu")
+    run_manifest.notebook(res, run, "02_train_attention", "ok", time.time(), 1500.0)
+    run_manifest.finish(res, run)
+    header = "\n".join(report_page.run_header(run_manifest.load(res)))
+    assert "Slowest steps: 02 `log = MP.notebook_metric(ctx)" in header
+    assert "02 `whitening = P.learn_whitening(ctx)` 3 min 1 s." in header

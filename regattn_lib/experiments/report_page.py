@@ -341,6 +341,20 @@ def run_header(manifest: dict[str, Any]) -> list[str]:
         total = sum(nb["wall_s"] for nb in nbs.values())
         per = ", ".join(f"{n[:2]} {_minutes(nb['wall_s'])}" for n, nb in nbs.items())
         lines.append(f"Wall time: {_minutes(total)} ({per}).")
+        steps = sorted(
+            (
+                (st["s"], n[:2], st["step"])
+                for n, nb in nbs.items()
+                for st in nb.get("slowest_steps", [])
+            ),
+            reverse=True,
+        )[:6]
+        if steps:
+            lines.append(
+                "Slowest steps: "
+                + "; ".join(f"{nb} `{label}` {_minutes(t)}" for t, nb, label in steps)
+                + "."
+            )
         lines.append("")
     return lines
 

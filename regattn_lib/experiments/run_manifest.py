@@ -142,10 +142,39 @@ def outputs_since(results: str | os.PathLike, since: float) -> list[str]:
     return found
 
 
+def _step_label(source: str) -> str:
+    """A code cell's name in the time table: its first line that is neither blank nor a comment
+    nor an import (cut to 70 characters)."""
+    for line in source.splitlines():
+        s = line.strip()
+        if s and not s.startswith(("#", "import ", "from ")):
+            return s if len(s) <= 70 else s[:67] + "..."
+    return "(empty cell)"
+
+
+def slowest_steps(executed: str | os.PathLike, n: int = 4, min_s: float = 5.0) -> list[dict]:
+    """The ``n`` slowest code cells of a notebook executed by papermill (at least ``min_s``
+    seconds each; papermill's per-cell ``duration``): ``[{"step": label, "s": seconds}]``,
+    slowest first. Empty when the file is missing or holds no timings."""
+    try:
+        nb = json.loads(Path(executed).read_text())
+    except (OSError, ValueError):
+        return []
+    steps = []
+    for cell in nb.get("cells", []):
+        d = cell.get("metadata", {}).get("papermill", {}).get("duration")
+        if cell.get("cell_type") == "code" and isinstance(d, (int, float)) and d >= min_s:
+            src = cell.get("source", "")
+            label = _step_label("".join(src) if isinstance(src, list) else src)
+            steps.append({"step": label, "s": round(float(d), 1)})
+    return sorted(steps, key=lambda r: -r["s"])[:n]
+
+
 def notebook(
     results: str | os.PathLike, run_id: str, name: str, status: str, started: float, wall_s: float
 ) -> None:
-    """Record one executed notebook: its run, status, wall time and the files it wrote."""
+    """Record one executed notebook: its run, status, wall time, its slowest steps (from
+    ``notebooks/<name>.ipynb``, papermill's output) and the files it wrote."""
     data = load(results)
     outputs = outputs_since(results, started)
     # a file now written by this notebook is no longer another notebook's output
@@ -155,6 +184,7 @@ def notebook(
         "run": run_id,
         "status": status,
         "wall_s": round(float(wall_s), 1),
+        "slowest_steps": slowest_steps(Path(results) / "notebooks" / f"{name}.ipynb"),
         "outputs": outputs,
     }
     atomic_write_json(manifest_path(results), data)
