@@ -495,6 +495,21 @@ def test_whitening_pass_streams_every_kind_in_one_pass(tmp_path, monkeypatch):
     assert bb.images == 7 and not list(ctx.cache_dir.rglob("pass-*"))
 
 
+def test_a_whitening_learned_beside_others_equals_it_learned_alone(tmp_path):
+    """Notebook 01 learns the regional and the baselines' whitenings in one pass
+    (``studies.learn_series_whitenings``) where notebook 05 learned the baselines' alone: each
+    kind's statistics must not depend on its companions, to the bit."""
+    from regattn_lib.experiments import pipeline as P
+
+    together = P.learn_whitenings(
+        _whitening_context(tmp_path / "a"), ["regional", "mac", "spoc"], progress=False
+    )
+    for kind in ("regional", "mac", "spoc"):
+        alone = P.learn_whitenings(_whitening_context(tmp_path / kind), [kind], progress=False)
+        assert torch.equal(together[kind].mean, alone[kind].mean), kind
+        assert torch.equal(together[kind].projection, alone[kind].projection), kind
+
+
 def test_whitening_pass_resumes_after_an_interruption(tmp_path, monkeypatch):
     from regattn_lib.experiments import pipeline as P
 

@@ -357,3 +357,54 @@ def landmark_count_study(
             row.pop("chosen")
             rows.append({"train landmarks": n, "train images": len(train.cache), **row})
     return pd.DataFrame(rows)
+
+
+def replay_schedule(
+    curves: pd.DataFrame, log: pd.DataFrame, cap: int, lrs: Sequence[float]
+) -> list[dict[str, Any]]:
+    """Per kind: the sweep's pick among ``lrs`` with every run capped at ``cap`` epochs, and
+    the kept validation mAP of each seed at that pick (the other seeds' runs were trained at
+    the full schedule's pick: where the capped pick differs, they are unknown, ``nan``)."""
+    rows = []
+    per_epoch = (log["time_s"] / log["epochs"]).groupby(log["kind"]).mean()
+    for kind, runs in curves[curves["epoch"] <= cap].groupby("kind", sort=False):
+        sweep = runs[(runs["stage"] == "sweep") & runs["lr"].isin(lrs)]
+        best_by_lr = sweep.groupby("lr")["val_map"].max()
+        pick = float(best_by_lr.idxmax())  # ties: the smallest rate, as the sweep's order
+        kept = runs[runs["lr"] == pick].groupby("seed")["val_map"].max()
+        seeds = sorted(log.loc[log["kind"] == kind, "seed"].unique())
+        values = kept.reindex(seeds).to_numpy(dtype=float)
+        runs_trained = len(lrs) + len(seeds) - 1
+        rows.append(
+            {
+                "kind": kind,
+                "epochs": cap,
+                "lrs": " ".join(f"{lr:g}" for lr in sorted(lrs)),
+                "chosen lr": pick,
+                "val mAP R-MAC": float(runs["val_map"][runs["epoch"] == 0].iloc[0]),
+                "val mAP (seed mean)": float(np.nanmean(values))
+                if np.isfinite(values).any()
+                else np.nan,
+                "val mAP sd": float(np.nanstd(values, ddof=1))
+                if np.isfinite(values).sum() > 1
+                else np.nan,
+                "seeds known": int(np.isfinite(values).sum()),
+                "train minutes": runs_trained * cap * float(per_epoch[kind]) / 60,
+            }
+        )
+    return rows
+
+
+def schedule_table(
+    curves: pd.DataFrame, log: pd.DataFrame, caps: Sequence[int] | None = None
+) -> pd.DataFrame:
+    """``replay_schedule`` for every epoch cap in ``caps`` (default 1 .. the run's epochs) and
+    every non-empty subset of the swept learning rates: what a cheaper schedule would have kept
+    on the validation landmarks (``scripts/metric_budget.py``)."""
+    from itertools import combinations
+
+    swept = sorted(log.loc[log["stage"] == "sweep", "lr"].unique())
+    caps = list(caps) if caps else list(range(1, int(curves["epoch"].max()) + 1))
+    subsets = [s for n in range(1, len(swept) + 1) for s in combinations(swept, n)]
+    rows = [r for cap in caps for lrs in subsets for r in replay_schedule(curves, log, cap, lrs)]
+    return pd.DataFrame(rows)

@@ -324,7 +324,7 @@ def learn_whitenings(
         raise FileNotFoundError(
             f"no cached {', '.join(missing)} whitening for profile {p.name!r} at "
             f"{[str(files[k]) for k in missing]}; notebook 01 (./run_all.sh --profile {p.name} "
-            "--only 01) learns the regional one, notebook 05 the others"
+            "--only 01) learns them all (the regional one and the baselines')"
         )
     if missing:
         if checkpoint_s is None:

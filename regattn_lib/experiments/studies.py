@@ -128,12 +128,19 @@ def series_heads(ctx: pipeline.Context, whitening: PCAWhitening) -> dict[str, He
 
 
 def describe_series(ctx: pipeline.Context, whitening: PCAWhitening, progress: bool = True) -> None:
-    """One backbone pass per test set for all of ``series_heads``, so that the ablation, the
-    scale study, the SOTA and revisited tables and the per-query study read their descriptors
-    from the cache instead of running the backbone over the same images again."""
+    """One backbone pass per test set for all of ``series_heads``, and on the profile's
+    ``datasets`` also for the RPN ablation's heads (``rpn_heads``) and the SOTA table's
+    (``sota_heads``: its global baselines' whitenings come from notebook 01's pass,
+    ``learn_series_whitenings``), so that the ablation, the RPN ablation, the scale study, the
+    SOTA and revisited tables and the per-query study read their descriptors from the cache
+    instead of running the backbone over the same images again. Descriptors do not depend on
+    which other heads share a pass (each head reads the same feature map)."""
     heads = series_heads(ctx, whitening)
+    more = {**rpn_heads(ctx, whitening)[0], **sota_heads(ctx, whitening)}
+    more = {k: h for k, h in expand_seeds(ctx, more)[0].items() if k not in heads}
     for name in dict.fromkeys(ctx.profile.datasets + ctx.profile.revisited):
-        pipeline.describe(ctx, pipeline.dataset(ctx, name), heads, progress=progress)
+        extra = more if name in ctx.profile.datasets else {}
+        pipeline.describe(ctx, pipeline.dataset(ctx, name), {**heads, **extra}, progress=progress)
 
 
 def _classic_maps(
@@ -212,8 +219,9 @@ def ablation(
     return pipeline.untrained_rows(ctx, table)
 
 
-def rpn_ablation(ctx: pipeline.Context, whitening: PCAWhitening) -> tuple[pd.DataFrame, str]:
-    """The ablation with RPN proposals instead of the grid. Returns the table and the RPN label."""
+def rpn_heads(ctx: pipeline.Context, whitening: PCAWhitening) -> tuple[dict[str, Head], str]:
+    """The ablation's heads with the profile's RPN proposals instead of the grid, and the RPN's
+    label."""
     from regattn_lib.models.rpn import RPNRegions
 
     rpn = RPNRegions(
@@ -227,6 +235,12 @@ def rpn_ablation(ctx: pipeline.Context, whitening: PCAWhitening) -> tuple[pd.Dat
     heads = pipeline.ablation_heads(
         ctx, whitening, region_fn=rpn, region_source=f"rpn-{rpn.weights}-{rpn.top_n}"
     )
+    return heads, rpn.label
+
+
+def rpn_ablation(ctx: pipeline.Context, whitening: PCAWhitening) -> tuple[pd.DataFrame, str]:
+    """The ablation with RPN proposals instead of the grid. Returns the table and the RPN label."""
+    heads, label = rpn_heads(ctx, whitening)
     table = pd.DataFrame(
         {"method": list(heads), WEIGHTS: [head_weights(h) for h in heads.values()]}
     )
@@ -235,7 +249,7 @@ def rpn_ablation(ctx: pipeline.Context, whitening: PCAWhitening) -> tuple[pd.Dat
         table[name] = [maps[m] for m in heads]
         for col, values in gain_intervals(aps, next(iter(heads)), name).items():
             table[col] = values
-    return pipeline.untrained_rows(ctx, table), rpn.label
+    return pipeline.untrained_rows(ctx, table), label
 
 
 def scale_study(
@@ -274,6 +288,33 @@ def scale_study(
     return pd.DataFrame(rows)
 
 
+def _sota_methods(ctx: pipeline.Context, atts: dict) -> dict[str, methods.Method]:
+    """Row -> method of the state-of-the-art table given the attention kinds at hand."""
+    fc = fc_weight(ctx.backbone)
+    rows: dict[str, methods.Method] = {}
+    for row, names in methods.SOTA_ROWS.items():
+        candidates = [methods.METHODS[n] for n in ((names,) if isinstance(names, str) else names)]
+        usable = [m for m in candidates if m.attention_kind is None or m.attention_kind in atts]
+        if usable and not (usable[0].pooling == "cam" and fc is None):
+            rows[row] = usable[0]
+    return rows
+
+
+def global_poolings(ctx: pipeline.Context) -> list[str]:
+    """The global poolings of the SOTA table's baselines (MAC, SPoC, CroW, CAM where the
+    backbone has an ImageNet classifier): each needs its own whitening."""
+    return [m.pooling for m in _sota_methods(ctx, {}).values() if m.family == "global"]
+
+
+def learn_series_whitenings(ctx: pipeline.Context, progress: bool = True) -> PCAWhitening:
+    """Notebook 01's whitening pass: the regional whitening (the authors' setting,
+    ``pipeline.learn_whitening``) and the SOTA baselines' global ones in one pass over the
+    whitening set, each cached on its own (learning several in one pass gives each the same
+    statistics as learning it alone). Returns the regional one, as ``learn_whitening``."""
+    pipeline.learn_whitenings(ctx, ["regional", *global_poolings(ctx)], progress=progress)
+    return pipeline.learn_whitening(ctx, progress=progress)
+
+
 def sota_heads(ctx: pipeline.Context, whitening: PCAWhitening) -> dict[str, Head]:
     """The state-of-the-art rows (``methods.SOTA_ROWS``): MAC, SPoC, CroW, CAM, each whitened on
     the whitening set with its own whitening, R-MAC, and ours (the context-aware attention, else
@@ -285,14 +326,9 @@ def sota_heads(ctx: pipeline.Context, whitening: PCAWhitening) -> dict[str, Head
         for lbl, a in pipeline.available_attention(ctx).items()
         if a is not None
     }
-    rows: dict[str, methods.Method] = {}
-    for row, names in methods.SOTA_ROWS.items():
-        candidates = [methods.METHODS[n] for n in ((names,) if isinstance(names, str) else names)]
-        usable = [m for m in candidates if m.attention_kind is None or m.attention_kind in atts]
-        if usable and not (usable[0].pooling == "cam" and fc is None):
-            rows[row] = usable[0]
+    rows = _sota_methods(ctx, atts)
     poolings = [m.pooling for m in rows.values() if m.family == "global"]
-    full = pipeline.learn_whitenings(ctx, poolings)  # one pass for all of them
+    full = pipeline.learn_whitenings(ctx, poolings)  # one pass for all of them (cached by 01)
     dims = ctx.profile.global_whitening_dims
     heads: dict[str, Head] = {}
     for row, m in rows.items():
