@@ -2,6 +2,7 @@
 validation curves (``metrics/metric_history.csv``, written by notebook 02) without retraining.
 
     .venv/bin/python scripts/metric_budget.py results/demo [--epochs 3 5 8 12 20]
+        [--curves FILE --log FILE]   # another run's curves and log (default: the run's own)
 
 Training is deterministic and cirtorch's learning-rate decay does not depend on the number of
 epochs, so a run capped at E epochs follows the same curve up to E and keeps its best epoch
@@ -28,13 +29,17 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("results", type=Path, help="a run's results folder (results/<run>)")
     ap.add_argument("--epochs", type=int, nargs="+", default=None, help="caps (default: 1..max)")
+    ap.add_argument("--curves", type=Path, default=None, help="default: the run's history")
+    ap.add_argument("--log", type=Path, default=None, help="default: the run's training log")
+    ap.add_argument("--note", action="append", default=[], help="a note added to the table")
     args = ap.parse_args(argv)
     metrics = args.results / "metrics"
-    curves = pd.read_csv(metrics / f"{METRIC_HISTORY}.csv")
-    log = pd.read_csv(metrics / f"{METRIC_LOG}.csv")
-    table = schedule_table(curves, log, args.epochs)
+    curves_file = args.curves or metrics / f"{METRIC_HISTORY}.csv"
+    log_file = args.log or metrics / f"{METRIC_LOG}.csv"
+    table = schedule_table(pd.read_csv(curves_file), pd.read_csv(log_file), args.epochs)
     notes = [
-        f"replayed from {metrics / (METRIC_HISTORY + '.csv')} (validation landmarks only)",
+        f"replayed from {curves_file} and {log_file} (validation landmarks only)",
+        *args.note,
         "a run capped at E epochs keeps its best epoch among 0..E (deterministic training, an "
         "epoch-independent learning-rate decay); seeds other than the first were trained only "
         "at the full schedule's pick, so a cap that picks another rate knows the first seed only",
