@@ -136,8 +136,12 @@ def describe_series(ctx: pipeline.Context, whitening: PCAWhitening, progress: bo
     instead of running the backbone over the same images again. Descriptors do not depend on
     which other heads share a pass (each head reads the same feature map)."""
     heads = series_heads(ctx, whitening)
-    more = {**rpn_heads(ctx, whitening)[0], **sota_heads(ctx, whitening)}
-    more = {k: h for k, h in expand_seeds(ctx, more)[0].items() if k not in heads}
+    # the RPN heads carry the ablation's labels: keys of their own, or they would replace them
+    more = {
+        **{f"rpn|{k}": h for k, h in rpn_heads(ctx, whitening)[0].items()},
+        **{f"sota|{k}": h for k, h in sota_heads(ctx, whitening).items()},
+    }
+    more = expand_seeds(ctx, more)[0]
     for name in dict.fromkeys(ctx.profile.datasets + ctx.profile.revisited):
         extra = more if name in ctx.profile.datasets else {}
         pipeline.describe(ctx, pipeline.dataset(ctx, name), {**heads, **extra}, progress=progress)
