@@ -135,18 +135,24 @@ def plot_attention(
     alpha: np.ndarray,
     title: str = "",
     ax=None,
-    vmax: float | None = None,
+    log2_range: float | None = None,
 ) -> Figure:
-    """Region weights alpha painted back onto the image as a heat map (colour scale from 0 to
-    ``vmax`` when given, so that several maps share it; else the map's own range)."""
+    """Region weights alpha painted back onto the image as a heat map: the map's own range, or
+    with ``log2_range`` = r, log2 of the per-pixel mean alpha on a fixed diverging scale from
+    -r to r (pass alpha relative to its mean, ``relative_alpha``: 0 is R-MAC's weight, so
+    several maps share one scale whatever their peaks)."""
     fig = None
     if ax is None:
         fig = _figure(5, 4)
         ax = fig.subplots()
     heat = attention_heatmap(image.shape[0], image.shape[1], regions, alpha)
     ax.imshow(image)
-    scale = {"vmin": 0.0, "vmax": vmax} if vmax is not None else {}
-    im = ax.imshow(heat, cmap="jet", alpha=0.45, **scale)
+    if log2_range is None:
+        im = ax.imshow(heat, cmap="jet", alpha=0.45)
+    else:
+        r = float(log2_range)
+        logged = np.log2(np.clip(heat, 2.0**-r, 2.0**r))
+        im = ax.imshow(logged, cmap="coolwarm", alpha=0.55, vmin=-r, vmax=r)
     ax.set_title(title, fontsize=9)
     ax.axis("off")
     if fig is not None:
@@ -223,6 +229,11 @@ def attention_rows(
     return out
 
 
+#: The attention-map figure's colour scale: log2 of alpha over its mean, from -3 to +3 (an
+#: eighth of R-MAC's weight to eight times it; beyond is clipped).
+MAP_LOG2_RANGE = 3.0
+
+
 def relative_alpha(alpha: np.ndarray) -> np.ndarray:
     """alpha over its mean over the image's regions: the descriptor is invariant to alpha's
     scale (it is L2-normalised), so 1 is R-MAC's weight and maps of models compare."""
@@ -235,7 +246,8 @@ def attention_figure(ctx: pipeline.Context, ds, queries: Sequence[int], n_db: in
     """Attention maps on the same images, one row per model (``attention_rows``: R-MAC, the
     paper's recipe, metric learning; the first seed), one column per image (the ``queries``,
     cropped to their boxes, and ``n_db`` positives of each). alpha is shown relative to its
-    mean over the image (``relative_alpha``) on one colour scale for the whole figure."""
+    mean over the image (``relative_alpha``) on one log2 colour scale for the whole figure
+    (``MAP_LOG2_RANGE``), so R-MAC's row is neutral and a model's favoured regions are red."""
     rows = attention_rows(pipeline.available_attention(ctx))
     items = [(ds.query_paths[q], ds.query_bbxs[q], f"query {ds.qimlist[q]}") for q in queries]
     for q in queries:
@@ -248,12 +260,11 @@ def attention_figure(ctx: pipeline.Context, ds, queries: Sequence[int], n_db: in
     for path, bbx, _ in items:
         image, regions, alphas = pipeline.attentions_for_image(ctx, path, rows, bbx=bbx)
         maps.append((image, regions, {k: relative_alpha(a) for k, a in alphas.items()}))
-    vmax = max(float(a.max()) for _, _, al in maps for a in al.values())
     fig = _figure(3.2 * len(items), 3.0 * len(rows) + 0.4)
     axes = np.array(fig.subplots(len(rows), len(items), squeeze=False))
     for c, ((image, regions, alphas), (_, _, title)) in enumerate(zip(maps, items, strict=True)):
         for r, label in enumerate(rows):
-            plot_attention(image, regions, alphas[label], ax=axes[r, c], vmax=vmax)
+            plot_attention(image, regions, alphas[label], ax=axes[r, c], log2_range=MAP_LOG2_RANGE)
             axes[r, c].set_title(title if r == 0 else "", fontsize=8)
     for r, label in enumerate(rows):
         axes[r, 0].axis("on")
@@ -261,7 +272,8 @@ def attention_figure(ctx: pipeline.Context, ds, queries: Sequence[int], n_db: in
         axes[r, 0].set_yticks([])
         axes[r, 0].set_ylabel(label, fontsize=8)
     im = axes[0, 0].images[-1]
-    fig.colorbar(im, ax=list(axes.ravel()), fraction=0.02, label="alpha / its mean (R-MAC: 1)")
+    bar = fig.colorbar(im, ax=list(axes.ravel()), fraction=0.02)
+    bar.set_label("log2(alpha / its mean): 0 is R-MAC's weight, +1 twice it")
     return fig
 
 
