@@ -142,14 +142,17 @@ def outputs_since(results: str | os.PathLike, since: float) -> list[str]:
     return found
 
 
-def _step_label(source: str) -> str:
-    """A code cell's name in the time table: its first line that is neither blank nor a comment
-    nor an import (cut to 70 characters)."""
+def _step_label(source: str, width: int = 130) -> str:
+    """A code cell's name in the time table: its statements (not blank lines, comments, imports
+    or a bare name left to display), comments cut, joined by "; " and cut to ``width``
+    characters, so a cell's costly call shows even when it is not its first line."""
+    statements = []
     for line in source.splitlines():
-        s = line.strip()
-        if s and not s.startswith(("#", "import ", "from ")):
-            return s if len(s) <= 70 else s[:67] + "..."
-    return "(empty cell)"
+        s = line.split("  #")[0].strip()
+        if s and not s.startswith(("#", "import ", "from ")) and not s.isidentifier():
+            statements.append(s)
+    label = "; ".join(statements) or "(empty cell)"
+    return label if len(label) <= width else label[: width - 3] + "..."
 
 
 def slowest_steps(executed: str | os.PathLike, n: int = 4, min_s: float = 5.0) -> list[dict]:
