@@ -130,11 +130,13 @@ def test_metric_learned_rows_beside_the_papers_recipe(smoke_results):
     # epoch 0 is R-MAC (alpha = 1) and the kept epoch is the best on validation
     assert (log["val mAP"] >= log["val mAP R-MAC"] - 1e-9).all()
     assert (log["epochs"] == 3).all() and set(log["lr"]) == {1e-3, 1e-2}
-    # every run's validation curve: epochs 0..3, its maximum the log's kept epoch
+    # every run's validation curve: epochs 0..3, its maximum the log's kept epoch (the
+    # full-precision log beside it; the table keeps 4 significant digits)
     curves = pd.read_csv(smoke_results / "metrics" / "metric_history.csv")
+    full = pd.read_csv(smoke_results / "metrics" / "metric_training.csv")
     keys = ["kind", "stage", "seed", "lr", "weight_decay"]
-    assert len(curves) == 4 * len(log)
-    for _, run in log.iterrows():
+    assert len(curves) == 4 * len(full) and len(full) == len(log)
+    for _, run in full.iterrows():
         curve = curves[(curves[keys] == run[keys]).all(axis=1)]
         assert curve["epoch"].tolist() == [0, 1, 2, 3]
         assert curve["val_map"].iloc[0] == pytest.approx(run["val mAP R-MAC"])
