@@ -331,8 +331,7 @@ def sota_heads(ctx: pipeline.Context, whitening: PCAWhitening) -> dict[str, Head
         if a is not None
     }
     rows = _sota_methods(ctx, atts)
-    poolings = [m.pooling for m in rows.values() if m.family == "global"]
-    full = pipeline.learn_whitenings(ctx, poolings)  # one pass for all of them (cached by 01)
+    full = pipeline.learn_whitenings(ctx, global_poolings(ctx))  # cached by notebook 01's pass
     dims = ctx.profile.global_whitening_dims
     heads: dict[str, Head] = {}
     for row, m in rows.items():
