@@ -21,12 +21,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--kind", default="regional", choices=("regional", "context"))
     ap.add_argument("--iterations", type=int, default=None, help="default: the recipe's")
+    ap.add_argument("--data-root", default=None)
+    ap.add_argument("--results", default=None)
+    ap.add_argument(
+        "--train-set",
+        default=None,
+        help="another classification set of the same design (default: the profile's)",
+    )
     args = ap.parse_args(argv)
-    ctx = P.setup(args.profile, device=args.device)
+    overrides = {"train": {"train_set": args.train_set}} if args.train_set else None
+    ctx = P.setup(
+        args.profile,
+        data_root=args.data_root,
+        results=args.results,
+        device=args.device,
+        overrides=overrides,
+    )
     table = regularisation_study(ctx, kind=args.kind, iterations=args.iterations)
     notes = [
         f"{args.kind} attention, seed {ctx.profile.train.seeds[0]}, the same cached views and "
-        "frozen fc for every variant; validation on the classification val split",
+        f"frozen fc for every variant; validation on the classification val split of "
+        f"{ctx.profile.train.train_set}",
+        "rule: the variant with the lowest best validation loss sets the profile's attention "
+        "learning rate",
         *ctx.profile.notes,
     ]
     R.write_table(table, ctx.dirs["tables"], "regularisation", notes)

@@ -159,11 +159,11 @@ def test_cls_split_is_an_image_folder(tiny):
 def test_same_seed_identical_other_seed_different(tiny, tmp_path):
     ref = _files(tiny)
     # retrieval: 19 + 3 images and their masks, gnd, annotations, meta; whiten: 4 + 2;
-    # cls: 2 x (3 + 2) + meta; metric: (3 + 2) landmarks x 3 views and their masks, tuples,
-    # annotations, meta
-    n_metric = (3 + 2) * 3
-    assert len(ref) == (2 * (19 + 3) + 3) + (4 + 2) + (2 * (3 + 2) + 1) + (2 * n_metric + 3)
-    assert sum(k.endswith(".png") for k in ref) == 19 + 3 + n_metric
+    # cls: 2 x (3 + 2) images and their masks + meta; metric: (3 + 2) landmarks x 3 views and
+    # their masks, tuples, annotations, meta
+    n_metric, n_cls = (3 + 2) * 3, 2 * (3 + 2)
+    assert len(ref) == (2 * (19 + 3) + 3) + (4 + 2) + (2 * n_cls + 1) + (2 * n_metric + 3)
+    assert sum(k.endswith(".png") for k in ref) == 19 + 3 + n_cls + n_metric
     again = _gen(tmp_path / "a", workers=2)  # the worker count must not change a byte
     assert _files(again) == ref
     other = _files(_gen(tmp_path / "b", seed=1))

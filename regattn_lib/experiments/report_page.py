@@ -112,6 +112,7 @@ OTHER_TABLES = (
     "whitening",
     "datasets",
     "training",
+    "classification_room",
     "metric_training",
     "object_attention",
     "attention_room",

@@ -83,6 +83,7 @@ from regattn_lib.datasets.synthetic.config import (
 from regattn_lib.datasets.synthetic.layout import (
     SPLIT_FOLDERS,
     SyntheticPaths,
+    cls_mask_name,
     load_landmark_mask,
     metric_tuples,
     split_digest,
@@ -97,6 +98,7 @@ __all__ = [
     "SYNTHETIC_PRESETS",
     "SyntheticConfig",
     "SyntheticPaths",
+    "cls_mask_name",
     "generate_synthetic",
     "load_landmark_mask",
     "metric_tuples",

@@ -23,6 +23,7 @@ from PIL import Image
 
 from regattn_lib.datasets.synthetic.assets import Assets
 from regattn_lib.datasets.synthetic.config import (
+    CLS_FIELDS,
     GENERATOR,
     GENERATOR_VERSION,
     METRIC_FIELDS,
@@ -66,9 +67,15 @@ def _render(job: tuple) -> tuple[str, dict[str, Any]]:
     else:
         main = assets.obj(extra["role"], extra["object"])
         img, mask, info = render_scene(
-            rng, cfg, assets, extra["clutter_role"], main, extra["target"]
+            rng,
+            cfg,
+            assets,
+            extra["clutter_role"],
+            main,
+            extra["target"],
+            extra.get("distractor_prob", 0.0),
         )
-        if kind in ("view", "whiten", "metric"):
+        if kind in ("view", "whiten", "metric") or (kind == "cls" and extra["target"] != "cls"):
             info["label"] = view_label(info["visible_fraction"], info["area_fraction"], cfg)
     Image.fromarray(img).save(path, "JPEG", quality=cfg.jpeg_quality)
     if extra.get("mask") is not None:
@@ -235,21 +242,41 @@ def _build_whiten(
 
 
 def _build_cls(tmp: Path, cfg: SyntheticConfig, seed: int, runner: _Runner, progress: bool) -> dict:
+    """``train/<class>/`` and ``val/<class>/`` images (an ImageFolder), with the class object's
+    mask of each in ``masks/<split>/<class>/`` (what the classification oracle reads). Under
+    ``cls_views="database"`` every class's images are easy, hard and junk views in
+    ``cls_view_mix`` shares, as the database shows a landmark; under ``"whole"`` the object is
+    large and whole."""
     classes = [f"class_{c:02d}" for c in range(cfg.n_cls_classes)]
     jobs = []
     for split, n, stream in (
         ("train", cfg.n_cls_train, "cls-train"),
         ("val", cfg.n_cls_val, "cls-val"),
     ):
+        targets = _view_targets(n, cfg.cls_view_mix) if cfg.cls_views == "database" else ["cls"] * n
         for c, cname in enumerate(classes):
             d = tmp / split / cname
             d.mkdir(parents=True)
-            extra = {"clutter_role": "clutter-cls", "role": "cls", "object": c, "target": "cls"}
-            jobs += [
-                ("cls", stream, (c, i), str(d / f"{cname}_{i:04d}.jpg"), extra) for i in range(n)
-            ]
-    _collect(runner, jobs, f"{cfg.name} cls", progress)
-    return {"classes": classes, "train_per_class": cfg.n_cls_train, "val_per_class": cfg.n_cls_val}
+            (tmp / MASK_DIR / split / cname).mkdir(parents=True)
+            for i in range(n):
+                extra = {
+                    "clutter_role": "clutter-cls",
+                    "role": "cls",
+                    "object": c,
+                    "target": targets[i],
+                    "distractor_prob": cfg.cls_distractor_prob,
+                    "mask": str(tmp / MASK_DIR / split / cname / f"{cname}_{i:04d}.png"),
+                }
+                jobs.append(("cls", stream, (c, i), str(d / f"{cname}_{i:04d}.jpg"), extra))
+    infos = _collect(runner, jobs, f"{cfg.name} cls", progress)
+    labels = [i.get("label", "whole") for i in infos]
+    return {
+        "classes": classes,
+        "train_per_class": cfg.n_cls_train,
+        "val_per_class": cfg.n_cls_val,
+        "views": {k: labels.count(k) for k in ("whole", "easy", "hard", "junk")},
+        "with_distractor": sum(bool(i.get("distractor")) for i in infos),
+    }
 
 
 def metric_db_name(cfg: SyntheticConfig) -> str:
@@ -346,12 +373,14 @@ _PARTS: dict[str, Callable[..., dict]] = {
 
 
 def _part_config(cfg: SyntheticConfig, part: str) -> dict[str, Any]:
-    """The config a part depends on: all of it for the metric split, the rest without the
-    metric split's own fields (``METRIC_FIELDS``)."""
+    """The config a part depends on: all of it, less the metric split's own fields
+    (``METRIC_FIELDS``) outside the metric split and the classification split's newer ones
+    (``CLS_FIELDS``) outside the classification split."""
     config = asdict(cfg)
-    if part != "metric":
-        for name in METRIC_FIELDS:
-            config.pop(name)
+    for own_part, fields in (("metric", METRIC_FIELDS), ("cls", CLS_FIELDS)):
+        if part != own_part:
+            for name in fields:
+                config.pop(name)
     return config
 
 
@@ -425,6 +454,7 @@ def generate_synthetic(
     seed: int = 0,
     progress: bool = True,
     workers: int | None = None,
+    parts: Sequence[str] | None = None,
 ) -> SyntheticPaths:
     """Generate (or find already generated) a synthetic benchmark; return its folders.
 
@@ -440,6 +470,9 @@ def generate_synthetic(
             process. The output does not depend on it. With more than one, a script calling
             this must guard its entry point (``if __name__ == "__main__":``) on platforms
             whose start method is not fork.
+        parts: generate only these parts (``"retrieval"``, ``"whiten"``, ``"cls"``,
+            ``"metric"``); None: all four. The classification proxy's variants
+            (``experiments.proxy``) need only ``("cls",)``.
 
     Parts (retrieval, whitening, classification, metric) already generated with the same config, seed
     and generator version are skipped; stale ones made by this generator are replaced with a
@@ -453,6 +486,11 @@ def generate_synthetic(
         "cls": sp.cls_dir,
         "metric": sp.metric_dir,
     }
+    if parts is not None:
+        unknown = sorted(set(parts) - set(folders))
+        if unknown:
+            raise ValueError(f"unknown synthetic parts {unknown}; choose among {sorted(folders)}")
+        folders = {p: d for p, d in folders.items() if p in parts}
     todo = [p for p, d in folders.items() if not _is_current(d, _identity(cfg, seed, p))]
     if not todo:
         return sp

@@ -12,6 +12,10 @@ GENERATOR = "regattn_lib.datasets.synthetic"
 GENERATOR_VERSION = 2
 
 
+#: The ways the classification split can show its class object (``SyntheticConfig.cls_views``).
+CLS_VIEWS = ("whole", "database")
+
+
 @dataclass(frozen=True)
 class SyntheticConfig:
     """Everything that defines a synthetic benchmark (the seed is passed separately).
@@ -44,7 +48,21 @@ class SyntheticConfig:
         n_cls_classes: classes of the classification split (6).
         n_cls_train: training images per class (20).
         n_cls_val: validation images per class (6).
-        cls_scale: (min, max) scale of the class object ((0.3, 0.65)).
+        cls_scale: (min, max) scale of the class object in ``cls_views="whole"`` images
+            ((0.3, 0.65)).
+        cls_views: how the classification split shows its class object (``"database"``):
+            ``"database"``, drawn as the database draws a landmark's views (easy; hard: small,
+            half hidden or cut by the frame; junk) in ``cls_view_mix`` shares, among the same
+            kind of clutter: the faithful proxy of the paper's premise; ``"whole"``, large and
+            whole at ``cls_scale`` (the first proxy). The default design was chosen on the
+            classification validation split alone (``experiments.proxy.proxy_study``,
+            ``results/demo/tables/proxy_variants.md``).
+        cls_view_mix: easy, hard and junk shares of a class's images under
+            ``cls_views="database"`` ((0.5, 0.5, 0.0): with junk views the fc alone fell below
+            half of the validation images).
+        cls_distractor_prob: chance that a classification image also shows one recurring
+            distractor object at landmark size, as the database's distractor images do (0.7,
+            ``main_clutter_prob``'s value).
         n_metric_landmarks: training landmarks of the metric-learning split (16).
         n_metric_val_landmarks: validation landmarks of the metric-learning split, disjoint
             from the training ones (6).
@@ -79,6 +97,9 @@ class SyntheticConfig:
     n_cls_train: int = 20
     n_cls_val: int = 6
     cls_scale: tuple[float, float] = (0.3, 0.65)
+    cls_views: str = "database"
+    cls_view_mix: tuple[float, float, float] = (0.5, 0.5, 0.0)
+    cls_distractor_prob: float = 0.7
     n_metric_landmarks: int = 16
     n_metric_val_landmarks: int = 6
     metric_views_per_landmark: int = 4
@@ -99,10 +120,14 @@ class SyntheticConfig:
             raise ValueError("the metric-learning split needs training and validation landmarks")
         if self.metric_views_per_landmark < 2:
             raise ValueError("metric_views_per_landmark must be >= 2 (a query and a positive)")
-        if abs(sum(self.view_mix) - 1.0) > 1e-6 or min(self.view_mix) < 0:
-            raise ValueError(
-                f"view_mix must be 3 non-negative shares summing to 1: {self.view_mix}"
-            )
+        for field in ("view_mix", "cls_view_mix"):
+            mix = getattr(self, field)
+            if len(mix) != 3 or abs(sum(mix) - 1.0) > 1e-6 or min(mix) < 0:
+                raise ValueError(f"{field} must be 3 non-negative shares summing to 1: {mix}")
+        if self.cls_views not in CLS_VIEWS:
+            raise ValueError(f"cls_views must be one of {CLS_VIEWS}: {self.cls_views!r}")
+        if not 0.0 <= self.cls_distractor_prob <= 1.0:
+            raise ValueError(f"cls_distractor_prob must lie in [0, 1]: {self.cls_distractor_prob}")
 
 
 #: ``smoke``: 168 retrieval images + 150 whitening + 156 classification + 88 metric, 256 px.
@@ -132,6 +157,9 @@ SYNTHETIC_PRESETS: dict[str, SyntheticConfig] = {
 #: The fields only the metric-learning split depends on: left out of the other splits'
 #: identity (``meta.json``), so that adding the split left them and their caches as they were.
 METRIC_FIELDS = ("n_metric_landmarks", "n_metric_val_landmarks", "metric_views_per_landmark")
+#: The fields only the classification split depends on and that came with the faithful proxy:
+#: left out of the other splits' identities for the same reason.
+CLS_FIELDS = ("cls_views", "cls_view_mix", "cls_distractor_prob")
 
 
 def view_label(visible: float, area: float, cfg: SyntheticConfig) -> str:

@@ -69,6 +69,18 @@ def landmark_mask_path(dataset_root: str | os.PathLike, image_name: str) -> Path
     return Path(dataset_root) / MASK_DIR / f"{stem}.png"
 
 
+def cls_mask_name(cls_dir: str | os.PathLike, image_path: str | os.PathLike) -> str:
+    """The name under which :func:`load_landmark_mask` finds a classification image's object
+    mask: its path inside ``cls_dir`` without the suffix (``"val/class_00/class_00_0003"``).
+
+    Raises ``ValueError`` for an image outside ``cls_dir``."""
+    try:
+        rel = Path(image_path).resolve().relative_to(Path(cls_dir).resolve())
+    except ValueError:
+        raise ValueError(f"{image_path} is not inside the classification split {cls_dir}") from None
+    return rel.with_suffix("").as_posix()
+
+
 def save_landmark_mask(path: str | os.PathLike, mask: np.ndarray) -> None:
     """Write a bool (H, W) mask as a 1-bit PNG (lossless; a few hundred bytes)."""
     Image.fromarray(np.asarray(mask, bool)).save(path, "PNG")

@@ -319,12 +319,16 @@ def render_scene(
     clutter_role: str,
     main: np.ndarray | None,
     target: str,
+    distractor_prob: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """One image: background, clutter behind, the main object, occluders, clutter in front.
+    """One image: background, clutter behind, (a same-size distractor,) the main object,
+    occluders, clutter in front.
 
     ``target`` picks how the main object is shown: ``'easy'``, ``'hard'``, ``'junk'``
     (database views), ``'query'`` (large, unoccluded, no clutter in front), ``'cls'`` or
-    ``'clutter'`` (a distractor at landmark size).
+    ``'clutter'`` (a distractor at landmark size). ``distractor_prob``: chance of one more
+    recurring distractor at landmark size behind the main object (the classification proxy's;
+    0 draws nothing, so every other image keeps its random stream).
 
     Returns the uint8 (H, W, 3) image, the bool (H, W) mask of the main object's visible
     pixels (warped alpha above one half, less what occluders and clutter in front cover;
@@ -343,6 +347,11 @@ def render_scene(
         _place_clutter(canvas, rng, assets, clutter_role, n_front, cfg)
         return _finish(canvas, rng, cfg), np.zeros(hw, bool), info
 
+    if distractor_prob > 0 and rng.random() < distractor_prob:
+        sprite = assets.obj(clutter_role, int(rng.integers(cfg.n_clutter_objects)))
+        quad = _quad(rng, hw, _aspect(sprite), _log_uniform(rng, 0.3, 0.7), 0.3)
+        _paste(canvas, sprite, quad, rng)
+        info["distractor"] = True
     out, cut, slab, small_occluders = 0.0, 0.0, 0.0, 0
     if target == "easy":
         scale = _log_uniform(rng, 0.36, 0.75)
