@@ -129,7 +129,13 @@ def test_select_method_switches_the_ranking(ex):
         assert s["method"] == m
         assert s["topk"] == P.rank(ex.descriptors[m])[:8, 0].tolist()
         seen[m] = s["topk"]
-    assert seen[P.RMAC] != seen[P.REGIONAL]
+    # the regional attention reorders some query's list (not necessarily the first one's)
+    reordered = 0
+    for q in range(ex.ds.n_queries):
+        ex.select_query(q)
+        lists = [ex.select_method(m)["topk"] for m in (P.RMAC, P.REGIONAL)]
+        reordered += lists[0] != lists[1]
+    assert reordered > 0
 
 
 def test_qe_toggle_ranks_as_average_query_expansion(ex, ctx):

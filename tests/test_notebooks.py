@@ -13,6 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from regattn_lib.experiments import proxy as PX
+
 REPO = Path(__file__).resolve().parents[1]
 TABLES = [
     "ablation",
@@ -23,6 +25,7 @@ TABLES = [
     "whitening",
     "datasets",
     "training",
+    "classification_room",
     "per_query",
     "object_attention",
     "photo_search",
@@ -170,6 +173,32 @@ def test_metric_learned_rows_beside_the_papers_recipe(smoke_results):
     assert set(metric_rows) <= set(obj["method"])
     splits = (smoke_results / "splits.sha256").read_text().splitlines()
     assert any("/synthetic-smoke-metric/" in line for line in splits)
+
+
+@pytest.mark.slow
+def test_classification_room_reads_what_training_validated(smoke_results):
+    room = pd.read_csv(smoke_results / "tables" / "classification_room.csv").set_index("row")
+    training = pd.read_csv(smoke_results / "tables" / "training.csv").set_index("stage")
+    assert list(room.index) == [
+        PX.FC_ALONE,
+        PX.ORACLE,
+        "+ regional attention",
+        "+ context awareness",
+    ]
+    # the room re-reads the training's own validation features: the same losses (4 digits)
+    for row, stage in (
+        (PX.FC_ALONE, "fc"),
+        ("+ regional attention", "regional"),
+        ("+ context awareness", "context"),
+    ):
+        assert room.loc[row, "val_loss"] == pytest.approx(
+            training.loc[stage, "kept val_loss"], rel=1e-3
+        )
+        assert room.loc[row, "val_acc"] == pytest.approx(
+            training.loc[stage, "kept val_acc"], abs=1e-3
+        )
+    assert room.loc[PX.FC_ALONE, "acc gain"] == 0
+    assert 0 < room.loc[PX.ORACLE, "mean object share"] < 1
 
 
 @pytest.mark.slow

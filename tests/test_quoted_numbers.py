@@ -33,12 +33,15 @@ def test_one_changed_csv_cell_fails_the_check(tmp_path):
     assert quotes.stale(root / "README.md", root) == []
     assert report_is_current(root / "results" / "demo")
     csv = root / "results" / "demo" / "tables" / "ablation.csv"
-    text = csv.read_text()
-    # one cell: the regional row's gain low, 0.1092 -> 0.2092
-    assert text.count(",0.1092,") == 2
-    csv.write_text(text.replace(",0.1092,", ",0.2092,", 1))
+    # one cell: the regional row's classic gain low, raised by 0.1
+    df = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    col = "synthetic-demo ours gain low"
+    row = df.index[df["method"] == "+ regional attention"][0]
+    new_low = float(df.loc[row, col]) + 0.1
+    df.loc[row, col] = f"{new_low:.4g}"
+    df.to_csv(csv, index=False)
     problems = quotes.stale(root / "README.md", root)
-    assert len(problems) == 1 and "+0.21" in problems[0], problems
+    assert len(problems) == 1 and f"{new_low:+.2f}" in problems[0], problems
     assert not report_is_current(root / "results" / "demo")
     # re-rendering repairs it
     (root / "README.md").write_text(quotes.render((root / "README.md").read_text(), root))
