@@ -6,6 +6,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -78,3 +79,25 @@ def test_ranked_lists_one_figure_per_pick_and_method_present(tiny_dataset):
     metric = figs["ranked_best_ours-metric"]
     assert metric.axes[1].get_title() == "positive"
     assert "Ours (metric learning) - query q0" in metric.texts[0].get_text()
+
+
+def test_classification_room_bars_are_the_table_accuracies_and_the_oracle_is_hatched():
+    table = pd.DataFrame(
+        {
+            "row": ["fc alone (alpha = 1)", "oracle: alpha from the object masks", "+ regional"],
+            "val_acc": [0.6, 0.8, 0.62],
+            "acc gain": [0.0, 0.2, 0.02],
+            "acc gain low": [0.0, 0.15, -0.01],
+            "acc gain high": [0.0, 0.25, 0.05],
+        }
+    )
+    fig = F.plot_classification_room(table)
+    ax = fig.axes[0]
+    bars = [p for p in ax.patches if p.get_height() == pytest.approx(0.6)]
+    # drawn top to bottom in the table's order
+    by_y = sorted(bars, key=lambda b: -b.get_y())
+    assert [round(b.get_width(), 6) for b in by_y] == [0.6, 0.8, 0.62]
+    assert [b.get_hatch() for b in by_y] == [None, "//", None]
+    (line,) = [ln for ln in ax.lines if list(ln.get_xdata()) == [0.6, 0.6]]
+    assert line.get_linestyle() == "--"
+    assert [t.get_text() for t in ax.get_yticklabels()] == list(table["row"])

@@ -32,6 +32,7 @@ TABLES = [
     "metric_training",
 ]
 FIGURES = [
+    "classification_room",
     "scale_study",
     "per_query_ap",
     "ranked_best_ours",

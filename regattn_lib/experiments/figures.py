@@ -200,6 +200,49 @@ def plot_object_attention(table: pd.DataFrame) -> Figure:
     return fig
 
 
+def plot_classification_room(table: pd.DataFrame) -> Figure:
+    """Validation accuracy of each row of ``proxy.classification_room`` (fc alone, the mask
+    oracle, each learned attention), with the 95% interval of its gain over the fc alone; the
+    fc alone's accuracy is the dashed line. The oracle is hatched: a bound, not a method."""
+    fig = _figure(7.5, 0.45 * len(table) + 2.0)
+    ax = fig.subplots()
+    base = float(table["val_acc"].iloc[0])
+    y = np.arange(len(table))[::-1]
+    oracle = table["row"].str.startswith("oracle")
+    colours = ["#bbbbbb"] + ["#1f77b4"] * (len(table) - 1)
+    bars = ax.barh(y, table["val_acc"], color=colours, height=0.6)
+    for bar, is_oracle in zip(bars, oracle, strict=True):
+        if is_oracle:
+            bar.set_facecolor("#ff7f0e")
+            bar.set_edgecolor("#7f3f00")
+            bar.set_hatch("//")
+    err = np.vstack(
+        [table["acc gain"] - table["acc gain low"], table["acc gain high"] - table["acc gain"]]
+    )
+    ax.errorbar(
+        base + table["acc gain"],
+        y,
+        xerr=err,
+        fmt="none",
+        ecolor="black",
+        capsize=3,
+        label="95% interval of the gain over the fc alone",
+    )
+    ax.axvline(base, ls="--", color="#555555", lw=1, label="fc alone (alpha = 1)")
+    ax.set_yticks(y, table["row"], fontsize=8)
+    ax.set_xlabel("classification validation accuracy")
+    ax.set_title("Does the proxy's task need attention? (validation split)", fontsize=10)
+    ax.legend(
+        fontsize=8,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.12 - 1.2 / fig.get_figheight() / 4),
+        ncol=2,
+    )
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def save_training_curves(run, figures_dir, stage: str) -> object:
     """Plot a training run's curves (its history CSV) to ``<figures_dir>/training_<stage>.png``
     (spaces in the stage name become underscores: ``training_regional_seed_1.png``)."""

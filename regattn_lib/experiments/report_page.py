@@ -63,6 +63,12 @@ FIGURES = (
         "landmark, not the clutter.",
     ),
     (
+        "classification_room",
+        "Does the proxy's task need attention?",
+        "validation accuracy of the classification proxy under the frozen fc: the fc alone, "
+        "alpha from the object masks (an oracle, a bound) and the paper's recipe, every seed.",
+    ),
+    (
         "object_attention",
         "Attention on the object",
         "the share of the region weights on the landmark, attention against R-MAC's uniform "
