@@ -228,7 +228,7 @@ def plot_classification_room(table: pd.DataFrame) -> Figure:
         capsize=3,
         label="95% interval of the gain over the fc alone",
     )
-    ax.axvline(base, ls="--", color="#555555", lw=1, label="fc alone (alpha = 1)")
+    ax.axvline(base, ls="--", color="#555555", lw=1, label=str(table["row"].iloc[0]))
     ax.set_yticks(y, table["row"], fontsize=8)
     ax.set_xlabel("classification validation accuracy")
     ax.set_title("Does the proxy's task need attention? (validation split)", fontsize=10)

@@ -37,14 +37,15 @@ from regattn_lib.core.stats import bootstrap_mean_interval
 from regattn_lib.datasets.imagenet import imagenet_split
 from regattn_lib.datasets.synthetic import cls_mask_name, load_landmark_mask
 from regattn_lib.experiments import pipeline
+from regattn_lib.experiments.attention_room import CEILING_EPS
 from regattn_lib.experiments.object_attention import region_overlaps
 from regattn_lib.training.augment import center_offsets, fixed_subset, resized_size
 from regattn_lib.training.config import VAL_SEED_OFFSET, TrainConfig
 from regattn_lib.training.data import Loader, cached_features
 from regattn_lib.training.model import AttentionClassifier
 
-#: Added to every region's object share before rescaling (as the retrieval ceiling's).
-ORACLE_EPS = 0.01
+#: Added to every region's object share before rescaling: the retrieval ceiling's own.
+ORACLE_EPS = CEILING_EPS
 FC_ALONE = "fc alone (alpha = 1)"
 ORACLE = "oracle: alpha from the object masks (not a method)"
 #: A design whose fc alone classifies fewer validation images than this is not kept: the fc
@@ -122,10 +123,11 @@ def _row(label: str, loss: np.ndarray, correct: np.ndarray, base: np.ndarray) ->
 
 def validation_features(
     ctx: pipeline.Context, recipe: TrainConfig, train_set: str, cache_dir: Path
-) -> tuple[list[Path], torch.Tensor, tuple[torch.Tensor, ...]]:
-    """The validation images training validated on (``recipe``'s subset), their labels and
-    their pooled features, read from the training feature cache when it holds them (the same
-    key, so the very numbers training validated on), else computed and cached."""
+) -> tuple[Path, list[Path], torch.Tensor, tuple[torch.Tensor, ...]]:
+    """The classification set's folder, the validation images training validated on
+    (``recipe``'s subset), their labels and their pooled features, read from the training
+    feature cache when it holds them (the same key, so the very numbers training validated on),
+    else computed and cached."""
     tr, va = (imagenet_split(ctx.data_root, s, train_set) for s in ("train", "val"))
     cfg = replace(
         recipe, levels=ctx.profile.levels, device=str(ctx.device), feature_cache_dir=str(cache_dir)
@@ -141,7 +143,7 @@ def validation_features(
     finally:
         loader.close()
     assert val is not None
-    return val_paths, labels, val
+    return va.root.parent, val_paths, labels, val
 
 
 def classification_room(
@@ -163,8 +165,7 @@ def classification_room(
     recipe = t.recipe if recipe is None else recipe
     train_set = t.train_set if train_set is None else train_set
     cache_dir = ctx.cache_dir / "train_features" if cache_dir is None else cache_dir
-    paths, labels, feats = validation_features(ctx, recipe, train_set, cache_dir)
-    cls_dir = imagenet_split(ctx.data_root, "val", train_set).root.parent
+    cls_dir, paths, labels, feats = validation_features(ctx, recipe, train_set, cache_dir)
     shares = val_region_shares(
         cls_dir, paths, recipe.val_resize, recipe.val_crop, ctx.profile.levels
     )
@@ -306,9 +307,12 @@ def chosen_design(study: pd.DataFrame) -> str:
 
 def notebook_room(ctx: pipeline.Context) -> pd.DataFrame | None:
     """Notebook 02's classification room: fc alone, the mask oracle and the paper's recipe
-    (every seed) on the profile's own classification validation split; ``None`` for a profile
+    (every seed) on the profile's own classification validation split, written as
+    ``tables/classification_room`` and its figure; ``None`` (nothing written) for a profile
     whose classification split has no object masks (only the synthetic ones do) or that
     trained no fc of its own."""
+    from regattn_lib.experiments.figures import plot_classification_room
+    from regattn_lib.experiments.reports import save_figure, write_table
     from regattn_lib.training.checkpoint import load_trained_fc
 
     p = ctx.profile
@@ -317,7 +321,10 @@ def notebook_room(ctx: pipeline.Context) -> pd.DataFrame | None:
         return None
     atts = pipeline.attention_seeds(ctx)
     paper = {label: atts[label] for label in pipeline.PAPER_KINDS if label in atts}
-    return classification_room(ctx, load_trained_fc(fc_file), paper)
+    room = classification_room(ctx, load_trained_fc(fc_file), paper)
+    write_table(room, ctx.dirs["tables"], "classification_room", room_notes(ctx))
+    save_figure(plot_classification_room(room), ctx.dirs["figures"], "classification_room")
+    return room
 
 
 def room_notes(ctx: pipeline.Context) -> list[str]:

@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from regattn_lib.experiments import pipeline
+from regattn_lib.experiments.proxy import FC_ALONE
 
 #: The variants the demo's choice was measured on: the authors' learning rate and weight decay,
 #: the weight decay raised 10x and 1000x, dropout on the attention's inputs, and the learning
@@ -99,7 +100,7 @@ def _fc_row(ctx: pipeline.Context) -> dict[str, Any]:
     hist = pd.read_csv(ctx.dirs["models"] / "train_fc" / "history.csv").dropna(subset=["val_loss"])
     best = hist.loc[hist["val_loss"].idxmin()]
     return {
-        "variant": "fc alone (alpha = 1)",
+        "variant": FC_ALONE,
         "settings": "no attention (the starting point)",
         "best val_loss": float(best["val_loss"]),
         "val_acc at best": float(best["val_acc"]),
