@@ -17,6 +17,11 @@ holds, else 1 after naming every problem:
   Easy / Medium / Hard mAP and mP@10.
 - ``whitening``: R-MAC without and with whitening on oxford5k and paris6k, finite mAP.
 - ``datasets``: the four test sets with their database and query counts.
+- where the profile learns attention by metric learning (``metric.enabled``: the paper
+  profile, on SfM-120k; beyond the paper): ``metric_training`` with one chosen run per kind
+  and finite validation mAP, and the metric-learned rows of ``ablation``, ``rpn``, ``sota``
+  (with QE), ``scale_study`` (every L) and ``revisited``, finite and labelled "trained here
+  by metric learning".
 - every method row of ablation, rpn, sota, scale_study and revisited labelled in a ``weights``
   column: rows with an attention model "released weights" or "trained here" ("+ regional
   attention": trained here, the authors released only the context-aware model), the others
@@ -52,7 +57,14 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from regattn_lib.experiments.profiles import PAPER, Profile, get_profile  # noqa: E402 - after the path set-up
+from regattn_lib.experiments.metric_plan import METRIC_LOG  # noqa: E402 - after the path set-up
+from regattn_lib.experiments.pipeline import (  # noqa: E402
+    METRIC_CONTEXT,
+    METRIC_KINDS,
+    METRIC_REGIONAL,
+    TRAINED_METRIC,
+)
+from regattn_lib.experiments.profiles import PAPER, Profile, get_profile  # noqa: E402
 from regattn_lib.experiments.report_page import PRETTY, report_table  # noqa: E402
 from regattn_lib.experiments.reports import PAPER_ABLATION, PAPER_RPN, PAPER_SOTA  # noqa: E402
 
@@ -267,6 +279,77 @@ def check_revisited(df: pd.DataFrame, problems: list[str]) -> None:
             _check_label(name, f"{ds}|{method}", row["weights"], problems)
 
 
+#: The state-of-the-art table's row of the metric-learned attention (and its +QE row).
+OURS_METRIC = "Ours (metric learning)"
+#: Rows of the attention learned by metric learning (beyond the paper), per table.
+METRIC_ROWS = {
+    "ablation": (METRIC_REGIONAL, METRIC_CONTEXT),
+    "rpn": (METRIC_REGIONAL, METRIC_CONTEXT),
+    "sota": (OURS_METRIC, f"{OURS_METRIC}+QE"),
+}
+
+
+def _check_metric_label(name: str, row: str, label: Any, problems: list[str]) -> None:
+    if not (isinstance(label, str) and TRAINED_METRIC in label):
+        problems.append(
+            f"{name}: row {row!r} is not labelled {TRAINED_METRIC!r} in column 'weights' "
+            f"(found {_show(label)})"
+        )
+
+
+def check_metric_rows(
+    tables: Path, prof: Profile, levels: Sequence[int], problems: list[str]
+) -> None:
+    """A profile that learns attention by metric learning (``metric.enabled``; the paper
+    profile, on SfM-120k): its log (``metric_training``: both kinds, one chosen run each,
+    finite validation mAP) and its rows in the ablation, RPN, state-of-the-art (with and
+    without QE), scale-study and revisited tables, finite and labelled as trained here by
+    metric learning."""
+    if not prof.metric.enabled:
+        return
+    log = _read(tables, METRIC_LOG, problems)
+    if log is not None and _need_columns(
+        log, METRIC_LOG, ["kind", "chosen", "val mAP", "val mAP R-MAC"], problems
+    ):
+        for kind in METRIC_KINDS.values():
+            chosen = log[(log["kind"] == kind) & log["chosen"].astype(str).eq("True")]
+            if len(chosen) != 1:
+                problems.append(f"{METRIC_LOG}: {len(chosen)} chosen run(s) of {kind}, not 1")
+            elif not all(_finite(chosen[c].iloc[0]) for c in ("val mAP", "val mAP R-MAC")):
+                problems.append(f"{METRIC_LOG}: {kind}'s validation mAP is not finite")
+    for name, rows in METRIC_ROWS.items():
+        df = _read(tables, name, problems)
+        if df is None or not _need_columns(df, name, ["method", "weights"], problems):
+            continue
+        cols = [f"{c} ours" for c in table_columns(name, prof) if c != "time_s"]
+        for row in rows:
+            sel = df[df["method"] == row]
+            if sel.empty:
+                problems.append(f"{name}: no row {row!r} (metric learning)")
+                continue
+            bad = [c for c in cols if c not in df.columns or not _finite(sel[c].iloc[0])]
+            if bad:
+                problems.append(f"{name}: row {row!r}: {bad} missing or not finite")
+            _check_metric_label(name, row, sel["weights"].iloc[0], problems)
+    df = _read(tables, "scale_study", problems)
+    if df is not None and _need_columns(
+        df, "scale_study", ["dataset", "method", "levels"], problems
+    ):
+        for ds in CLASSIC_SETS:
+            for row in METRIC_ROWS["ablation"]:
+                for lv in levels:
+                    sel = df[(df["dataset"] == ds) & (df["method"] == row) & (df["levels"] == lv)]
+                    if sel.empty or not _finite(sel["mAP"].iloc[0]):
+                        problems.append(f"scale_study: {ds}, {row!r}, L = {lv}: no finite mAP")
+    df = _read(tables, "revisited", problems)
+    if df is not None and _need_columns(df, "revisited", ["dataset", "method"], problems):
+        for ds in REVISITED_SETS:
+            for row in METRIC_ROWS["sota"]:
+                sel = df[(df["dataset"] == ds) & (df["method"] == row)]
+                if sel.empty or not all(_finite(sel[c].iloc[0]) for c in PROTOCOL_COLUMNS):
+                    problems.append(f"revisited: {ds}, {row!r}: no finite Easy/Medium/Hard row")
+
+
 def check_whitening(df: pd.DataFrame, problems: list[str]) -> None:
     name = "whitening"
     if not _need_columns(df, name, ["dataset", "method"], problems):
@@ -436,6 +519,7 @@ def check_results(
     df = _read(tables, "datasets", problems)
     if df is not None:
         check_datasets(df, expected, problems)
+    check_metric_rows(tables, prof, list(levels or prof.scale_levels), problems)
     if expected:
         check_known_answer(tables, expected, problems)
         check_skipped_reported(Path(results_dir), skipped_to_report(expected, prof), problems)

@@ -423,3 +423,112 @@ def test_metric_split_keeps_the_first_landmarks_and_only_their_pairs():
         torch.testing.assert_close(
             describe_cached(two.cache, None), describe_cached(full.cache, None)[:4]
         )
+
+
+# ----------------------------------------------------- SfM-120k: the cached part of a split
+def _tuples(n_images: int, pairs: list[tuple[int, int]], cluster: list[int]):
+    from regattn_lib.datasets.sfm120k_tuples import SfMTuples
+
+    q, p = zip(*pairs, strict=True)
+    return SfMTuples(
+        "train",
+        tuple(f"c{i}" for i in range(n_images)),
+        np.asarray(cluster, dtype=np.int64),
+        np.asarray(q, dtype=np.int64),
+        np.asarray(p, dtype=np.int64),
+    )
+
+
+def test_sfm_subset_keeps_the_drawn_pairs_and_pool_and_reindexes_them():
+    from regattn_lib.datasets.sfm120k_tuples import subset_tuples
+
+    t = _tuples(10, [(0, 1), (4, 5), (8, 9)], [0, 0, 1, 1, 2, 2, 3, 3, 4, 4])
+    # everything fits: the split itself, same order, same pairs
+    whole, keep = subset_tuples(t, 5, 50)
+    assert keep.tolist() == list(range(10)) and whole.cids == t.cids
+    assert whole.qidxs.tolist() == [0, 4, 8] and whole.pidxs.tolist() == [1, 5, 9]
+    # one pair and no pool: just that pair's two images, indexed 0 and 1
+    sub, keep = subset_tuples(t, 1, 0, seed=3)
+    assert sub.qidxs.tolist() == [0] and sub.pidxs.tolist() == [1]
+    assert len(keep) == 2 and keep[1] == keep[0] + 1 and keep[0] in (0, 4, 8)
+    assert sub.cids == (f"c{keep[0]}", f"c{keep[1]}")
+    assert sub.cluster.tolist() == [t.cluster[keep[0]]] * 2
+    # a pool of 3 beside 2 pairs: at most 2 x 2 + 3 images, each pair maps to its own images
+    sub, keep = subset_tuples(t, 2, 3, seed=1)
+    assert 4 <= len(keep) <= 7 and sorted(set(keep.tolist())) == keep.tolist()
+    for q, p in zip(sub.qidxs, sub.pidxs, strict=True):
+        assert (sub.cids[q], sub.cids[p]) in {("c0", "c1"), ("c4", "c5"), ("c8", "c9")}
+    # the draw is fixed by the seed
+    again, keep2 = subset_tuples(t, 2, 3, seed=1)
+    assert keep2.tolist() == keep.tolist() and again.qidxs.tolist() == sub.qidxs.tolist()
+    with pytest.raises(ValueError, match="query_size"):
+        subset_tuples(t, 0, 3)
+
+
+def test_sfm_drop_images_removes_them_and_their_pairs():
+    from regattn_lib.datasets.sfm120k_tuples import drop_images
+
+    t = _tuples(6, [(0, 1), (2, 3), (4, 5)], [0, 0, 1, 1, 2, 2])
+    out = drop_images(t, [3])
+    assert out.cids == ("c0", "c1", "c2", "c4", "c5")
+    assert out.cluster.tolist() == [0, 0, 1, 2, 2]
+    assert out.qidxs.tolist() == [0, 3] and out.pidxs.tolist() == [1, 4]
+
+
+def test_pooled_regions_resumes_from_its_shards(tmp_path):
+    """An interrupted pass keeps its finished shards: a rerun reads them instead of running the
+    backbone, extracts the rest, writes the same file and removes the shards."""
+    from toys import ToyBackbone
+
+    from regattn_lib.training.metric_data import pooled_regions
+
+    paths = _photos(tmp_path / "im", [(200, 150), (150, 200), (160, 160), (200, 150), (96, 96)])
+    bb = ToyBackbone()
+    want = pooled_regions(paths, bb, 160, 3, device="cpu", progress=False)
+
+    class Stops(ToyBackbone):
+        calls = 0
+
+        def forward(self, x):
+            Stops.calls += 1
+            if Stops.calls > 2:
+                raise KeyboardInterrupt  # killed during the second shard
+            return super().forward(x)
+
+    cache_file = tmp_path / "pools.pt"
+    with pytest.raises(KeyboardInterrupt):
+        pooled_regions(
+            paths,
+            Stops(),
+            160,
+            3,
+            cache_file=cache_file,
+            device="cpu",
+            progress=False,
+            shard_images=2,
+        )
+    parts = Path(f"{cache_file}.parts")
+    assert not cache_file.exists() and sorted(p.name for p in parts.glob("*.pt")) == [
+        "000000000.pt"
+    ]
+
+    class Counts(ToyBackbone):
+        seen = 0
+
+        def forward(self, x):
+            Counts.seen += x.shape[0]
+            return super().forward(x)
+
+    got = pooled_regions(
+        paths,
+        Counts(),
+        160,
+        3,
+        cache_file=cache_file,
+        device="cpu",
+        progress=False,
+        shard_images=2,
+    )
+    assert Counts.seen == 3  # the first shard's two images were read back, not recomputed
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+    assert cache_file.is_file() and not parts.exists()

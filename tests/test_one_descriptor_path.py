@@ -77,10 +77,14 @@ def test_heads_on_one_feature_map_pool_and_whiten_once():
         methods.build_head(methods.method_of(a), levels=2, attention=a, whitening=w) for a in atts
     ]
     heads.append(methods.build_head("regional", levels=3, attention=atts[1], whitening=w))
+    # a second head of the same attention, whitening and levels (as the scale study's row at
+    # the ablation's L) is the same output
+    heads.append(methods.build_head("regional", levels=2, attention=atts[1], whitening=w))
     shared = SharedSteps()
     with torch.no_grad():
         outs = [h(feats, images, shared) for h in heads]
-    assert shared.computed == {"pool": 2, "whiten": 2}  # one per level set, not one per head
+    # pooling and whitening once per level set, not once per head; one output per distinct head
+    assert shared.computed == {"pool": 2, "whiten": 2, "output": 5}
     with torch.no_grad():
         for h, out in zip(heads, outs, strict=True):
             regions = rmac_regions(128, 160, h.levels)
@@ -92,4 +96,4 @@ def test_heads_on_one_feature_map_pool_and_whiten_once():
     heads[0].whitening = w2
     with torch.no_grad():
         heads[0](feats, images, shared)
-    assert shared.computed == {"pool": 2, "whiten": 3}
+    assert shared.computed == {"pool": 2, "whiten": 3, "output": 6}

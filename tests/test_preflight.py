@@ -24,9 +24,10 @@ from regattn_lib.experiments.preflight import main, paper_checks, profile_checks
 from regattn_lib.experiments.profiles import PAPER, get_profile
 from regattn_lib.runtime.atomic import sha256_file
 
-# gnd x4, images x3, SfM db + images, Caffe features, attention, RPN, 1M list, and the first
-# ceil(100,000 / 10,010) = 10 revisitop1m archives for the 100k distractors
-WANTED = 13 + 10
+# gnd x4, images x3, SfM whitening db + images, SfM-120k training db (metric learning), Caffe
+# features, attention, RPN, 1M list, and the first ceil(100,000 / 10,010) = 10 revisitop1m
+# archives for the 100k distractors
+WANTED = 14 + 10
 
 
 def by_name(checks):
@@ -54,6 +55,23 @@ def test_offline_checks_name_every_missing_file_with_url_and_destination(tmp_pat
     assert checks["device"].ok  # --device cpu accepts running without CUDA
     assert not checks["ImageNet (ILSVRC-2012) for training"].required
     assert not (tmp_path / "data").exists()  # a check writes nothing
+    assert "sfm_db_retrieval-SfM-120k" in checks  # the paper profile learns by metric learning
+
+
+def test_the_metric_learning_cache_is_counted_on_sfm120k_only():
+    """2R + 1 rows of C fp32 channels for at most 2 x query_size + pool_size images per split
+    (train 91,642 and val 6,403 images): by hand for the paper profile's L = 5 (R = 70 for
+    4:3) and ResNet-101's 2048 channels; nothing for profiles without SfM-120k."""
+    from regattn_lib.experiments.preflight import metric_cache_bytes
+    from regattn_lib.experiments.profiles import get_profile
+
+    rows, images = 2 * 70 + 1, (2 * 2000 + 20000) + 6403
+    assert metric_cache_bytes(get_profile("paper")) == 4 * 2048 * rows * images
+    small = get_profile("paper", {"metric": {"query_size": 10, "pool_size": 30}})
+    assert metric_cache_bytes(small) == 4 * 2048 * rows * (50 + 50)
+    for name in ("paper-quick", "demo", "smoke"):
+        assert metric_cache_bytes(get_profile(name)) == 0
+    assert metric_cache_bytes(get_profile("paper", {"metric": {"enabled": False}})) == 0
 
 
 # --- device ------------------------------------------------------------------------------------
@@ -213,7 +231,8 @@ def test_rerun_with_everything_present_needs_nothing_and_never_fails_for_disk(
     make_everything_present(tmp_path, profile)
     # the descriptor caches of the first run (a sparse file of the estimated size)
     cache = pf.cache_bytes_needed(profile, tmp_path, 3)
-    assert cache == 4 * 2048 * ((5118 + 6447 + 5063 + 6392) * 32 + 3 * 12)
+    metric = 4 * 2048 * (2 * 70 + 1) * (24000 + 6403)  # SfM-120k's metric-learning regions
+    assert cache == 4 * 2048 * ((5118 + 6447 + 5063 + 6392) * 32 + 3 * 12) + metric
     (tmp_path / "cache" / "paper").mkdir(parents=True)
     with open(tmp_path / "cache" / "paper" / "descriptors.pt", "wb") as f:
         f.truncate(cache)

@@ -38,6 +38,7 @@ from regattn_lib.datasets.retrieval import (
     load_retrieval_dataset,
     whitening_images,
 )
+from regattn_lib.experiments import pipeline as P
 from regattn_lib.experiments import reports as R
 from regattn_lib.experiments.profiles import PAPER, Profile
 
@@ -466,8 +467,10 @@ SIZE_FIELDS = {
     "n_distractors",
     "rpn_proposals",
     "train",
+    "metric",
 }
 TRAIN_SIZE_FIELDS = {"recipe"}
+METRIC_SIZE_FIELDS = {"epochs"}
 RECIPE_SIZE_FIELDS = {
     "iterations",
     "batch_size",
@@ -492,10 +495,13 @@ def test_overrides_are_sizes_of_existing_fields(fixture):
     assert (
         set(ov["train"]) <= TRAIN_SIZE_FIELDS and set(ov["train"]["recipe"]) <= RECIPE_SIZE_FIELDS
     )
+    assert set(ov["metric"]) <= METRIC_SIZE_FIELDS
     assert ov["n_distractors"] == fixture.expected["distractors"]["total"]
     recipe = dataclasses.replace(PAPER.train.recipe, **ov["train"]["recipe"]).validate()
     assert recipe.crop <= recipe.resize_min and recipe.iterations >= recipe.checkpoint_every
-    profile = dataclasses.replace(PAPER, **{k: v for k, v in ov.items() if k != "train"})
+    profile = dataclasses.replace(
+        PAPER, **{k: v for k, v in ov.items() if k not in ("train", "metric")}
+    )
     assert profile.backbone == PAPER.backbone and profile.datasets == PAPER.datasets
 
 
@@ -554,13 +560,41 @@ def _write_good_tables(tables: Path, expected: dict | None = None) -> None:
             "time_s": [0.5, 0.6, 0.61],
         }
     )
+    # beyond the paper: the attention learned by metric learning (the paper profile's rows)
+    metric = {m: P.TRAINED_METRIC for m in (P.METRIC_REGIONAL, P.METRIC_CONTEXT)}
+    abl = pd.concat(
+        [
+            abl,
+            pd.DataFrame(
+                {
+                    "method": list(metric),
+                    "oxford5k": [63.0, 64.5],
+                    "paris6k": [71.5, 73.0],
+                    "time_s": [0.6, 0.61],
+                }
+            ),
+        ],
+        ignore_index=True,
+    )
+    labels = {**labels, **metric}
     t, _ = compare_to_paper(abl, R.PAPER_ABLATION, ["oxford5k", "paris6k"], extra=["time_s"])
     t["weights"] = [labels[m] for m in t["method"]]
     R.write_table(t, tables, "ablation")
     t, _ = compare_to_paper(abl.drop(columns="time_s"), R.PAPER_RPN, ["oxford5k", "paris6k"])
     t["weights"] = [labels[m] for m in t["method"]]
     R.write_table(t, tables, "rpn")
-    methods = ["MAC", "SPoC", "CroW", "R-MAC", "Ours"]
+    R.write_table(
+        pd.DataFrame(
+            [
+                {"kind": k, "chosen": c, "val mAP": 60.0 + c, "val mAP R-MAC": 58.0}
+                for k in P.METRIC_KINDS.values()
+                for c in (False, True)
+            ]
+        ),
+        tables,
+        "metric_training",
+    )
+    methods = ["MAC", "SPoC", "CroW", "R-MAC", "Ours", CK.OURS_METRIC]
     methods += [f"{m}+QE" for m in methods]
     cols = ["oxford5k", "paris6k", "oxford105k", "paris106k"]
     sota = pd.DataFrame({"method": methods, **{c: np.linspace(50, 80, len(methods)) for c in cols}})
@@ -568,6 +602,8 @@ def _write_good_tables(tables: Path, expected: dict | None = None) -> None:
     t["weights"] = [
         "paper only"
         if m.startswith(("SDCF", "CAM"))
+        else P.TRAINED_METRIC
+        if m.startswith(CK.OURS_METRIC)
         else "released weights"
         if m.startswith("Ours")
         else "none (no attention)"
@@ -593,10 +629,14 @@ def _write_good_tables(tables: Path, expected: dict | None = None) -> None:
             "dataset": d,
             "method": m,
             **{c: 40.0 for c in CK.PROTOCOL_COLUMNS},
-            "weights": "released weights" if m.startswith("Ours") else "none (no attention)",
+            "weights": P.TRAINED_METRIC
+            if m.startswith(CK.OURS_METRIC)
+            else "released weights"
+            if m.startswith("Ours")
+            else "none (no attention)",
         }
         for d in ("roxford5k", "rparis6k")
-        for m in CK.REVISITED_METHODS
+        for m in (*CK.REVISITED_METHODS, *CK.METRIC_ROWS["sota"])
     ]
     R.write_table(pd.DataFrame(rows), tables, "revisited")
     rows = [
@@ -736,7 +776,9 @@ def test_checker_requires_weights_labels(good):
     _edit(
         good,
         "ablation",
-        lambda df: df.assign(weights=["released weights", "released weights", None]),
+        lambda df: df.assign(
+            weights=["released weights", "released weights", None, P.TRAINED_METRIC, "trained here"]
+        ),
     )
     _edit(good, "revisited", lambda df: df.drop(columns="weights"))
     _edit(
@@ -757,6 +799,46 @@ def test_checker_requires_weights_labels(good):
     # an attention row may not say it has none; R-MAC rows may
     assert any("sota: row 'Ours' is not labelled" in p for p in problems)
     assert not any("'R-MAC'" in p for p in problems)
+    # a metric-learned row says so
+    assert any(
+        f"ablation: row '{P.METRIC_CONTEXT}' is not labelled '{P.TRAINED_METRIC}'" in p
+        for p in problems
+    )
+    assert not any(f"row '{P.METRIC_REGIONAL}'" in p for p in problems)
+
+
+def test_checker_requires_the_metric_learned_rows_where_the_profile_learns_them(good):
+    """The paper profile learns attention by metric learning on SfM-120k (beyond the paper):
+    its log and rows are required; paper-quick learns none and needs none."""
+    _edit(good, "ablation", lambda df: df[df["method"] != P.METRIC_REGIONAL])
+    _edit(
+        good,
+        "sota",
+        lambda df: df.assign(
+            **{"paris6k ours": np.where(df["method"] == CK.OURS_METRIC, np.nan, df["paris6k ours"])}
+        ),
+    )
+    _edit(
+        good,
+        "scale_study",
+        lambda df: df[~((df["method"] == P.METRIC_CONTEXT) & (df["levels"] == 3))],
+    )
+    _edit(good, "metric_training", lambda df: df.assign(chosen=False))
+    problems = CK.check_results(good, EXPECTED)
+    assert f"ablation: no row '{P.METRIC_REGIONAL}' (metric learning)" in problems
+    assert f"sota: row '{CK.OURS_METRIC}': ['paris6k ours'] missing or not finite" in problems
+    for ds in ("oxford5k", "paris6k"):
+        assert f"scale_study: {ds}, '{P.METRIC_CONTEXT}', L = 3: no finite mAP" in problems
+    for kind in P.METRIC_KINDS.values():
+        assert f"metric_training: 0 chosen run(s) of {kind}, not 1" in problems
+    assert not any("paper-quick" in p for p in problems)
+    (good / "tables" / "metric_training.csv").unlink()
+    assert any("metric_training: table" in p for p in CK.check_results(good, EXPECTED))
+    # a profile without metric learning has no such rows at all
+    _edit(good, "sota", lambda df: df[~df["method"].str.startswith(CK.OURS_METRIC)])
+    assert f"sota: no row '{CK.OURS_METRIC}' (metric learning)" in CK.check_results(good, EXPECTED)
+    quick = CK.check_results(good, EXPECTED, profile="paper-quick")
+    assert not any("metric" in p for p in quick), quick
 
 
 def test_checker_verifies_the_known_answer_and_counts(good):

@@ -204,13 +204,17 @@ def test_training_summary_reports_the_kept_weights_and_the_last_validation(tmp_p
 def test_describe_series_runs_every_head_of_notebooks_03_to_06_in_one_pass(monkeypatch):
     """The RPN ablation's heads carry the ablation's own labels: the one pass must keep both
     (a merge by label would drop the RPN's and leave notebook 03 a second backbone pass), and
-    the SOTA and RPN heads go only to the tables' datasets, not to the revisited-only ones."""
+    the SOTA, RPN and whitening-table heads go only to the tables' datasets, not to the
+    revisited-only ones."""
     grid = {"R-MAC + PCA": SimpleNamespace(attention=None, tag="grid")}
     rpn = {"R-MAC + PCA": SimpleNamespace(attention=None, tag="rpn")}
     sota = {"MAC": SimpleNamespace(attention=None, tag="mac")}
     monkeypatch.setattr(S, "series_heads", lambda ctx, w: dict(grid))
     monkeypatch.setattr(S, "rpn_heads", lambda ctx, w: (dict(rpn), "rpn label"))
     monkeypatch.setattr(S, "sota_heads", lambda ctx, w: dict(sota))
+    # the whitening table's heads (notebook 03) share the pass too
+    white = {"R-MAC, no whitening": SimpleNamespace(attention=None, tag="white")}
+    monkeypatch.setattr(S, "whitening_study_heads", lambda ctx: (dict(white), {}))
     monkeypatch.setattr(P, "dataset", lambda ctx, name: name)
     calls = {}
     monkeypatch.setattr(
@@ -219,5 +223,5 @@ def test_describe_series_runs_every_head_of_notebooks_03_to_06_in_one_pass(monke
     ctx = _context(datasets=("set-a",), revisited=("set-a", "set-r"))
     S.describe_series(ctx, whitening=None)
     assert list(calls) == ["set-a", "set-r"]  # one pass per set
-    assert sorted(h.tag for h in calls["set-a"].values()) == ["grid", "mac", "rpn"]
+    assert sorted(h.tag for h in calls["set-a"].values()) == ["grid", "mac", "rpn", "white"]
     assert [h.tag for h in calls["set-r"].values()] == ["grid"]

@@ -52,12 +52,13 @@ def l2_normalize(x: torch.Tensor, dim: int = -1, eps: float = 1e-8) -> torch.Ten
 
 
 class SharedSteps:
-    """The steps that heads evaluated on one feature map share: the pooling of equal regions and
-    the whitening of equal pooled vectors, each computed once.
+    """The steps that heads evaluated on one feature map share: the pooling of equal regions,
+    the whitening of equal pooled vectors, and the whole output of equal (attention, whitening,
+    regions), each computed once.
 
     Make one per feature map (extraction makes one per batch) and pass it to every head of that
     map; it keeps what it computed for as long as it lives, so let it go with the batch.
-    ``computed`` counts the steps actually run, by kind (``'pool'``, ``'whiten'``).
+    ``computed`` counts the steps actually run, by kind (``'pool'``, ``'whiten'``, ``'output'``).
     """
 
     def __init__(self) -> None:
@@ -296,8 +297,17 @@ def describe(
         def pool(sl: slice = sl, regions: np.ndarray = regions) -> RegionalFeatures:
             return pool_regions(feats[sl], regions, stride)
 
-        features = pool() if shared is None else shared.get(("pool", *where), pool)
-        out.append((sl, describe_pooled(features, attention, whitening, shared, where)))
+        if shared is None:
+            out.append((sl, describe_pooled(pool(), attention, whitening)))
+            continue
+        features = shared.get(("pool", *where), pool)
+
+        def output(features: RegionalFeatures = features, where: tuple = where) -> RegionalOutput:
+            return describe_pooled(features, attention, whitening, shared, where)
+
+        # heads asking for the same attention and whitening on the same regions (the ablation's
+        # row, the scale study's at its L, the state-of-the-art table's) share one output
+        out.append((sl, shared.get(("output", id(attention), id(whitening), *where), output)))
     return out
 
 

@@ -10,6 +10,7 @@ level row by row (y outer, x inner).
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numpy as np
 
@@ -41,8 +42,14 @@ def rmac_regions(height: int, width: int, levels: int, full_image: bool = False)
     Returns
     -------
     np.ndarray of int64, shape (R, 4), columns (x, y, w, h). For 4:3 images L = 5 gives 70
-    regions and L = 3 gives 20; for square images L = 5 gives 55.
+    regions and L = 3 gives 20; for square images L = 5 gives 55. A fresh array each call (the
+    grid of a size is computed once: every head of an extraction asks for it per image).
     """
+    return _rmac_grid(int(height), int(width), int(levels), bool(full_image)).copy()
+
+
+@lru_cache(maxsize=256)
+def _rmac_grid(height: int, width: int, levels: int, full_image: bool) -> np.ndarray:
     if height < 1 or width < 1:
         raise ValueError(f"rmac_regions: image size must be positive, got {height}x{width}")
     if levels < 1:

@@ -10,7 +10,7 @@ read through the restricted, checksummed unpickler (``safe_pickle``).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,3 +106,51 @@ def sfm120k_tuples(
             raise FileNotFoundError(f"SfM-120k database {pkl} not found (download=True fetches it)")
         dl.download_entry(DB_KEY, root)
     return read_sfm120k_tuples(pkl, split, lock_file=root / dl.LOCK_NAME)
+
+
+def subset_tuples(
+    tuples: SfMTuples, query_size: int, pool_size: int, seed: int = 0
+) -> tuple[SfMTuples, np.ndarray]:
+    """The part of a split that metric learning caches: ``query_size`` (query, positive) pairs
+    and a pool of ``pool_size`` images, both drawn once with ``seed`` (all of them where the
+    split has fewer), as cirtorch's ``TuplesDataset`` draws its 2,000 queries and 20,000-image
+    pool, except that cirtorch redraws both every epoch from the whole split. Returns (the
+    subset, re-indexed: its pairs index its own images, in the split's order; the indices of
+    its images in ``tuples``)."""
+    if query_size < 1 or pool_size < 0:
+        raise ValueError(
+            f"SfM-120k subset: query_size must be >= 1 and pool_size >= 0, "
+            f"got {query_size} and {pool_size}"
+        )
+    rng = np.random.default_rng(seed)
+    pairs = np.sort(rng.permutation(tuples.n_pairs)[:query_size])
+    pool = rng.permutation(len(tuples))[:pool_size]
+    keep = np.union1d(np.union1d(tuples.qidxs[pairs], tuples.pidxs[pairs]), pool)
+    new_index = np.full(len(tuples), -1, dtype=np.int64)
+    new_index[keep] = np.arange(keep.size)
+    sub = SfMTuples(
+        tuples.split,
+        tuple(tuples.cids[i] for i in keep.tolist()),
+        tuples.cluster[keep],
+        new_index[tuples.qidxs[pairs]],
+        new_index[tuples.pidxs[pairs]],
+    )
+    return sub, keep
+
+
+def drop_images(tuples: SfMTuples, drop: Sequence[int]) -> SfMTuples:
+    """``tuples`` without the images ``drop`` (indices; e.g. unreadable or too small) and
+    every pair that used one of them."""
+    gone = np.zeros(len(tuples), dtype=bool)
+    gone[np.asarray(list(drop), dtype=np.int64)] = True
+    keep = np.flatnonzero(~gone)
+    new_index = np.full(len(tuples), -1, dtype=np.int64)
+    new_index[keep] = np.arange(keep.size)
+    ok = ~(gone[tuples.qidxs] | gone[tuples.pidxs])
+    return SfMTuples(
+        tuples.split,
+        tuple(tuples.cids[i] for i in keep.tolist()),
+        tuples.cluster[keep],
+        new_index[tuples.qidxs[ok]],
+        new_index[tuples.pidxs[ok]],
+    )

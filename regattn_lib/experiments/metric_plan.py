@@ -10,9 +10,10 @@ weight decay sweep (``MetricSettings``) runs on the first training seed, the bes
 picks the pair, which then trains every other seed. The log keeps every run.
 
 Offline profiles train on the synthetic generator's metric split (landmarks disjoint from the
-test set, its own objects and tiles). The paper profile's route, SfM-120k tuples as cirtorch
-trains on them (``datasets.sfm120k_tuples``), is not wired yet: those profiles have no metric
-rows.
+test set, its own objects and tiles); the paper profile on SfM-120k's tuples as cirtorch trains
+on them (``datasets.sfm120k_tuples``, ``sfm_pools``): its ``train`` split trains, its ``val``
+split (other 3D models) chooses. The pooled regions are cached once, resumably; ``main`` builds
+that cache with several GPUs under ``torchrun`` before notebook 02 reads it.
 """
 
 from __future__ import annotations
@@ -50,20 +51,21 @@ METRIC_HISTORY = "metric_history"
 CONTEXT_OF = {"metric-regional": False, "metric-context": True}
 
 
+#: Seed of the SfM-120k pairs and pool cached for metric learning (``subset_tuples``).
+SFM_SUBSET_SEED = 0
+
+
 def metric_pools(ctx: Context, progress: bool = True) -> dict[str, tuple[Any, list[torch.Tensor]]]:
     """``{'train': (tuples, pools), 'val': ...}``: the metric-learning split's tuples and, per
     image, its pooled regions at the profile's ``image_size`` and ``levels``, through the
     extraction head's path (``training.metric_data.pooled_regions``, cached under
-    ``<data>/cache/<run>/metric/``). ``ValueError`` for a profile without a synthetic
-    benchmark."""
+    ``<data>/cache/<run>/metric/``). Offline profiles: the synthetic generator's metric split;
+    the others: SfM-120k as cirtorch trains on it (``sfm_pools``)."""
     from regattn_lib.datasets.synthetic import SYNTHETIC_PRESETS, metric_tuples, synthetic_paths
 
     p = ctx.profile
     if p.synthetic is None:
-        raise ValueError(
-            f"profile {p.name!r}: metric learning reads the synthetic metric-learning split; "
-            "the SfM-120k route of the paper profiles is not wired yet"
-        )
+        return sfm_pools(ctx, progress)
     sp = synthetic_paths(SYNTHETIC_PRESETS[p.synthetic].name, ctx.data_root)
     out = {}
     for split in ("train", "val"):
@@ -78,6 +80,72 @@ def metric_pools(ctx: Context, progress: bool = True) -> dict[str, tuple[Any, li
             {"split": split},
             None,
             progress,
+        )
+        out[split] = (tuples, pools)
+    return out
+
+
+def unusable_images(paths: Sequence[Any], image_size: int | None) -> list[tuple[int, str]]:
+    """(index, reason) of the images the backbone cannot take, read from their headers: not an
+    image, or a side under ``MIN_SIDE`` px once resized to ``image_size``."""
+    from regattn_lib.datasets.images import MIN_SIDE, ImageError
+    from regattn_lib.extraction.image_stream import target_size
+
+    bad = []
+    for i, path in enumerate(paths):
+        try:
+            h, w = target_size(path, image_size, None)
+        except ImageError as err:
+            bad.append((i, str(err)))
+            continue
+        if min(h, w) < MIN_SIDE:
+            bad.append((i, f"{h}x{w} px after resizing to {image_size}: under {MIN_SIDE} px"))
+    return bad
+
+
+def sfm_pools(ctx: Context, progress: bool = True) -> dict[str, tuple[Any, list[torch.Tensor]]]:
+    """SfM-120k's ``train`` and ``val`` splits for metric learning, as cirtorch trains on them
+    (``datasets.sfm120k_tuples``): of each split, ``metric.query_size`` (query, positive)
+    pairs and a pool of ``metric.pool_size`` images drawn once (``subset_tuples``, seed
+    ``SFM_SUBSET_SEED``), their regions pooled at the profile's ``image_size`` (1024 px in the
+    paper profile: cirtorch's training default, and the size the descriptor is extracted at)
+    and ``levels``, cached and resumable (``pooled_regions``; several GPUs through
+    ``python -m regattn_lib.experiments.metric_plan`` under ``torchrun``). The database and the
+    images are fetched with the profile's ``download``; images the backbone cannot take are
+    left out with their pairs and named in ``tables/skipped_images_sfm120k-metric-<split>.csv``."""
+    from regattn_lib.datasets.retrieval import SFM_NAME, whitening_images
+    from regattn_lib.datasets.sfm120k_tuples import drop_images, sfm120k_tuples, subset_tuples
+    from regattn_lib.experiments.pipeline import report_skipped
+    from regattn_lib.extraction.image_stream import SkippedImage
+
+    p, m = ctx.profile, ctx.profile.metric
+    ims = ctx.data_root / "train" / SFM_NAME / "ims"
+    out = {}
+    for split in ("train", "val"):
+        # fetches the database and the images where missing, and checks every image is there
+        whitening_images("sfm120k", ctx.data_root, download=p.download, split=split)
+        full = sfm120k_tuples(split, ctx.data_root)
+        tuples, _ = subset_tuples(full, m.query_size, m.pool_size, SFM_SUBSET_SEED)
+        paths = tuples.image_paths(ims)
+        bad = unusable_images(paths, p.image_size)
+        if bad:
+            label = f"sfm120k-metric-{split}"
+            records = [
+                SkippedImage(i, paths[i].stem, str(paths[i]), why, f"metric-{split}")
+                for i, why in bad
+            ]
+            report_skipped(ctx, label, records)
+            tuples = drop_images(tuples, [i for i, _ in bad])
+            paths = tuples.image_paths(ims)
+        ident = {
+            "split": split,
+            "source": SFM_NAME,
+            "query_size": m.query_size,
+            "pool_size": m.pool_size,
+            "subset_seed": SFM_SUBSET_SEED,
+        }
+        pools = profile_pools(
+            ctx, paths, tuples.cids, None, "metric", f"sfm120k-{split}", ident, None, progress
         )
         out[split] = (tuples, pools)
     return out
@@ -290,10 +358,23 @@ def metric_notes(ctx: Context, log: pd.DataFrame) -> list[str]:
         f"(validation mAP {r['val mAP']:.2f} against R-MAC's {r['val mAP R-MAC']:.2f})"
         for _, r in picks.iterrows()
     )
-    return [
+    notes = [
         "metric learning (beyond the paper): the attention alone learned with cirtorch's "
         f"contrastive loss (margin {m.margin}, {m.nnum} hard negatives re-mined each epoch), "
         "backbone and whitening frozen, started at alpha = 1 (R-MAC)",
+    ]
+    if ctx.profile.synthetic is None:
+        return [
+            *notes,
+            "trained on SfM-120k's train split as cirtorch trains on it, except that its "
+            f"{m.query_size:,} (query, positive) pairs and {m.pool_size:,}-image negative pool "
+            f"are drawn once (seed {SFM_SUBSET_SEED}) and their regions cached at "
+            f"{ctx.profile.image_size} px, where cirtorch redraws both every epoch",
+            "settings chosen on SfM-120k's val split (3D models of its own, none of the test "
+            "sets), never on the queries: " + chosen,
+        ]
+    return [
+        *notes,
         "settings chosen on the validation landmarks of the metric-learning split (disjoint "
         "from the test set), never on the queries: " + chosen,
     ]
@@ -408,3 +489,54 @@ def schedule_table(
     subsets = [s for n in range(1, len(swept) + 1) for s in combinations(swept, n)]
     rows = [r for cap in caps for lrs in subsets for r in replay_schedule(curves, log, cap, lrs)]
     return pd.DataFrame(rows)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Build a profile's metric-learning cache (``metric_pools``) before notebook 02 reads it,
+    with every process of a ``torchrun`` launch (or one process without it), e.g. on 4 GPUs::
+
+        torchrun --standalone --nproc_per_node=4 -m regattn_lib.experiments.metric_plan \\
+            --profile paper [--overrides FILE.yaml]
+
+    Each shard of images is split over the processes (``extraction.distributed``); rank 0
+    writes the shards and the cache, which notebook 02 then finds under the same key. An
+    interrupted run resumes at the shard in hand."""
+    import argparse
+
+    import torch.distributed as dist
+
+    from regattn_lib.experiments.pipeline import setup
+    from regattn_lib.experiments.profiles import load_overrides
+    from regattn_lib.extraction.distributed import init_distributed
+
+    ap = argparse.ArgumentParser(
+        prog="python -m regattn_lib.experiments.metric_plan",
+        description="Pool the regions of a profile's metric-learning images once (notebook 02 "
+        "reads the cache); under torchrun every process takes a part of each shard.",
+    )
+    ap.add_argument("--profile", default="paper", help="profile name (default paper)")
+    ap.add_argument("--overrides", default=None, help="YAML file of profile fields")
+    ap.add_argument("--data-root", default=None, help="default $REGATTN_DATA or data/")
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    args = ap.parse_args(argv)
+    info = init_distributed(args.device)
+    try:
+        overrides = load_overrides(args.overrides) if args.overrides else None
+        ctx = setup(args.profile, args.data_root, device=str(info.device), overrides=overrides)
+        if not ctx.profile.metric.enabled:
+            print(f"profile {ctx.profile.name!r} learns no attention by metric learning")
+            return 0
+        pools = metric_pools(ctx, progress=info.is_main)
+        if info.is_main:
+            for split, (tuples, images) in pools.items():
+                print(f"{split}: {len(images)} images, {tuples.n_pairs} pairs cached")
+        if dist.is_initialized():
+            dist.barrier()  # no rank leaves before rank 0 has written the cache
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

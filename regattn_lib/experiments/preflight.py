@@ -66,6 +66,9 @@ TEST_SET_IMAGES = {
 DESCRIPTORS_PER_TEST_IMAGE = 32
 #: Per distractor image: the 6 state-of-the-art heads, for the Oxford and the Paris table.
 DESCRIPTORS_PER_DISTRACTOR = 12
+#: Images of SfM-120k's ``train`` and ``val`` splits (Radenovic et al., TPAMI 2018: 551 and
+#: 162 3D models).
+SFM120K_SPLIT_IMAGES = {"train": 91_642, "val": 6_403}
 #: Images of cirtorch's retrieval-SfM-120k-whiten list, approximately (the time estimate's
 #: whitening pass; the pipeline's 2.4M regional vectors at L = 3 are ~26 per image).
 SFM120K_WHITEN_IMAGES = 92_000
@@ -249,7 +252,8 @@ def item_state(key: str, entry: dict[str, Any], root: Path) -> Item:
 
 def profile_keys(profile: Profile) -> list[str]:
     """Manifest keys of every file ``profile`` needs except the distractors: the test sets'
-    gnd pickles and image archives, the SfM-120k whitening database and images, the backbone's
+    gnd pickles and image archives, the SfM-120k whitening database and images (and its
+    training database where the profile learns attention by metric learning), the backbone's
     weights, the authors' attention (``train.source == 'official'``), the RPN's weights."""
     from regattn_lib.datasets.retrieval import IMAGE_ARCHIVES, IMAGE_HOME, SFM_NAME
     from regattn_lib.models.backbone_weights import WEIGHTS
@@ -260,6 +264,8 @@ def profile_keys(profile: Profile) -> list[str]:
             keys += [f"gnd_{name}", *IMAGE_ARCHIVES[IMAGE_HOME[name]]]
     if profile.whitening_set in ("sfm120k", SFM_NAME):
         keys += [f"sfm_db_{SFM_NAME}-whiten", "sfm120k_ims"]
+    if profile.metric.enabled and profile.synthetic is None:  # metric learning on SfM-120k
+        keys += [f"sfm_db_{SFM_NAME}", "sfm120k_ims"]
     if profile.backbone in WEIGHTS:
         keys.append(WEIGHTS[profile.backbone])
     if profile.train.source == "official":
@@ -347,16 +353,35 @@ def folder_bytes(folder: Path) -> int:
     return total
 
 
+def _channels(profile: Profile) -> int:
+    return 1280 if profile.backbone == "efficientnet-lite0" else 2048
+
+
+def metric_cache_bytes(profile: Profile) -> int:
+    """The metric-learning cache of a profile that trains on SfM-120k (``metric_plan.sfm_pools``):
+    per split, at most ``2 * query_size + pool_size`` images, each kept as 2R + 1 fp32 rows of
+    C channels (R: the R-MAC grid of a 4:3 image at the profile's ``levels``, 70 at L = 5).
+    0 for profiles without it (offline ones cache their small synthetic split)."""
+    from regattn_lib.core.regions import rmac_regions
+
+    m = profile.metric
+    if not m.enabled or profile.synthetic is not None:
+        return 0
+    rows = 2 * len(rmac_regions(768, 1024, profile.levels)) + 1
+    images = sum(min(n, 2 * m.query_size + m.pool_size) for n in SFM120K_SPLIT_IMAGES.values())
+    return 4 * _channels(profile) * rows * images
+
+
 def cache_bytes_needed(profile: Profile, root: Path, n_distractors: int) -> int:
     """Descriptor caches still to be written: a rough count of cached fp32 vectors (see
-    ``DESCRIPTORS_PER_TEST_IMAGE`` / ``..._PER_DISTRACTOR``) less what ``<root>/cache/<profile>``
-    already holds."""
-    channels = 1280 if profile.backbone == "efficientnet-lite0" else 2048
+    ``DESCRIPTORS_PER_TEST_IMAGE`` / ``..._PER_DISTRACTOR``) and the metric-learning cache
+    (``metric_cache_bytes``), less what ``<root>/cache/<profile>`` already holds."""
     test = sum(
         TEST_SET_IMAGES.get(n, 0) for n in dict.fromkeys(profile.datasets + profile.revisited)
     )
     vectors = test * DESCRIPTORS_PER_TEST_IMAGE + n_distractors * DESCRIPTORS_PER_DISTRACTOR
-    return max(0, 4 * channels * vectors - folder_bytes(root / "cache" / profile.name))
+    total = 4 * _channels(profile) * vectors + metric_cache_bytes(profile)
+    return max(0, total - folder_bytes(root / "cache" / profile.name))
 
 
 def disk_need(items: Sequence[Item]) -> tuple[int, int]:
@@ -483,6 +508,12 @@ def profile_checks(
     caches = cache_bytes_needed(profile, root, n_distractors)
     need = fetch + extract + caches
     free = shutil.disk_usage(_existing(root)).free
+    metric = metric_cache_bytes(profile)
+    metric_note = (
+        f", of which the metric-learning regions of SfM-120k {metric / 1e9:.1f} GB at most"
+        if metric
+        else ""
+    )
     n_files, total_fetch, total_extract = profile_download_bytes(profile, root)
     checks.append(
         Check(
@@ -501,7 +532,7 @@ def profile_checks(
             (
                 f"{free / 1e9:.1f} GB free at {root}; {need / 1e9:.1f} GB needed for what is missing "
                 f"(downloads {fetch / 1e9:.1f} GB, extracted {extract / 1e9:.1f} GB, descriptor caches "
-                f"{caches / 1e9:.1f} GB; sizes from the manifest's approx_bytes)"
+                f"{caches / 1e9:.1f} GB{metric_note}; sizes from the manifest's approx_bytes)"
             ),
         )
     )
@@ -550,7 +581,8 @@ def backbone_passes(profile: Profile) -> tuple[float, str]:
     Test sets: one pass for the series' regional heads, one for the global baselines and one for
     the whitening table (classic sets), the RPN study (classic sets, ``RPN_PASS_COST``);
     distractors: one pass; whitening: two passes (the regional vectors, then the baselines'
-    global ones) over the whitening images at their size. Training is estimated by notebook 02.
+    global ones) over the whitening images at their size; SfM-120k's metric-learning images
+    (``metric_cache_bytes``' count) one pass. Training is estimated by notebook 02.
     """
     test = sum(
         TEST_SET_IMAGES.get(n, 0) for n in dict.fromkeys(profile.datasets + profile.revisited)
@@ -565,12 +597,20 @@ def backbone_passes(profile: Profile) -> tuple[float, str]:
     else:
         white, what = 0, profile.whitening_set
     area = (profile.whitening_image_size / profile.image_size) ** 2
-    passes = test + classic * (2 + RPN_PASS_COST) + distractors + 2 * white * area
+    m = profile.metric
+    metric = (
+        sum(min(n, 2 * m.query_size + m.pool_size) for n in SFM120K_SPLIT_IMAGES.values())
+        if metric_cache_bytes(profile)
+        else 0
+    )
+    passes = test + classic * (2 + RPN_PASS_COST) + distractors + 2 * white * area + metric
     detail = (
         f"{test:,} test images, {classic:,} of them again for the baselines, the whitening table "
         f"and the RPN, {distractors:,} distractors, 2 x {white:,} whitening images ({what}) at "
         f"{profile.whitening_image_size} px"
     )
+    if metric:
+        detail += f", {metric:,} SfM-120k images for metric learning at {profile.image_size} px"
     return passes, detail
 
 

@@ -131,8 +131,9 @@ def describe_series(ctx: pipeline.Context, whitening: PCAWhitening, progress: bo
     """One backbone pass per test set for all of ``series_heads``, and on the profile's
     ``datasets`` also for the RPN ablation's heads (``rpn_heads``) and the SOTA table's
     (``sota_heads``: its global baselines' whitenings come from notebook 01's pass,
-    ``learn_series_whitenings``), so that the ablation, the RPN ablation, the scale study, the
-    SOTA and revisited tables and the per-query study read their descriptors from the cache
+    ``learn_series_whitenings``) and the whitening table's (``whitening_study_heads``), so that
+    the ablation, the RPN ablation, the whitening table, the scale study, the SOTA and revisited
+    tables and the per-query study read their descriptors from the cache
     instead of running the backbone over the same images again. Descriptors do not depend on
     which other heads share a pass (each head reads the same feature map)."""
     heads = series_heads(ctx, whitening)
@@ -141,7 +142,10 @@ def describe_series(ctx: pipeline.Context, whitening: PCAWhitening, progress: bo
         **{f"rpn|{k}": h for k, h in rpn_heads(ctx, whitening)[0].items()},
         **{f"sota|{k}": h for k, h in sota_heads(ctx, whitening).items()},
     }
-    more = expand_seeds(ctx, more)[0]
+    more = {
+        **expand_seeds(ctx, more)[0],
+        **{f"whitening|{k}": h for k, h in whitening_study_heads(ctx)[0].items()},
+    }
     for name in dict.fromkeys(ctx.profile.datasets + ctx.profile.revisited):
         extra = more if name in ctx.profile.datasets else {}
         pipeline.describe(ctx, pipeline.dataset(ctx, name), {**heads, **extra}, progress=progress)
@@ -424,8 +428,14 @@ def revisited(ctx: pipeline.Context, whitening: PCAWhitening) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def whitening_study(ctx: pipeline.Context, dims: Sequence[int | None]) -> pd.DataFrame:
-    """R-MAC without whitening and with whitening of several dimensions (None = all)."""
+def whitening_study_heads(
+    ctx: pipeline.Context, dims: Sequence[int | None] | None = None
+) -> tuple[dict[str, Head], dict[str, int | None]]:
+    """The whitening table's heads (R-MAC without whitening, and with whitening kept to each of
+    ``dims``, default the profile's ``whitening_study_dims``; None = all) and the number of
+    vectors each whitening was learned on. Every dimension comes from the one whitening pass
+    (``pipeline.learn_whitening``)."""
+    dims = ctx.profile.whitening_study_dims if dims is None else dims
     heads: dict[str, Head] = {
         methods.label("rmac-nowhiten"): methods.build_head(
             "rmac-nowhiten", levels=ctx.profile.levels
@@ -437,6 +447,16 @@ def whitening_study(ctx: pipeline.Context, dims: Sequence[int | None]) -> pd.Dat
         label = f"R-MAC + PCA-whitening {w.out_dim}-d"
         heads[label] = methods.build_head("rmac", levels=ctx.profile.levels, whitening=w)
         info[label] = w.meta.get("n_vectors")  # a crosswise whitening: per dataset, below
+    return heads, info
+
+
+def whitening_study(
+    ctx: pipeline.Context, dims: Sequence[int | None] | None = None
+) -> pd.DataFrame:
+    """R-MAC without whitening and with whitening of several dimensions (``dims``, default the
+    profile's ``whitening_study_dims``; None = all). Notebook 03 runs it after
+    ``describe_series``, whose pass holds these heads: the table then costs no backbone pass."""
+    heads, info = whitening_study_heads(ctx, dims)
     rows = []
     for name in ctx.profile.datasets:
         ds = pipeline.dataset(ctx, name)

@@ -88,7 +88,8 @@ class TrainConfig:
         depend on, so the fc stage and both attention stages share one backbone pass
         (``None``: kept in memory only).
     val_batch_size:
-        Images per backbone call for validation and for building the cache (16).
+        Images per backbone call for validation and for building the cache (16); on the CPU
+        the cache takes one at a time, faster there (``data.CPU_CACHE_BATCH``).
     num_workers:
         Threads decoding and resizing images; the next iteration's images load while the
         current one computes (4; 0 loads in the main thread).

@@ -17,6 +17,8 @@ from regattn_lib.core.whitening import PCAWhitening
 from regattn_lib.extraction.extract import extract_images
 from regattn_lib.extraction.heads import RegionPoolsHead, split_region_pools
 from regattn_lib.runtime.atomic import atomic_torch_save
+from regattn_lib.runtime.environment import env_number
+from regattn_lib.runtime.shards import SHARD_IMAGES, ShardStore
 from regattn_lib.training.metric import RegionCache, cache_regions
 
 
@@ -31,6 +33,7 @@ def pooled_regions(
     precision: str = "auto",
     batch_size: int | None = None,
     progress: bool | str = True,
+    shard_images: int | None = None,
 ) -> list[torch.Tensor]:
     """Per image, its ``RegionPoolsHead`` rows (2R + 1, C) at ``image_size`` and ``levels``.
 
@@ -38,28 +41,69 @@ def pooled_regions(
     ``cache_file``: where they are kept (written atomically, fp32, with the image names it
     holds); a file whose names differ from ``paths`` raises ``ValueError`` naming it (its key
     should have told them apart), one that matches is read instead of running the backbone.
+
+    Resumable: with a ``cache_file``, every ``shard_images`` images (default
+    ``$REGATTN_SHARD_IMAGES``, else 500) are saved as a shard in ``<cache_file>.parts/`` as soon
+    as they are done, so an interrupted pass (SfM-120k's tens of thousands of images) redoes
+    only the shard in hand; the shards are removed once the file is written. Under ``torchrun``
+    every process takes its part of each shard (``extraction.distributed``) and rank 0 writes.
     """
+    from regattn_lib.extraction.distributed import (
+        extract_distributed,
+        init_distributed,
+        launched_by_torchrun,
+    )
+
     names = [Path(p).name for p in paths]
     if cache_file is not None and Path(cache_file).is_file():
         saved = torch.load(cache_file, map_location="cpu", weights_only=True)
         if saved["names"] != names:
             raise ValueError(f"{cache_file}: cached for other images than the {len(names)} asked")
         return saved["pools"]
-    head = RegionPoolsHead(levels=levels)
-    pools = extract_images(
-        paths,
-        backbone,
-        {"pools": head},
-        image_size,
-        bbxs,
-        device=device,
-        batch_size=batch_size,
-        precision=precision,
-        progress=progress,
-    )["pools"]
-    pools = [p.float().contiguous() for p in pools]
-    if cache_file is not None:
+    head = {"pools": RegionPoolsHead(levels=levels)}
+    info = init_distributed(device) if launched_by_torchrun() else None
+    store = ShardStore(None if cache_file is None else Path(f"{cache_file}.parts"))
+    size = shard_images or env_number("REGATTN_SHARD_IMAGES", SHARD_IMAGES)
+    pools: list[torch.Tensor] = []
+    for start in range(0, len(paths), size):
+        shard, part = f"{start:09d}", slice(start, start + size)
+        if store.has(shard):
+            saved = store.load(shard)
+            if saved["names"] == names[part]:
+                pools += saved["pools"]
+                continue
+            store.discard(shard)  # another image list's leftover: redo it
+        opts = dict(precision=precision, progress=progress)
+        boxes = None if bbxs is None else list(bbxs[part])
+        if info is not None:
+            got = extract_distributed(
+                paths[part],
+                backbone,
+                head,
+                image_size,
+                boxes,
+                batch_size=batch_size or 1,
+                info=info,
+                **opts,
+            )
+        else:
+            got = extract_images(
+                paths[part],
+                backbone,
+                head,
+                image_size,
+                boxes,
+                device=device,
+                batch_size=batch_size,
+                **opts,
+            )
+        done = [p.float().contiguous() for p in got["pools"]]
+        if info is None or info.is_main:
+            store.save(shard, {"names": names[part], "pools": done})
+        pools += done
+    if cache_file is not None and (info is None or info.is_main):
         atomic_torch_save(cache_file, {"names": names, "pools": pools})
+        store.clear()
     return pools
 
 
