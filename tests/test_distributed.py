@@ -164,3 +164,59 @@ def test_torchrun_two_processes_equal_single_process(image_dir, tmp_path):
     assert got["db"].shape == (12, 1280)
     assert torch.equal(got["db"], torch.stack(ref))
     assert got["queries"].shape == (0, 1280)
+
+
+def test_torchrun_builds_the_metric_learning_cache_notebook_02_reads(tmp_path):
+    """``python -m regattn_lib.experiments.metric_plan`` under torchrun (2 gloo processes,
+    several resumable shards) writes the pooled regions of the metric split, under the key
+    notebook 02 looks for, equal to one process's."""
+    from regattn_lib.datasets.synthetic import generate_synthetic, metric_tuples
+    from regattn_lib.experiments import metric_plan as MP
+    from regattn_lib.experiments import pipeline as P
+    from regattn_lib.training.metric_data import pooled_regions
+
+    root, results = tmp_path / "data", tmp_path / "results"
+    sp = generate_synthetic("smoke", root, progress=False, workers=1, parts=("metric",))
+    overrides = tmp_path / "overrides.yaml"
+    overrides.write_text("image_size: 96\n")
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO),
+        "REGATTN_SHARD_IMAGES": "25",
+        "REGATTN_RESULTS": str(results),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "regattn_lib.experiments.metric_plan",
+        "--profile",
+        "smoke",
+        "--overrides",
+        str(overrides),
+        "--data-root",
+        str(root),
+        "--device",
+        "cpu",
+    ]
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "train: " in proc.stdout and "pairs cached" in proc.stdout
+    caches = sorted((root / "cache" / "smoke" / "metric").glob("*.pt"))
+    assert [c.name.split("-")[0] for c in caches] == ["train", "val"]
+    assert not list((root / "cache" / "smoke" / "metric").glob("*.parts"))  # shards cleared
+
+    ctx = P.setup("smoke", root, results, device="cpu", overrides={"image_size": 96})
+    pools = MP.metric_pools(ctx, progress=False)  # found in the cache: no backbone needed
+    bb = build_backbone("efficientnet-lite0")
+    for split in ("train", "val"):
+        _, paths = metric_tuples(sp, split)
+        with torch_threads(1):
+            ref = pooled_regions(paths, bb, 96, ctx.profile.levels, device="cpu", progress=False)
+        got = pools[split][1]
+        assert len(got) == len(ref) == len(paths)
+        assert all(torch.equal(a, b) for a, b in zip(got, ref, strict=True))

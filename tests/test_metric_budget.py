@@ -68,3 +68,37 @@ def test_schedule_table_covers_every_cap_and_rate_subset():
     table = schedule_table(curves, log)
     assert len(table) == 3 * 3  # caps 1..3 x subsets {0.1}, {1}, {0.1, 1}
     assert set(table["lrs"]) == {"0.1", "1", "0.1 1"}
+
+
+def test_seed_subset_table_by_hand():
+    """Fewer seeds on validation: means and sd over all seeds and over the first ``keep``, the
+    paper's recipe from the training summary, metric learning from the chosen rate's runs."""
+    from regattn_lib.experiments.tables import seed_subset_table
+
+    training = pd.DataFrame(
+        {
+            "stage": ["fc", "regional", "regional seed 2", "regional seed 1", "context"],
+            "kept val_loss": [9.0, 1.0, 4.0, 2.0, 5.0],
+            "kept val_acc": [0.0, 0.5, 0.2, 0.3, 0.1],
+        }
+    )
+    log = pd.DataFrame(
+        {
+            "kind": ["metric-regional"] * 4,
+            "stage": ["sweep", "sweep", "seed", "seed"],
+            "seed": [0, 0, 1, 2],
+            "chosen": [False, True, False, False],
+            "val mAP": [99.0, 10.0, 14.0, 30.0],
+        }
+    )
+    t = seed_subset_table(training, log, keep=2).set_index(["model", "measure"])
+    loss = t.loc[("regional (the paper's recipe)", "kept val_loss")]
+    # seeds 0, 1, 2 -> 1, 2, 4: mean 7/3; the first two 1, 2: mean 1.5, sd sqrt(0.5)
+    assert loss["seeds"] == 3 and loss["seeds kept"] == 2
+    assert loss["mean"] == pytest.approx(7 / 3) and loss["mean kept"] == pytest.approx(1.5)
+    assert loss["sd kept"] == pytest.approx(0.5**0.5)
+    assert loss["change"] == pytest.approx(1.5 - 7 / 3)
+    ctx = t.loc[("context (the paper's recipe)", "kept val_loss")]
+    assert ctx["seeds"] == 1 and ctx["mean kept"] == 5.0  # one seed: kept as it is
+    m = t.loc[("metric-regional", "val mAP")]  # the unchosen sweep run (99) is not a seed
+    assert m["mean"] == pytest.approx(18.0) and m["mean kept"] == pytest.approx(12.0)

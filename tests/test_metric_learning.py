@@ -532,3 +532,21 @@ def test_pooled_regions_resumes_from_its_shards(tmp_path):
     assert Counts.seen == 3  # the first shard's two images were read back, not recomputed
     assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
     assert cache_file.is_file() and not parts.exists()
+
+
+def test_unusable_images_are_named_from_their_headers(tmp_path):
+    """A file that is no image, and one whose short side falls under MIN_SIDE once resized:
+    the SfM-120k route leaves them out (with their pairs) and reports them."""
+    from regattn_lib.datasets.images import MIN_SIDE
+    from regattn_lib.experiments.metric_plan import unusable_images
+
+    ok, thin = _photos(tmp_path / "im", [(200, 150), (300, 30)])
+    junk = tmp_path / "im" / "junk.jpg"
+    junk.write_bytes(b"not a jpeg")
+    bad = unusable_images([ok, junk, thin], 128)
+    assert [i for i, _ in bad] == [1, 2]
+    assert "junk.jpg" in bad[0][1]
+    # 300 x 30 px scaled to a 128 px long side: 128 x 12.8, rounded to 13 rows
+    assert bad[1][1] == f"13x128 px after resizing to 128: under {MIN_SIDE} px"
+    assert [i for i, _ in unusable_images([ok, thin], None)] == [1]  # 30 px as it is
+    assert unusable_images([ok], 1024) == []

@@ -578,8 +578,9 @@ def backbone_passes(profile: Profile) -> tuple[float, str]:
     """Rough number of test-size backbone passes of the whole series (images x passes, a
     whitening image counted by its area against a test image) and how it was counted.
 
-    Test sets: one pass for the series' regional heads, one for the global baselines and one for
-    the whitening table (classic sets), the RPN study (classic sets, ``RPN_PASS_COST``);
+    Test sets: one pass for every head of the series (``studies.describe_series``: the regional
+    heads, the global baselines and the whitening table's), the RPN's share of it on the classic
+    sets (``RPN_PASS_COST`` - 1);
     distractors: one pass; whitening: two passes (the regional vectors, then the baselines'
     global ones) over the whitening images at their size; SfM-120k's metric-learning images
     (``metric_cache_bytes``' count) one pass. Training is estimated by notebook 02.
@@ -603,11 +604,10 @@ def backbone_passes(profile: Profile) -> tuple[float, str]:
         if metric_cache_bytes(profile)
         else 0
     )
-    passes = test + classic * (2 + RPN_PASS_COST) + distractors + 2 * white * area + metric
+    passes = test + classic * (RPN_PASS_COST - 1) + distractors + 2 * white * area + metric
     detail = (
-        f"{test:,} test images, {classic:,} of them again for the baselines, the whitening table "
-        f"and the RPN, {distractors:,} distractors, 2 x {white:,} whitening images ({what}) at "
-        f"{profile.whitening_image_size} px"
+        f"{test:,} test images ({classic:,} of them with the RPN), {distractors:,} distractors, "
+        f"2 x {white:,} whitening images ({what}) at {profile.whitening_image_size} px"
     )
     if metric:
         detail += f", {metric:,} SfM-120k images for metric learning at {profile.image_size} px"

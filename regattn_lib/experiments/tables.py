@@ -189,3 +189,42 @@ def training_summary(runs: dict) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows, columns=TRAINING_COLUMNS)
+
+
+def seed_subset_table(training: pd.DataFrame, metric_log: pd.DataFrame, keep: int) -> pd.DataFrame:
+    """What keeping only the first ``keep`` seeds changes on validation, read from a run's logs:
+    per attention model (the paper's recipe from ``training``, notebook 02's
+    ``tables/training.csv``; metric learning from ``metric_log``, its
+    ``metrics/metric_training.csv``, the chosen rate's runs), its validation measure's mean and
+    sd over every seed and over the first ``keep``, and the change of the mean. The models of
+    the kept seeds are the same runs: only the average loses the others."""
+    rows = []
+
+    def add(model: str, measure: str, by_seed: pd.Series) -> None:
+        by_seed = by_seed.sort_index()
+        kept = by_seed.iloc[:keep]
+        rows.append(
+            {
+                "model": model,
+                "measure": measure,
+                "seeds": len(by_seed),
+                "mean": by_seed.mean(),
+                "sd": by_seed.std(ddof=1),
+                "seeds kept": len(kept),
+                "mean kept": kept.mean(),
+                "sd kept": kept.std(ddof=1),
+                "change": kept.mean() - by_seed.mean(),
+            }
+        )
+
+    for kind in ("regional", "context"):
+        sel = training[training["stage"].str.fullmatch(rf"{kind}( seed \d+)?")]
+        seeds = [0 if s == kind else int(s.rsplit(" ", 1)[1]) for s in sel["stage"]]
+        for col in ("kept val_loss", "kept val_acc"):
+            add(f"{kind} (the paper's recipe)", col, pd.Series(sel[col].to_numpy(), index=seeds))
+    runs = metric_log[metric_log["chosen"].astype(bool) | (metric_log["stage"] == "seed")]
+    for kind, sel in runs.groupby("kind", sort=False):
+        add(
+            str(kind), "val mAP", pd.Series(sel["val mAP"].to_numpy(), index=sel["seed"].to_numpy())
+        )
+    return pd.DataFrame(rows)
