@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -550,3 +551,53 @@ def test_unusable_images_are_named_from_their_headers(tmp_path):
     assert bad[1][1] == f"13x128 px after resizing to 128: under {MIN_SIDE} px"
     assert [i for i, _ in unusable_images([ok, thin], None)] == [1]  # 30 px as it is
     assert unusable_images([ok], 1024) == []
+
+
+def test_an_interrupted_metric_sweep_resumes_at_the_run_in_hand(toy_splits, tmp_path, monkeypatch):
+    """train_metric keeps every run as it finishes: after an interruption the rerun reads the
+    finished runs back (same log, same weights) and trains only the others."""
+    from types import SimpleNamespace
+
+    from regattn_lib.experiments import metric_plan as MP
+    from regattn_lib.experiments.profiles import get_profile
+
+    profile = get_profile(
+        "smoke",
+        {"metric": {"epochs": 2, "lrs": [1e-3, 1e-2], "nnum": 3}, "train": {"seeds": [0, 1]}},
+    )
+    dirs = {"models": tmp_path / "models", "metrics": tmp_path / "metrics"}
+    for d in dirs.values():
+        d.mkdir()
+    ctx = SimpleNamespace(profile=profile, dirs=dirs, backbone=SimpleNamespace(name="toy"))
+    train, val = toy_splits
+    monkeypatch.setattr(MP, "metric_splits", lambda ctx, w, progress: {"train": train, "val": val})
+    calls = []
+    real = MP.train_metric_attention
+
+    def counted(att, *a, **k):
+        calls.append(k["lr"])
+        if len(calls) == 4:
+            raise KeyboardInterrupt  # killed in the context model's sweep
+        return real(att, *a, **k)
+
+    monkeypatch.setattr(MP, "train_metric_attention", counted)
+    with pytest.raises(KeyboardInterrupt):
+        MP.train_metric(ctx, None, progress=False)
+    assert len(list((dirs["models"] / "metric_runs").glob("*.pt"))) == 3
+    calls.clear()
+    log = MP.train_metric(ctx, None, progress=False)
+    # 2 kinds x (2 rates + 1 more seed) = 6 runs; the 3 finished ones were read back
+    assert len(log) == 6 and len(calls) == 3
+    monkeypatch.setattr(MP, "train_metric_attention", real)
+    (dirs["metrics"] / f"{MP.METRIC_LOG}.csv").unlink()  # as if the log had not been written
+    for f in dirs["models"].glob("attention_*.pt"):
+        f.unlink()
+    again = MP.train_metric(ctx, None, progress=False)
+    cols = [c for c in log.columns if c != "time_s"]
+    pd.testing.assert_frame_equal(again[cols], log[cols])
+    # a fresh sweep from nothing gives the same log: reading back changed no result
+    fresh = tmp_path / "fresh"
+    ctx.dirs = {k: fresh / k for k in dirs}
+    for d in ctx.dirs.values():
+        d.mkdir(parents=True)
+    pd.testing.assert_frame_equal(MP.train_metric(ctx, None, progress=False)[cols], log[cols])

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,7 @@ import torch
 from regattn_lib.core.attention import RegionalAttention
 from regattn_lib.core.whitening import PCAWhitening
 from regattn_lib.experiments.pipeline import METRIC_KINDS, Context, attention_file
-from regattn_lib.runtime.atomic import atomic_write
+from regattn_lib.runtime.atomic import atomic_torch_save, atomic_write
 from regattn_lib.runtime.identity import (
     backbone_weights_id,
     cache_key,
@@ -40,7 +41,11 @@ from regattn_lib.runtime.identity import (
 from regattn_lib.training.checkpoint import save_metric_attention
 from regattn_lib.training.metric import init_alpha_one
 from regattn_lib.training.metric_data import pooled_regions, region_cache
-from regattn_lib.training.metric_train import MetricSplit, train_metric_attention
+from regattn_lib.training.metric_train import (
+    MetricSplit,
+    MetricTrainResult,
+    train_metric_attention,
+)
 
 #: The log's table name (``tables/metric_training.csv``).
 METRIC_LOG = "metric_training"
@@ -227,6 +232,56 @@ def metric_splits(
     }
 
 
+def _new_attention(ctx: Context, splits: dict[str, MetricSplit], kind: str) -> RegionalAttention:
+    recipe = ctx.profile.train.recipe
+    channels = splits["train"].cache.groups[0].k.shape[-1]
+    return RegionalAttention(int(channels), recipe.hidden, CONTEXT_OF[kind], recipe.activation)
+
+
+def run_file(ctx: Context, kind: str, stage: str, seed: int, lr: float, wd: float, key: str):
+    """Where one finished run of ``train_metric`` is kept (``models/metric_runs/``): its weights,
+    validation curve and time, under ``key`` (the digest of its data and settings), so that an
+    interrupted sweep resumes at the run in hand."""
+    name = f"{kind}-{stage}-seed{seed}-lr{lr:g}-wd{wd:g}-{key}.pt"
+    return ctx.dirs["models"] / "metric_runs" / name
+
+
+def _train_or_load(
+    ctx: Context,
+    splits: dict[str, MetricSplit],
+    kind: str,
+    stage: str,
+    lr: float,
+    weight_decay: float,
+    seed: int,
+    key: str,
+    progress: bool,
+) -> tuple[Any, float]:
+    """``_train_one``, or the run ``run_file`` kept from an earlier, interrupted call."""
+    f = run_file(ctx, kind, stage, seed, lr, weight_decay, key)
+    if f.is_file():
+        saved = torch.load(f, map_location="cpu", weights_only=True)
+        att = _new_attention(ctx, splits, kind)
+        att.load_state_dict(saved["state"])
+        att.eval()
+        result = MetricTrainResult(
+            att, saved["history"], saved["best_epoch"], saved["best_val_map"]
+        )
+        return result, float(saved["time_s"])
+    result, s = _train_one(ctx, splits, kind, lr, weight_decay, seed, progress)
+    atomic_torch_save(
+        f,
+        {
+            "state": result.attention.state_dict(),
+            "history": result.history,
+            "best_epoch": result.best_epoch,
+            "best_val_map": result.best_val_map,
+            "time_s": s,
+        },
+    )
+    return result, s
+
+
 def _train_one(
     ctx: Context,
     splits: dict[str, MetricSplit],
@@ -236,12 +291,9 @@ def _train_one(
     seed: int,
     progress: bool,
 ) -> tuple[Any, float]:
-    m, recipe = ctx.profile.metric, ctx.profile.train.recipe
+    m = ctx.profile.metric
     torch.manual_seed(seed)
-    channels = splits["train"].cache.groups[0].k.shape[-1]
-    att = init_alpha_one(
-        RegionalAttention(int(channels), recipe.hidden, CONTEXT_OF[kind], recipe.activation)
-    )
+    att = init_alpha_one(_new_attention(ctx, splits, kind))
     start = time.perf_counter()
     result = train_metric_attention(
         att,
@@ -259,6 +311,21 @@ def _train_one(
         progress=progress,
     )
     return result, time.perf_counter() - start
+
+
+def _split_digest(splits: dict[str, MetricSplit]) -> str:
+    """A digest of the splits' content (sizes, clusters, pairs, the first image's whitened
+    regions): runs kept for other data are not read back."""
+    parts = {}
+    for name, sp in splits.items():
+        first = sp.cache.groups[0]
+        parts[name] = {
+            "n": len(sp.cache),
+            "cluster": list_digest([str(c) for c in sp.cluster.tolist()]),
+            "pairs": list_digest([f"{q},{p}" for q, p in zip(sp.qidxs, sp.pidxs, strict=True)]),
+            "x0": float(first.xhat[0].double().sum()),
+        }
+    return cache_key(parts)
 
 
 def _log_row(kind: str, stage: str, seed: int, lr: float, wd: float, result: Any, s: float):
@@ -321,11 +388,24 @@ def train_metric(
         "train_images": len(splits["train"].cache),
         "val_images": len(splits["val"].cache),
     }
+    # every run is kept as it finishes (run_file): a rerun after an interruption trains only
+    # the runs not done, under the same data and settings
+    recipe = ctx.profile.train.recipe
+    key = cache_key(
+        {
+            **settings,
+            "metric": asdict(m),
+            "attention": [recipe.hidden, recipe.activation],
+            "splits": _split_digest(splits),
+        }
+    )
     for kind in METRIC_KINDS.values():
         best = None
         for lr in m.lrs:
             for wd in m.weight_decays:
-                result, s = _train_one(ctx, splits, kind, lr, wd, seeds[0], progress)
+                result, s = _train_or_load(
+                    ctx, splits, kind, "sweep", lr, wd, seeds[0], key, progress
+                )
                 rows.append(_log_row(kind, "sweep", seeds[0], lr, wd, result, s))
                 curves += _history_rows(kind, "sweep", seeds[0], lr, wd, result)
                 if best is None or result.best_val_map > best[0]:  # ties keep the earlier
@@ -336,7 +416,7 @@ def train_metric(
         chosen = {**settings, "lr": lr, "weight_decay": wd, "epochs": m.epochs}
         _save(ctx, kind, seeds[0], result, chosen)
         for seed in seeds[1:]:
-            res, s = _train_one(ctx, splits, kind, lr, wd, seed, progress)
+            res, s = _train_or_load(ctx, splits, kind, "seed", lr, wd, seed, key, progress)
             rows.append(_log_row(kind, "seed", seed, lr, wd, res, s))
             curves += _history_rows(kind, "seed", seed, lr, wd, res)
             _save(ctx, kind, seed, res, chosen)
