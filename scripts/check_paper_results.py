@@ -332,22 +332,26 @@ def check_metric_rows(
                 problems.append(f"{name}: row {row!r}: {bad} missing or not finite")
             _check_metric_label(name, row, sel["weights"].iloc[0], problems)
     df = _read(tables, "scale_study", problems)
-    if df is not None and _need_columns(
-        df, "scale_study", ["dataset", "method", "levels"], problems
-    ):
+    need = ["dataset", "method", "levels", "mAP", "weights"]
+    if df is not None and _need_columns(df, "scale_study", need, problems):
         for ds in CLASSIC_SETS:
             for row in METRIC_ROWS["ablation"]:
                 for lv in levels:
                     sel = df[(df["dataset"] == ds) & (df["method"] == row) & (df["levels"] == lv)]
                     if sel.empty or not _finite(sel["mAP"].iloc[0]):
                         problems.append(f"scale_study: {ds}, {row!r}, L = {lv}: no finite mAP")
+                    else:
+                        _check_metric_label("scale_study", row, sel["weights"].iloc[0], problems)
     df = _read(tables, "revisited", problems)
-    if df is not None and _need_columns(df, "revisited", ["dataset", "method"], problems):
+    need = ["dataset", "method", "weights", *PROTOCOL_COLUMNS]
+    if df is not None and _need_columns(df, "revisited", need, problems):
         for ds in REVISITED_SETS:
             for row in METRIC_ROWS["sota"]:
                 sel = df[(df["dataset"] == ds) & (df["method"] == row)]
                 if sel.empty or not all(_finite(sel[c].iloc[0]) for c in PROTOCOL_COLUMNS):
                     problems.append(f"revisited: {ds}, {row!r}: no finite Easy/Medium/Hard row")
+                else:
+                    _check_metric_label("revisited", row, sel["weights"].iloc[0], problems)
 
 
 def check_whitening(df: pd.DataFrame, problems: list[str]) -> None:

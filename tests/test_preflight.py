@@ -231,7 +231,8 @@ def test_rerun_with_everything_present_needs_nothing_and_never_fails_for_disk(
     make_everything_present(tmp_path, profile)
     # the descriptor caches of the first run (a sparse file of the estimated size)
     cache = pf.cache_bytes_needed(profile, tmp_path, 3)
-    metric = 4 * 2048 * (2 * 70 + 1) * (24000 + 6403)  # SfM-120k's metric-learning regions
+    # SfM-120k's metric-learning regions, twice: shards and the file built from them
+    metric = 2 * 4 * 2048 * (2 * 70 + 1) * (24000 + 6403)
     assert cache == 4 * 2048 * ((5118 + 6447 + 5063 + 6392) * 32 + 3 * 12) + metric
     (tmp_path / "cache" / "paper").mkdir(parents=True)
     with open(tmp_path / "cache" / "paper" / "descriptors.pt", "wb") as f:

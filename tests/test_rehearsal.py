@@ -824,6 +824,17 @@ def test_checker_requires_the_metric_learned_rows_where_the_profile_learns_them(
         lambda df: df[~((df["method"] == P.METRIC_CONTEXT) & (df["levels"] == 3))],
     )
     _edit(good, "metric_training", lambda df: df.assign(chosen=False))
+    _edit(
+        good,
+        "revisited",
+        lambda df: df.assign(
+            weights=np.where(
+                (df["dataset"] == "rparis6k") & (df["method"] == CK.OURS_METRIC),
+                "trained here",
+                df["weights"],
+            )
+        ),
+    )
     problems = CK.check_results(good, EXPECTED)
     assert f"ablation: no row '{P.METRIC_REGIONAL}' (metric learning)" in problems
     assert f"sota: row '{CK.OURS_METRIC}': ['paris6k ours'] missing or not finite" in problems
@@ -831,6 +842,10 @@ def test_checker_requires_the_metric_learned_rows_where_the_profile_learns_them(
         assert f"scale_study: {ds}, '{P.METRIC_CONTEXT}', L = 3: no finite mAP" in problems
     for kind in P.METRIC_KINDS.values():
         assert f"metric_training: 0 chosen run(s) of {kind}, not 1" in problems
+    assert (
+        f"revisited: row '{CK.OURS_METRIC}' is not labelled '{P.TRAINED_METRIC}' in column "
+        "'weights' (found 'trained here')" in problems
+    )
     assert not any("paper-quick" in p for p in problems)
     (good / "tables" / "metric_training.csv").unlink()
     assert any("metric_training: table" in p for p in CK.check_results(good, EXPECTED))

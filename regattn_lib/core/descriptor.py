@@ -306,8 +306,11 @@ def describe(
             return describe_pooled(features, attention, whitening, shared, where)
 
         # heads asking for the same attention and whitening on the same regions (the ablation's
-        # row, the scale study's at its L, the state-of-the-art table's) share one output
-        out.append((sl, shared.get(("output", id(attention), id(whitening), *where), output)))
+        # row, the scale study's at its L, the state-of-the-art table's) share one output. The
+        # key holds the attention itself (kept alive, so its identity is never reused) and the
+        # whitening's id (the output holds the whitening, which keeps that id alive too)
+        key = ("output", attention, id(whitening), *where)
+        out.append((sl, shared.get(key, output)))
     return out
 
 

@@ -108,6 +108,15 @@ def unusable_images(paths: Sequence[Any], image_size: int | None) -> list[tuple[
     return bad
 
 
+def _fetch_sfm(ctx: Context) -> None:
+    """SfM-120k's database and images for both splits, downloaded where missing (the
+    profile's ``download``), every image checked to be there."""
+    from regattn_lib.datasets.retrieval import whitening_images
+
+    for split in ("train", "val"):
+        whitening_images("sfm120k", ctx.data_root, download=ctx.profile.download, split=split)
+
+
 def sfm_pools(ctx: Context, progress: bool = True) -> dict[str, tuple[Any, list[torch.Tensor]]]:
     """SfM-120k's ``train`` and ``val`` splits for metric learning, as cirtorch trains on them
     (``datasets.sfm120k_tuples``): of each split, ``metric.query_size`` (query, positive)
@@ -118,7 +127,7 @@ def sfm_pools(ctx: Context, progress: bool = True) -> dict[str, tuple[Any, list[
     ``python -m regattn_lib.experiments.metric_plan`` under ``torchrun``). The database and the
     images are fetched with the profile's ``download``; images the backbone cannot take are
     left out with their pairs and named in ``tables/skipped_images_sfm120k-metric-<split>.csv``."""
-    from regattn_lib.datasets.retrieval import SFM_NAME, whitening_images
+    from regattn_lib.datasets.retrieval import SFM_NAME
     from regattn_lib.datasets.sfm120k_tuples import drop_images, sfm120k_tuples, subset_tuples
     from regattn_lib.experiments.pipeline import report_skipped
     from regattn_lib.extraction.image_stream import SkippedImage
@@ -126,9 +135,8 @@ def sfm_pools(ctx: Context, progress: bool = True) -> dict[str, tuple[Any, list[
     p, m = ctx.profile, ctx.profile.metric
     ims = ctx.data_root / "train" / SFM_NAME / "ims"
     out = {}
+    _fetch_sfm(ctx)
     for split in ("train", "val"):
-        # fetches the database and the images where missing, and checks every image is there
-        whitening_images("sfm120k", ctx.data_root, download=p.download, split=split)
         full = sfm120k_tuples(split, ctx.data_root)
         tuples, _ = subset_tuples(full, m.query_size, m.pool_size, SFM_SUBSET_SEED)
         paths = tuples.image_paths(ims)
@@ -382,6 +390,8 @@ def train_metric(
     curves: list[dict[str, Any]] = []
     settings = {
         "backbone": getattr(ctx.backbone, "name", type(ctx.backbone).__name__),
+        "backbone_weights": backbone_weights_id(ctx.backbone),
+        "precision": ctx.profile.precision,
         "levels": ctx.profile.levels,
         "image_size": ctx.profile.image_size,
         "whitening": whitening_digest(whitening),
@@ -606,6 +616,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not ctx.profile.metric.enabled:
             print(f"profile {ctx.profile.name!r} learns no attention by metric learning")
             return 0
+        if info.world_size > 1 and ctx.profile.synthetic is None:
+            # rank 0 alone downloads and extracts SfM-120k; the others wait, then find it
+            if info.is_main:
+                _fetch_sfm(ctx)
+            dist.barrier()
         pools = metric_pools(ctx, progress=info.is_main)
         if info.is_main:
             for split, (tuples, images) in pools.items():

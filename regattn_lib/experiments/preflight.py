@@ -375,12 +375,14 @@ def metric_cache_bytes(profile: Profile) -> int:
 def cache_bytes_needed(profile: Profile, root: Path, n_distractors: int) -> int:
     """Descriptor caches still to be written: a rough count of cached fp32 vectors (see
     ``DESCRIPTORS_PER_TEST_IMAGE`` / ``..._PER_DISTRACTOR``) and the metric-learning cache
-    (``metric_cache_bytes``), less what ``<root>/cache/<profile>`` already holds."""
+    (twice ``metric_cache_bytes``: its shards and the file assembled from them, until the
+    shards are removed), less what ``<root>/cache/<profile>`` already holds."""
     test = sum(
         TEST_SET_IMAGES.get(n, 0) for n in dict.fromkeys(profile.datasets + profile.revisited)
     )
     vectors = test * DESCRIPTORS_PER_TEST_IMAGE + n_distractors * DESCRIPTORS_PER_DISTRACTOR
-    total = 4 * _channels(profile) * vectors + metric_cache_bytes(profile)
+    # the metric cache's shards and its assembled file are on disk together for a moment
+    total = 4 * _channels(profile) * vectors + 2 * metric_cache_bytes(profile)
     return max(0, total - folder_bytes(root / "cache" / profile.name))
 
 
@@ -510,7 +512,8 @@ def profile_checks(
     free = shutil.disk_usage(_existing(root)).free
     metric = metric_cache_bytes(profile)
     metric_note = (
-        f", of which the metric-learning regions of SfM-120k {metric / 1e9:.1f} GB at most"
+        f", of which the metric-learning regions of SfM-120k {metric / 1e9:.1f} GB at most, "
+        "twice that while their shards are assembled"
         if metric
         else ""
     )

@@ -46,45 +46,51 @@ def pooled_regions(
     ``$REGATTN_SHARD_IMAGES``, else 500) are saved as a shard in ``<cache_file>.parts/`` as soon
     as they are done, so an interrupted pass (SfM-120k's tens of thousands of images) redoes
     only the shard in hand; the shards are removed once the file is written. Under ``torchrun``
-    every process takes its part of each shard (``extraction.distributed``) and rank 0 writes.
+    every process takes its part of each shard (``extraction.distributed``); rank 0 decides
+    what to reuse, writes, and alone returns the pools (the others return an empty list).
     """
     from regattn_lib.extraction.distributed import (
         extract_distributed,
         init_distributed,
         launched_by_torchrun,
     )
+    from regattn_lib.extraction.image_stream import CUDA_BATCH
 
+    info = init_distributed(device) if launched_by_torchrun() else None
+    main = info is None or info.is_main
     names = [Path(p).name for p in paths]
-    if cache_file is not None and Path(cache_file).is_file():
+    parts = None if cache_file is None else Path(f"{cache_file}.parts")
+    # every decision below is rank 0's, so that all processes take the same branches (their
+    # collectives would wait for each other forever otherwise); only rank 0 reads or deletes
+    if _agree(info, cache_file is not None and Path(cache_file).is_file()):
+        if not main:
+            return []  # under torchrun only rank 0's return holds the pools
         saved = torch.load(cache_file, map_location="cpu", weights_only=True)
         if saved["names"] != names:
             raise ValueError(f"{cache_file}: cached for other images than the {len(names)} asked")
+        ShardStore(parts).clear()  # a run killed between writing the file and clearing them
         return saved["pools"]
     head = {"pools": RegionPoolsHead(levels=levels)}
-    info = init_distributed(device) if launched_by_torchrun() else None
-    store = ShardStore(None if cache_file is None else Path(f"{cache_file}.parts"))
+    store = ShardStore(parts)
     size = shard_images or env_number("REGATTN_SHARD_IMAGES", SHARD_IMAGES)
     pools: list[torch.Tensor] = []
     for start in range(0, len(paths), size):
         shard, part = f"{start:09d}", slice(start, start + size)
-        if store.has(shard):
+        saved = None
+        if main and store.has(shard):
             saved = store.load(shard)
-            if saved["names"] == names[part]:
-                pools += saved["pools"]
-                continue
-            store.discard(shard)  # another image list's leftover: redo it
+            if saved["names"] != names[part]:
+                store.discard(shard)  # another image list's leftover: redo it
+                saved = None
+        if _agree(info, saved is not None):
+            pools += saved["pools"] if main else []
+            continue
         opts = dict(precision=precision, progress=progress)
         boxes = None if bbxs is None else list(bbxs[part])
         if info is not None:
+            batch = batch_size or (CUDA_BATCH if info.device.type == "cuda" else 1)
             got = extract_distributed(
-                paths[part],
-                backbone,
-                head,
-                image_size,
-                boxes,
-                batch_size=batch_size or 1,
-                info=info,
-                **opts,
+                paths[part], backbone, head, image_size, boxes, batch_size=batch, info=info, **opts
             )
         else:
             got = extract_images(
@@ -98,13 +104,24 @@ def pooled_regions(
                 **opts,
             )
         done = [p.float().contiguous() for p in got["pools"]]
-        if info is None or info.is_main:
+        if main:
             store.save(shard, {"names": names[part], "pools": done})
-        pools += done
-    if cache_file is not None and (info is None or info.is_main):
+            pools += done
+    if cache_file is not None and main:
         atomic_torch_save(cache_file, {"names": names, "pools": pools})
         store.clear()
     return pools
+
+
+def _agree(info: object, value: bool) -> bool:
+    """Rank 0's ``value`` on every process of a torchrun group (``info``; ``None``: alone)."""
+    if info is None or getattr(info, "world_size", 1) == 1:
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return bool(box[0])
 
 
 def region_cache(pools: Sequence[torch.Tensor], whitening: PCAWhitening | None) -> RegionCache:
