@@ -87,7 +87,7 @@ from regattn_lib.datasets import retrieval
 REPO = Path(__file__).resolve().parents[1]
 MANIFEST = REPO / "regattn_lib" / "datasets" / "manifest.json"
 #: Bumped whenever the fixture's content changes, so that a reused folder is rebuilt.
-VERSION = 3
+VERSION = 4
 #: Fixed archive member time (2017-07-14), so that archives are byte-identical per seed.
 MTIME = 1_500_000_000
 #: The authors' released context-aware attention, copied into the mirror as is: the
@@ -655,8 +655,10 @@ whitening_study_dims: [32, 128]  # the whitening table, likewise below the rank
 global_whitening_dims: 32
 n_distractors: {n_distractors}  # all of the fixture's revisitop1m images
 rpn_proposals: 20
-metric:  # metric learning on the miniature SfM-120k (6 training 3D models): two epochs
-  epochs: 2
+metric:  # metric learning on the miniature SfM-120k (6 pairs, 24 images per split): two epochs,
+  epochs: 2        # and the caps at the split's size, so the preflight's disk estimate of the
+  query_size: 6    # cached regions counts these images, not the real SfM-120k's
+  pool_size: 24
 train:
   recipe:  # the fc trained first (no classifier in cirtorch's file) takes as many iterations
     iterations: 8

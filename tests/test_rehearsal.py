@@ -470,7 +470,7 @@ SIZE_FIELDS = {
     "metric",
 }
 TRAIN_SIZE_FIELDS = {"recipe"}
-METRIC_SIZE_FIELDS = {"epochs"}
+METRIC_SIZE_FIELDS = {"epochs", "query_size", "pool_size"}
 RECIPE_SIZE_FIELDS = {
     "iterations",
     "batch_size",
