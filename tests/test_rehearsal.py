@@ -695,7 +695,9 @@ def test_paper_report_has_the_papers_rows_columns_and_values(good):
 
     text = (good / "REPORT.md").read_text()
     abl = report_table(text, "ablation").set_index("method")
-    assert list(abl.index) == list(R.PAPER_ABLATION["method"])
+    # the paper's rows in its order, then the attention learned by metric learning (beyond it)
+    paper_rows = list(R.PAPER_ABLATION["method"])
+    assert list(abl.index) == [*paper_rows, P.METRIC_REGIONAL, P.METRIC_CONTEXT]
     assert abl.loc["+ context awareness", "Oxford5k paper"] == "76.8"
     assert abl.loc["R-MAC + PCA", "Oxford5k ours (diff)"] == "60 (-10.1)"
     sota = report_table(text, "sota").set_index("method")

@@ -21,6 +21,7 @@ import pandas as pd  # noqa: E402
 
 from regattn_lib.experiments import report_page, reports, run_manifest  # noqa: E402
 from regattn_lib.experiments.compact import compact  # noqa: E402
+from regattn_lib.experiments.profiles import get_profile  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "results" / "demo"
@@ -103,7 +104,8 @@ def test_manifest_records_runs_and_the_report_says_when_tables_mix_runs(tmp_path
     run_manifest.notebook(res, first, "03_ablations", "ok", t0, 12.0)
     run_manifest.finish(res, first)
     data = run_manifest.load(res)
-    assert data["runs"][first]["seeds"] == [0, 1, 2] and data["runs"][first]["wall_s"] == 12.0
+    seeds = list(get_profile("demo").train.seeds)
+    assert data["runs"][first]["seeds"] == seeds and data["runs"][first]["wall_s"] == 12.0
     assert "tables/ablation.csv" in data["notebooks"]["03_ablations"]["outputs"]
     text = report_page.build_report(res)
     assert f"Made by run `{first}` (notebook `03_ablations`" in text and "Mixed runs" not in text
