@@ -22,6 +22,15 @@ from regattn_lib.models.factory import build_backbone
 from regattn_lib.training.data import Loader, Stream, rank_shard, rank_slice
 
 REPO = Path(__file__).resolve().parents[1]
+#: A torchrun launch of two processes on this machine, the module to run to follow.
+TORCHRUN_2 = [
+    sys.executable,
+    "-m",
+    "torch.distributed.run",
+    "--standalone",
+    "--nproc_per_node=2",
+    "-m",
+]
 #: (W, H) of the generated images: three sizes, so three buckets with a partial last batch.
 SIZES = [(96, 72), (72, 96), (80, 80)]
 
@@ -123,12 +132,7 @@ def test_torchrun_two_processes_equal_single_process(image_dir, tmp_path):
     # count (not on the batch split), so the reference below runs with one thread too.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
+        *TORCHRUN_2,
         "regattn_lib.extraction.distributed",
         "--image-dir",
         str(image_dir),
@@ -187,12 +191,7 @@ def test_torchrun_builds_the_metric_learning_cache_notebook_02_reads(tmp_path):
         "REGATTN_RESULTS": str(results),
     }
     cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
+        *TORCHRUN_2,
         "regattn_lib.experiments.metric_plan",
         "--profile",
         "smoke",

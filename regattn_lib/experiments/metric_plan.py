@@ -597,7 +597,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from regattn_lib.experiments.pipeline import setup
     from regattn_lib.experiments.profiles import load_overrides
-    from regattn_lib.extraction.distributed import init_distributed
+    from regattn_lib.extraction.distributed import torchrun_session
 
     ap = argparse.ArgumentParser(
         prog="python -m regattn_lib.experiments.metric_plan",
@@ -609,8 +609,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--data-root", default=None, help="default $REGATTN_DATA or data/")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     args = ap.parse_args(argv)
-    info = init_distributed(args.device)
-    try:
+    with torchrun_session(args.device) as info:
         overrides = load_overrides(args.overrides) if args.overrides else None
         ctx = setup(args.profile, args.data_root, device=str(info.device), overrides=overrides)
         if not ctx.profile.metric.enabled:
@@ -625,11 +624,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if info.is_main:
             for split, (tuples, images) in pools.items():
                 print(f"{split}: {len(images)} images, {tuples.n_pairs} pairs cached")
-        if dist.is_initialized():
-            dist.barrier()  # no rank leaves before rank 0 has written the cache
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
     return 0
 
 

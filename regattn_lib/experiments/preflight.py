@@ -357,6 +357,16 @@ def _channels(profile: Profile) -> int:
     return 1280 if profile.backbone == "efficientnet-lite0" else 2048
 
 
+def metric_cache_images(profile: Profile) -> int:
+    """Images of SfM-120k a profile's metric learning pools (``metric_plan.sfm_pools``): per
+    split, at most ``2 * query_size + pool_size``. 0 for profiles without it (offline ones
+    train on their small synthetic split)."""
+    m = profile.metric
+    if not m.enabled or profile.synthetic is not None:
+        return 0
+    return sum(min(n, 2 * m.query_size + m.pool_size) for n in SFM120K_SPLIT_IMAGES.values())
+
+
 def metric_cache_bytes(profile: Profile) -> int:
     """The metric-learning cache of a profile that trains on SfM-120k (``metric_plan.sfm_pools``):
     per split, at most ``2 * query_size + pool_size`` images, each kept as 2R + 1 fp32 rows of
@@ -364,12 +374,8 @@ def metric_cache_bytes(profile: Profile) -> int:
     0 for profiles without it (offline ones cache their small synthetic split)."""
     from regattn_lib.core.regions import rmac_regions
 
-    m = profile.metric
-    if not m.enabled or profile.synthetic is not None:
-        return 0
     rows = 2 * len(rmac_regions(768, 1024, profile.levels)) + 1
-    images = sum(min(n, 2 * m.query_size + m.pool_size) for n in SFM120K_SPLIT_IMAGES.values())
-    return 4 * _channels(profile) * rows * images
+    return 4 * _channels(profile) * rows * metric_cache_images(profile)
 
 
 def cache_bytes_needed(profile: Profile, root: Path, n_distractors: int) -> int:
@@ -586,7 +592,7 @@ def backbone_passes(profile: Profile) -> tuple[float, str]:
     sets (``RPN_PASS_COST`` - 1);
     distractors: one pass; whitening: two passes (the regional vectors, then the baselines'
     global ones) over the whitening images at their size; SfM-120k's metric-learning images
-    (``metric_cache_bytes``' count) one pass. Training is estimated by notebook 02.
+    (``metric_cache_images``) one pass. Training is estimated by notebook 02.
     """
     test = sum(
         TEST_SET_IMAGES.get(n, 0) for n in dict.fromkeys(profile.datasets + profile.revisited)
@@ -601,12 +607,7 @@ def backbone_passes(profile: Profile) -> tuple[float, str]:
     else:
         white, what = 0, profile.whitening_set
     area = (profile.whitening_image_size / profile.image_size) ** 2
-    m = profile.metric
-    metric = (
-        sum(min(n, 2 * m.query_size + m.pool_size) for n in SFM120K_SPLIT_IMAGES.values())
-        if metric_cache_bytes(profile)
-        else 0
-    )
+    metric = metric_cache_images(profile)
     passes = test + classic * (RPN_PASS_COST - 1) + distractors + 2 * white * area + metric
     detail = (
         f"{test:,} test images ({classic:,} of them with the RPN), {distractors:,} distractors, "

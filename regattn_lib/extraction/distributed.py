@@ -19,7 +19,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -87,6 +88,32 @@ def init_distributed(device: str | torch.device = "auto", timeout_s: float = 180
             device_id=dev if dev.type == "cuda" else None,
         )
     return DistInfo(rank, world, local_rank, dev, backend)
+
+
+@contextmanager
+def torchrun_session(device: str | torch.device = "auto") -> Iterator[DistInfo]:
+    """``init_distributed`` for a command's body; on leaving it, a barrier when the body ended
+    normally (no rank leaves before rank 0 has written its files), then the group destroyed
+    whatever happened. On an error, no barrier: torchrun ends the other ranks when this one
+    exits non-zero. Without torchrun, a single-process ``DistInfo`` and nothing else."""
+    info = init_distributed(device)
+    try:
+        yield info
+        if dist.is_initialized():
+            dist.barrier()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def rank0_value(info: DistInfo | None, value: Any) -> Any:
+    """Rank 0's ``value`` on every process of the group (``info``; ``None`` or one process:
+    ``value`` itself), so that all processes take the same branch before a collective."""
+    if info is None or info.world_size == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def shard_batches(
@@ -247,8 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from regattn_lib.runtime.atomic import atomic_torch_save
 
     args = parse_args(argv)
-    info = init_distributed(args.device)
-    try:
+    with torchrun_session(args.device) as info:
         backbone = build_backbone(
             args.backbone, pretrained=not args.random_weights, data_root=args.data_root
         ).to(info.device)
@@ -292,12 +318,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"wrote {args.out}: {len(db_paths)} db + {len(q_paths)} queries, "
                 f"{info.world_size} process(es)"
             )
-        if dist.is_initialized():
-            dist.barrier()  # no rank leaves before rank 0 has written the file
-    finally:
-        # On an error, no barrier: torchrun ends the other ranks when this one exits non-zero.
-        if dist.is_initialized():
-            dist.destroy_process_group()
     return 0
 
 

@@ -53,6 +53,7 @@ def pooled_regions(
         extract_distributed,
         init_distributed,
         launched_by_torchrun,
+        rank0_value,
     )
     from regattn_lib.extraction.image_stream import CUDA_BATCH
 
@@ -62,7 +63,7 @@ def pooled_regions(
     parts = None if cache_file is None else Path(f"{cache_file}.parts")
     # every decision below is rank 0's, so that all processes take the same branches (their
     # collectives would wait for each other forever otherwise); only rank 0 reads or deletes
-    if _agree(info, cache_file is not None and Path(cache_file).is_file()):
+    if rank0_value(info, cache_file is not None and Path(cache_file).is_file()):
         if not main:
             return []  # under torchrun only rank 0's return holds the pools
         saved = torch.load(cache_file, map_location="cpu", weights_only=True)
@@ -82,7 +83,7 @@ def pooled_regions(
             if saved["names"] != names[part]:
                 store.discard(shard)  # another image list's leftover: redo it
                 saved = None
-        if _agree(info, saved is not None):
+        if rank0_value(info, saved is not None):
             pools += saved["pools"] if main else []
             continue
         opts = dict(precision=precision, progress=progress)
@@ -111,17 +112,6 @@ def pooled_regions(
         atomic_torch_save(cache_file, {"names": names, "pools": pools})
         store.clear()
     return pools
-
-
-def _agree(info: object, value: bool) -> bool:
-    """Rank 0's ``value`` on every process of a torchrun group (``info``; ``None``: alone)."""
-    if info is None or getattr(info, "world_size", 1) == 1:
-        return value
-    import torch.distributed as dist
-
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return bool(box[0])
 
 
 def region_cache(pools: Sequence[torch.Tensor], whitening: PCAWhitening | None) -> RegionCache:
